@@ -1,0 +1,71 @@
+"""Multi-model failover: an ordered list of model clients behind one ``call()``.
+
+Every attempt, backoff, failover, probe and state change is appended to an event log; metrics,
+states and the audit trail are folds of that log (``replay``), live and after the fact.
+
+Exceptions::
+
+    ModelError (kind: ErrorKind)
+     +-- AllModelsFailedError (attempts)
+          +-- DeadlineExceededError (also TimeoutError)
+    ConfigError (ValueError)
+    EventLogError (ValueError)
+     +-- SchemaVersionError
+"""
+
+from loguru import logger as _logger
+
+from .adapters.config import ClientConfig, FailoverConfig, load_config
+from .adapters.facade import MultiModelFailover, replay
+from .core.engine import CallOutcome
+from .core.errors import (
+    AllModelsFailedError,
+    AttemptRecord,
+    ConfigError,
+    DeadlineExceededError,
+    ErrorKind,
+    EventLogError,
+    ModelError,
+    SchemaVersionError,
+)
+from .core.events import Event
+from .core.health import HealthState
+from .core.policies import HealthPolicy, RetryPolicy
+from .core.projections import AuditEntry, Metrics, ModelMetrics, ModelState, Snapshot
+from .core.protocols import EventStore, ModelClient
+from .core.responses import ModelResponse, Usage
+from .storage.sqlite import SQLiteEventStore
+
+# loguru's library convention: silent until the application calls logger.enable(...).
+_logger.disable(__name__)
+
+__all__ = [
+    "AllModelsFailedError",
+    "AttemptRecord",
+    "AuditEntry",
+    "CallOutcome",
+    "ClientConfig",
+    "ConfigError",
+    "DeadlineExceededError",
+    "ErrorKind",
+    "Event",
+    "EventLogError",
+    "EventStore",
+    "FailoverConfig",
+    "HealthPolicy",
+    "HealthState",
+    "Metrics",
+    "ModelClient",
+    "ModelError",
+    "ModelMetrics",
+    "ModelResponse",
+    "ModelState",
+    "MultiModelFailover",
+    "RetryPolicy",
+    "SQLiteEventStore",
+    "SchemaVersionError",
+    "Snapshot",
+    "Usage",
+    "load_config",
+    "replay",
+]

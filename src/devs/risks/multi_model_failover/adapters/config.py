@@ -1,0 +1,168 @@
+"""Configuration: one document, from ``MULTI_MODEL_FAILOVER_CONFIG`` (JSON) or a YAML file.
+
+The environment variable wins over the file; the default file is ``config/risks.yaml``. The
+document is validated by msgspec; every problem is a ``ConfigError`` naming the key path and
+the source. API keys are never written in the document: ``api_key_env`` names the environment
+variable that holds one.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Final, Literal
+
+import msgspec
+import yaml
+
+from ..core.errors import ConfigError
+from ..core.policies import HealthPolicy, RetryPolicy
+from ..core.protocols import Durability
+
+ENV_VAR: Final = "MULTI_MODEL_FAILOVER_CONFIG"
+DEFAULT_PATH: Final = Path("config/risks.yaml")
+ROOT_KEY: Final = "multi_model_failover"
+
+ClientKind = Literal["openai", "anthropic", "callable"]
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+class ClientConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """One model client entry; clients are tried in the order they are listed."""
+
+    id: str
+    kind: ClientKind
+    model: str = ""
+    base_url: str = ""
+    api_key_env: str | None = None
+    timeout: float = 30.0
+    headers: dict[str, str] = {}
+    params: dict[str, Any] = {}
+    target: str | None = None  # "package.module:function" for kind=callable
+    api_key: str | None = None  # refused: accepted only to explain why
+
+    def __post_init__(self) -> None:
+        if not self.id:
+            raise ValueError("id must not be empty")
+        if self.api_key is not None:
+            raise ValueError(
+                "api_key: literal keys are refused (config files end up in repositories and "
+                "logs); put the key in an environment variable and name it in api_key_env"
+            )
+        if self.api_key_env is not None and not _ENV_NAME.match(self.api_key_env):
+            raise ValueError(
+                "api_key_env must be the NAME of an environment variable (letters, digits, _), "
+                "not the key itself"
+            )
+        if not self.timeout > 0:
+            raise ValueError(f"timeout must be > 0 seconds, got {self.timeout!r}")
+        if self.kind == "callable" and not self.target:
+            raise ValueError("target is required for kind=callable ('package.module:function')")
+        if self.kind in ("openai", "anthropic") and not self.model:
+            raise ValueError(f"model is required for kind={self.kind}")
+
+    def __repr__(self) -> str:
+        # Headers may carry credentials; never show their values.
+        headers = dict.fromkeys(self.headers, "[secure]")
+        return (
+            f"ClientConfig(id={self.id!r}, kind={self.kind!r}, model={self.model!r}, "
+            f"base_url={self.base_url!r}, api_key_env={self.api_key_env!r}, headers={headers})"
+        )
+
+
+class FailoverConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The ``multi_model_failover`` section."""
+
+    clients: list[ClientConfig]
+    retry_policy: RetryPolicy = msgspec.field(default_factory=RetryPolicy)
+    health_policy: HealthPolicy = msgspec.field(default_factory=HealthPolicy)
+    health_check_interval: float = 30.0
+    event_log: str | None = None
+    durability: Durability = "process"
+
+    def __post_init__(self) -> None:
+        if not self.clients:
+            raise ValueError("clients must list at least one client")
+        ids = [c.id for c in self.clients]
+        duplicates = sorted({i for i in ids if ids.count(i) > 1})
+        if duplicates:
+            raise ValueError(f"duplicate client id(s): {', '.join(duplicates)}")
+        if not self.health_check_interval > 0:
+            raise ValueError(
+                f"health_check_interval must be > 0 seconds, got {self.health_check_interval!r}"
+            )
+
+
+class _Document(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    multi_model_failover: FailoverConfig
+
+
+def _error(source: str, exc: Exception) -> ConfigError:
+    message = str(exc)
+    # msgspec reports the path as `$.multi_model_failover.clients[0].kind`; keep it readable.
+    message = message.replace("$.", "").replace(" - at `$`", "")
+    return ConfigError(f"invalid configuration in {source}: {message}")
+
+
+def parse_config(
+    data: Mapping[str, Any] | str | bytes, *, source: str = "<config>"
+) -> FailoverConfig:
+    """Validate a configuration document (a mapping, JSON text or YAML text)."""
+    try:
+        if isinstance(data, str | bytes):
+            data = yaml.safe_load(data) if data else None  # type: ignore[assignment]
+    except yaml.YAMLError as exc:
+        raise ConfigError(
+            f"invalid configuration in {source}: not valid YAML/JSON ({exc})"
+        ) from None
+    if not isinstance(data, Mapping):
+        raise ConfigError(
+            f"invalid configuration in {source}: expected a mapping with key {ROOT_KEY!r}, "
+            f"got {type(data).__name__}"
+        )
+    try:
+        return msgspec.convert(data, _Document, strict=True).multi_model_failover
+    except msgspec.ValidationError as exc:
+        raise _error(source, exc) from None
+
+
+def load_config(
+    path: str | os.PathLike[str] | None = None, *, env: Mapping[str, str] | None = None
+) -> FailoverConfig:
+    """Load the configuration: the env var's JSON if set, else ``path``, else the default file."""
+    environ = os.environ if env is None else env
+    text = environ.get(ENV_VAR)
+    if text is not None and text.strip():
+        try:
+            data = msgspec.json.decode(text)
+        except msgspec.DecodeError as exc:
+            raise ConfigError(
+                f"invalid configuration in environment variable {ENV_VAR}: not valid JSON ({exc})"
+            ) from None
+        return parse_config(data, source=f"environment variable {ENV_VAR}")
+    file = Path(path) if path is not None else DEFAULT_PATH
+    try:
+        content = file.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(
+            f"no configuration: {ENV_VAR} is not set and {file} does not exist"
+        ) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read configuration file {file}: {exc}") from None
+    return parse_config(content, source=str(file))
+
+
+def resolve_api_key(client: ClientConfig, env: Mapping[str, str] | None = None) -> str | None:
+    """The API key of ``client`` from its environment variable; ConfigError when unset."""
+    if client.api_key_env is None:
+        return None
+    environ = os.environ if env is None else env
+    value = environ.get(client.api_key_env)
+    if not value:
+        raise ConfigError(
+            f"client {client.id!r}: environment variable {client.api_key_env} "
+            f"(api_key_env) is not set"
+        )
+    return value

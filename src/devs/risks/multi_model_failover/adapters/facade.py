@@ -1,0 +1,137 @@
+"""``MultiModelFailover``: the engine with its production defaults and ``from_config``.
+
+The core engine takes every seam explicitly; this facade fills them in: an in-memory SQLite
+log (or the file named), ``anyio.sleep``, ``time.monotonic``, UTC wall-clock time and a
+private ``random.Random``.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import anyio
+
+from ..core.engine import FailoverEngine, WallClock
+from ..core.events import Event
+from ..core.policies import HealthPolicy, RetryPolicy
+from ..core.projections import Snapshot, fold
+from ..core.protocols import Clock, EventStore, Sleep
+from ..storage.sqlite import SQLiteEventStore
+from .config import FailoverConfig, load_config
+
+
+def utc_now() -> datetime:
+    """The wall-clock time stamped on events (timezone-aware UTC)."""
+    return datetime.now(UTC)
+
+
+def open_store(
+    event_store: EventStore | str | os.PathLike[str] | None, durability: str = "process"
+) -> EventStore:
+    """An ``EventStore`` from a store, a path to an SQLite file, or None (in-memory SQLite)."""
+    if event_store is None:
+        return SQLiteEventStore(durability=durability)
+    if isinstance(event_store, str | os.PathLike):
+        return SQLiteEventStore(event_store, durability=durability)
+    for method in ("append", "wait_committed", "read", "read_others", "aclose"):
+        if not callable(getattr(event_store, method, None)):
+            raise TypeError(
+                f"event_store must be an EventStore, a path or None; "
+                f"{type(event_store).__name__} has no {method}()"
+            )
+    return event_store
+
+
+class MultiModelFailover(FailoverEngine):
+    """Ordered multi-model failover with retries, health checks and a replayable event log.
+
+    ``clients``: a sequence or a mapping of model clients (``call(prompt)`` and
+    ``health_check()``, sync or async). See the package docs for every keyword.
+    """
+
+    def __init__(
+        self,
+        clients: Sequence[Any] | Mapping[str, Any],
+        retry_policy: RetryPolicy | Mapping[str, Any] | None = None,
+        health_check_interval: float = 30,
+        *,
+        health_policy: HealthPolicy | Mapping[str, Any] | None = None,
+        event_store: EventStore | str | os.PathLike[str] | None = None,
+        sleep: Sleep | None = None,
+        clock: Clock | None = None,
+        rng: random.Random | None = None,
+        wall_clock: WallClock | None = None,
+        durability: str = "process",
+    ) -> None:
+        store = open_store(event_store, durability)
+        try:
+            super().__init__(
+                clients,
+                retry_policy,
+                health_check_interval,
+                health_policy=health_policy,
+                event_store=store,
+                sleep=sleep if sleep is not None else anyio.sleep,
+                clock=clock if clock is not None else time.monotonic,
+                wall_clock=wall_clock if wall_clock is not None else utc_now,
+                rng=rng if rng is not None else random.Random(),  # noqa: S311 - jitter, not crypto
+            )
+        except BaseException:
+            if store is not event_store:
+                store.close()
+            raise
+
+    @classmethod
+    def from_config(
+        cls,
+        path: str | os.PathLike[str] | None = None,
+        *,
+        env: Mapping[str, str] | None = None,
+        **overrides: Any,
+    ) -> MultiModelFailover:
+        """Build from ``MULTI_MODEL_FAILOVER_CONFIG``, else ``path``, else config/risks.yaml.
+
+        Keyword ``overrides`` (``sleep``, ``clock``, ``rng``, ``event_store``...) go to the
+        constructor. Raises ``ConfigError`` for a bad document or a missing key variable.
+        """
+        config = load_config(path, env=env)
+        return cls.from_settings(config, env=env, **overrides)
+
+    @classmethod
+    def from_settings(
+        cls, config: FailoverConfig, *, env: Mapping[str, str] | None = None, **overrides: Any
+    ) -> MultiModelFailover:
+        """Build from an already loaded ``FailoverConfig``."""
+        from .clients import build_clients  # noqa: PLC0415 - HTTP stack only when configured
+
+        clients = build_clients(config.clients, env=env)
+        options: dict[str, Any] = {
+            "health_policy": config.health_policy,
+            "event_store": config.event_log,
+            "durability": config.durability,
+        }
+        options.update(overrides)
+        return cls(clients, config.retry_policy, config.health_check_interval, **options)
+
+
+def replay(
+    source: EventStore | Iterable[Event] | str | os.PathLike[str], *, lenient: bool = False
+) -> Snapshot:
+    """Fold a whole log into a ``Snapshot``: metrics, per-model states and the audit trail.
+
+    ``source``: a store, an iterable of events, or the path of an SQLite event log.
+    """
+    if isinstance(source, str | os.PathLike):
+        with SQLiteEventStore(source, create=False) as store:
+            return fold(store.read(lenient=lenient))
+    if isinstance(source, SQLiteEventStore):
+        return fold(source.read(lenient=lenient))
+    read = getattr(source, "read", None)
+    if callable(read):
+        return fold(read())
+    return fold(source)  # type: ignore[arg-type]

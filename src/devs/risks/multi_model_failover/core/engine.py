@@ -1,0 +1,742 @@
+"""The failover engine: ordered clients, retries with backoff, deadlines, health, events.
+
+Every decision becomes an event. ``_emit`` appends the event to the store and folds it into the
+live snapshot with the same ``projections.apply`` that ``replay`` uses, so the live view always
+equals the replayed one.
+
+Order of a call: the rotation at the moment the call starts (configured order, skipping
+unhealthy and maintenance clients; all non-maintenance clients as a last resort when that
+leaves none). Each client gets up to ``max_attempts`` attempts with backoff between them; the
+move to the next client does not wait. A client is never visited twice in one call.
+"""
+
+from __future__ import annotations
+
+import inspect
+import itertools
+import math
+import random
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from datetime import datetime
+from types import TracebackType
+from typing import Any, Self
+
+import anyio
+import anyio.abc
+import msgspec
+from loguru import logger
+
+from .backoff import backoff_delay
+from .errors import (
+    AllModelsFailedError,
+    AttemptRecord,
+    DeadlineExceededError,
+    ErrorKind,
+    ModelError,
+)
+from .events import (
+    AttemptFailed,
+    AttemptStarted,
+    AttemptSucceeded,
+    Backoff,
+    CallCancelled,
+    CallFailed,
+    CallStarted,
+    CallSucceeded,
+    EngineStarted,
+    EngineStopped,
+    Event,
+    Failover,
+    HealthProbe,
+    Maintenance,
+    RetryBudgetExhausted,
+    StateChanged,
+)
+from .health import HealthMachine, HealthState
+from .policies import HealthPolicy, RetryPolicy
+from .projections import Metrics, Snapshot, apply, fold
+from .protocols import Clock, EventStore, Sleep
+from .retry_budget import RetryBudget
+from .scrub import describe_exception
+
+WallClock = Callable[[], datetime]
+
+
+class CallOutcome(msgspec.Struct, frozen=True, kw_only=True):
+    """A successful call: the response unchanged, who served it and what it took."""
+
+    response: Any
+    model_id: str
+    call_id: str
+    attempts: int
+    failovers: int
+    latency: float
+
+
+class _Client:
+    """A configured client with its calling convention worked out once."""
+
+    __slots__ = ("call_is_async", "client", "model_id", "probe_is_async")
+
+    def __init__(self, model_id: str, client: Any) -> None:
+        for method in ("call", "health_check"):
+            if not callable(getattr(client, method, None)):
+                raise TypeError(f"client {model_id!r} has no callable {method}() method")
+        self.model_id = model_id
+        self.client = client
+        self.call_is_async = inspect.iscoroutinefunction(client.call)
+        self.probe_is_async = inspect.iscoroutinefunction(client.health_check)
+
+    async def call(self, prompt: Any) -> Any:
+        if self.call_is_async:
+            return await self.client.call(prompt)
+        # A sync client must never block the event loop; an abandoned thread is the price of
+        # being able to time out a call that blocks forever.
+        result = await anyio.to_thread.run_sync(self.client.call, prompt, abandon_on_cancel=True)
+        return await result if inspect.isawaitable(result) else result
+
+    async def health_check(self) -> bool:
+        if self.probe_is_async:
+            return bool(await self.client.health_check())
+        result = await anyio.to_thread.run_sync(self.client.health_check, abandon_on_cancel=True)
+        return bool(await result if inspect.isawaitable(result) else result)
+
+
+def _identify(clients: Sequence[Any] | Mapping[str, Any]) -> list[_Client]:
+    """Model ids: mapping keys, else a ``model_id`` str attribute, else ``client-N``."""
+    if isinstance(clients, Mapping):
+        pairs = [(str(key), client) for key, client in clients.items()]
+    elif isinstance(clients, Sequence) and not isinstance(clients, str | bytes):
+        pairs = []
+        for index, client in enumerate(clients):
+            model_id = getattr(client, "model_id", None)
+            pairs.append((model_id if isinstance(model_id, str) else f"client-{index}", client))
+    else:
+        raise TypeError(f"clients must be a sequence or a mapping, got {type(clients).__name__}")
+    if not pairs:
+        raise ValueError("clients must not be empty: give at least one model client")
+    seen: set[str] = set()
+    for model_id, _ in pairs:
+        if not model_id:
+            raise ValueError("a client's model id must not be empty")
+        if model_id in seen:
+            raise ValueError(f"duplicate model id {model_id!r}: each client needs its own id")
+        seen.add(model_id)
+    return [_Client(model_id, client) for model_id, client in pairs]
+
+
+def _check_prompt(prompt: object) -> None:
+    if isinstance(prompt, str):
+        return
+    if isinstance(prompt, list | tuple) and all(isinstance(m, Mapping) for m in prompt):
+        return
+    raise TypeError(
+        f"prompt must be a str or a list of chat messages (dicts), got {type(prompt).__name__}"
+    )
+
+
+def _check_positive(name: str, value: object) -> float:
+    if (
+        not isinstance(value, int | float)
+        or isinstance(value, bool)
+        or not math.isfinite(value)
+        or value <= 0
+    ):
+        raise ValueError(f"{name} must be a number of seconds > 0, got {value!r}")
+    return float(value)
+
+
+class _Call:
+    """The running state of one call."""
+
+    __slots__ = ("attempts", "call_id", "deadline", "failovers", "model_id", "records", "start")
+
+    def __init__(self, call_id: str, start: float, deadline: float) -> None:
+        self.call_id = call_id
+        self.start = start
+        self.deadline = deadline
+        self.attempts = 0
+        self.failovers = 0
+        self.model_id: str | None = None
+        self.records: list[AttemptRecord] = []
+
+
+class _GaveUp(Exception):
+    """A client is exhausted for this call; ``stop`` ends the whole call."""
+
+    def __init__(self, kind: ErrorKind, message: str, stop: str | None = None) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+        self.stop = stop
+
+
+class FailoverEngine:
+    """Tries model clients in a fixed order with retries, backoff, deadlines and health.
+
+    Use ``MultiModelFailover`` (the public facade) unless you inject every seam yourself.
+    """
+
+    def __init__(
+        self,
+        clients: Sequence[Any] | Mapping[str, Any],
+        retry_policy: RetryPolicy | Mapping[str, Any] | None = None,
+        health_check_interval: float = 30,
+        *,
+        health_policy: HealthPolicy | Mapping[str, Any] | None = None,
+        event_store: EventStore,
+        sleep: Sleep,
+        clock: Clock,
+        wall_clock: WallClock,
+        rng: random.Random,
+    ) -> None:
+        self._clients = _identify(clients)
+        self._by_id = {c.model_id: c for c in self._clients}
+        self.retry_policy = RetryPolicy.coerce(retry_policy)
+        self.health_policy = HealthPolicy.coerce(health_policy)
+        self.health_check_interval = _check_positive("health_check_interval", health_check_interval)
+        self.event_store = event_store
+        self._sleep = sleep
+        self._clock = clock
+        self._wall_clock = wall_clock
+        self._rng = rng
+        self._budget = RetryBudget(
+            self.retry_policy.retry_budget_ratio,
+            self.retry_policy.retry_budget_min_per_s,
+            clock,
+        )
+        prefix = uuid.uuid4().hex[:8]
+        self._call_ids = (f"{prefix}-{n}" for n in itertools.count(1))
+        self._ticket = 0
+        self._closed = False
+        self._task_group: anyio.abc.TaskGroup | None = None
+        self._snap = fold(event_store.read())
+        self._cursor = event_store.last_seq()
+        self._machines = {
+            c.model_id: HealthMachine(self._snap.state_of(c.model_id).state) for c in self._clients
+        }
+        self._emit(
+            EngineStarted(
+                at=wall_clock(),
+                models=tuple(self._by_id),
+                retry_policy=self.retry_policy.to_dict(),
+                health_policy=self.health_policy.to_dict(),
+            )
+        )
+
+    # -- the live view -------------------------------------------------------------------
+
+    @property
+    def model_ids(self) -> tuple[str, ...]:
+        """The configured model ids, in configured order."""
+        return tuple(self._by_id)
+
+    @property
+    def states(self) -> dict[str, HealthState]:
+        """Each configured model's health state now."""
+        return {mid: self._snap.state_of(mid).state for mid in self._by_id}
+
+    @property
+    def rotation(self) -> list[str]:
+        """The model ids the next call would try, in order."""
+        return self._plan()[0]
+
+    def metrics(self) -> Metrics:
+        """A copy of the live metrics; always equal to ``replay(event_store).metrics``."""
+        return msgspec.msgpack.decode(msgspec.msgpack.encode(self._snap.metrics), type=Metrics)
+
+    def snapshot(self) -> Snapshot:
+        """A copy of the whole live projection (metrics, states, audit trail)."""
+        return msgspec.msgpack.decode(msgspec.msgpack.encode(self._snap), type=Snapshot)
+
+    def _plan(self) -> tuple[list[str], bool]:
+        states = self._snap.states
+        order = [mid for mid in self._by_id if states[mid].state.in_rotation]
+        if order:
+            return order, False
+        fallback = [mid for mid in self._by_id if states[mid].state is not HealthState.MAINTENANCE]
+        return fallback, True
+
+    # -- events --------------------------------------------------------------------------
+
+    def _emit(self, event: Event) -> None:
+        self._ticket = self.event_store.append(event)
+        apply(self._snap, event)
+
+    def _now(self) -> datetime:
+        return self._wall_clock()
+
+    def _change_state(self, model_id: str, trigger: str, reason: str) -> None:
+        machine = self._machines[model_id]
+        before = machine.current
+        after = machine.fire(trigger)
+        if after is None:
+            return
+        self._emit(
+            StateChanged(
+                at=self._now(),
+                model_id=model_id,
+                from_state=before,
+                to_state=after,
+                reason=reason,
+            )
+        )
+        logger.bind(model_id=model_id, from_state=before.value, to_state=after.value).info(
+            "model {} is now {} ({})", model_id, after.value, reason
+        )
+
+    def _sync_machines(self) -> None:
+        for model_id, machine in self._machines.items():
+            machine.sync(self._snap.state_of(model_id).state)
+
+    # -- calls ---------------------------------------------------------------------------
+
+    async def call(self, prompt: Any, timeout: float | None = None) -> Any:
+        """Answer ``prompt`` with the first client that succeeds; returns its response as is.
+
+        Raises ``AllModelsFailedError`` when every client is exhausted,
+        ``DeadlineExceededError`` (a ``TimeoutError``) when ``timeout`` or the policy's
+        ``call_budget`` runs out, and ``ModelError(kind=bad_request)`` at once for a request
+        no model could serve.
+        """
+        outcome = await self.call_with_outcome(prompt, timeout=timeout)
+        return outcome.response
+
+    async def call_with_outcome(self, prompt: Any, *, timeout: float | None = None) -> CallOutcome:
+        """As ``call``, but returns the response with the serving model, counts and call id."""
+        _check_prompt(prompt)
+        budget = self.retry_policy.call_budget
+        if timeout is not None:
+            budget = min(budget, _check_positive("timeout", timeout))
+        if self._closed:
+            raise RuntimeError("this MultiModelFailover is closed")
+        start = self._clock()
+        call = _Call(next(self._call_ids), start, start + budget)
+        order, last_resort = self._plan()
+        self._emit(
+            CallStarted(
+                at=self._now(), call_id=call.call_id, order=tuple(order), last_resort=last_resort
+            )
+        )
+        self._budget.record_call()
+        terminal = False
+        try:
+            outcome = await self._run(call, order, prompt)
+            terminal = True
+        except ModelError:
+            terminal = True
+            await self.event_store.wait_committed(self._ticket)
+            raise
+        finally:
+            if not terminal:
+                self._emit(
+                    CallCancelled(
+                        at=self._now(),
+                        call_id=call.call_id,
+                        model_id=call.model_id,
+                        attempts=call.attempts,
+                        latency=self._clock() - call.start,
+                    )
+                )
+        await self.event_store.wait_committed(self._ticket)
+        return outcome
+
+    async def _run(self, call: _Call, order: list[str], prompt: Any) -> CallOutcome:
+        last: _GaveUp | None = None
+        for model_id in order:
+            if last is not None:
+                stop = self._stop_reason(call)
+                if stop is not None:
+                    last = _GaveUp(_stop_kind(stop, last.kind), last.message, stop)
+                    break
+                self._failover(call, model_id, last.kind)
+            call.model_id = model_id
+            try:
+                response = await self._try_client(call, model_id, prompt)
+            except _GaveUp as gave_up:
+                last = gave_up
+                if gave_up.stop is not None:
+                    break
+                continue
+            return self._succeeded(call, model_id, response)
+        assert last is not None  # noqa: S101 - order is never empty: _plan keeps every client
+        raise self._failed(call, last)
+
+    def _failover(self, call: _Call, to_model: str, reason: ErrorKind) -> None:
+        from_model = call.model_id or ""
+        call.failovers += 1
+        self._emit(
+            Failover(
+                at=self._now(),
+                call_id=call.call_id,
+                from_model=from_model,
+                to_model=to_model,
+                reason=reason,
+            )
+        )
+        logger.bind(
+            call_id=call.call_id, from_model=from_model, to_model=to_model, reason=reason.value
+        ).warning("failover {} -> {} ({})", from_model, to_model, reason.value)
+
+    def _succeeded(self, call: _Call, model_id: str, response: Any) -> CallOutcome:
+        latency = self._clock() - call.start
+        self._emit(
+            CallSucceeded(
+                at=self._now(),
+                call_id=call.call_id,
+                model_id=model_id,
+                attempts=call.attempts,
+                failovers=call.failovers,
+                latency=latency,
+            )
+        )
+        return CallOutcome(
+            response=response,
+            model_id=model_id,
+            call_id=call.call_id,
+            attempts=call.attempts,
+            failovers=call.failovers,
+            latency=latency,
+        )
+
+    def _failed(self, call: _Call, last: _GaveUp) -> ModelError:
+        reason = last.stop or "exhausted"
+        self._emit(
+            CallFailed(
+                at=self._now(),
+                call_id=call.call_id,
+                reason=reason,
+                error_kind=last.kind,
+                attempts=call.attempts,
+                failovers=call.failovers,
+                latency=self._clock() - call.start,
+            )
+        )
+        if reason == ErrorKind.BAD_REQUEST.value:
+            return ModelError(last.message, kind=ErrorKind.BAD_REQUEST, model_id=call.model_id)
+        summary = "; ".join(f"{r.model_id}#{r.attempt}: {r.error_kind.value}" for r in call.records)
+        error_type = DeadlineExceededError if reason == "deadline" else AllModelsFailedError
+        return error_type(
+            f"call {call.call_id} failed ({reason}) after {call.attempts} attempt(s): {summary}",
+            attempts=call.records,
+            call_id=call.call_id,
+            kind=last.kind,
+        )
+
+    async def _try_client(self, call: _Call, model_id: str, prompt: Any) -> Any:
+        """Attempts on one client until success (returned) or ``_GaveUp`` (raised)."""
+        client = self._by_id[model_id]
+        previous_delay: float | None = None
+        last_kind = ErrorKind.UNKNOWN
+        for attempt in itertools.count(1):
+            stop = self._stop_reason(call)
+            if stop is not None:
+                raise _GaveUp(_stop_kind(stop, last_kind), f"{stop} reached", stop)
+            remaining = call.deadline - self._clock()
+            call.attempts += 1
+            self._emit(
+                AttemptStarted(
+                    at=self._now(), call_id=call.call_id, model_id=model_id, attempt=attempt
+                )
+            )
+            started = self._clock()
+            try:
+                response = await self._attempt(client, prompt, remaining)
+            except _AttemptError as failure:
+                delay = self._after_failure(
+                    call, model_id, attempt, started, failure, previous_delay
+                )
+                last_kind = failure.kind
+                await self._sleep(delay)
+                previous_delay = delay
+                continue
+            self._emit(
+                AttemptSucceeded(
+                    at=self._now(),
+                    call_id=call.call_id,
+                    model_id=model_id,
+                    attempt=attempt,
+                    latency=self._clock() - started,
+                )
+            )
+            if self._snap.state_of(model_id).state in (HealthState.DEGRADED, HealthState.UNHEALTHY):
+                self._change_state(model_id, "recover", "a call succeeded")
+            return response
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _stop_reason(self, call: _Call) -> str | None:
+        """Why the call must end now, before its next attempt, or None."""
+        cap = self.retry_policy.max_total_attempts
+        if cap is not None and call.attempts >= cap:
+            return "max_total_attempts"
+        if call.deadline - self._clock() <= 0:
+            return "deadline"
+        return None
+
+    async def _attempt(self, client: _Client, prompt: Any, remaining: float) -> Any:
+        """One attempt, bounded by ``attempt_timeout`` and the call's remaining budget."""
+        attempt_timeout = self.retry_policy.attempt_timeout
+        by_attempt = attempt_timeout is not None and attempt_timeout < remaining
+        limit = attempt_timeout if by_attempt and attempt_timeout is not None else remaining
+        try:
+            with anyio.move_on_after(limit) as scope:
+                return await client.call(prompt)
+        except ModelError as exc:
+            raise _AttemptError(exc.kind, exc.message, exc.retry_after) from None
+        except TimeoutError as exc:
+            raise _AttemptError(ErrorKind.TIMEOUT, describe_exception(exc)) from None
+        except Exception as exc:  # noqa: BLE001 - any client failure is a failed attempt
+            raise _AttemptError(ErrorKind.UNKNOWN, describe_exception(exc)) from None
+        assert scope.cancelled_caught  # noqa: S101 - the only way past the with block
+        if by_attempt:
+            raise _AttemptError(ErrorKind.TIMEOUT, f"attempt timed out after {limit:g}s")
+        raise _AttemptError(ErrorKind.DEADLINE, f"call deadline reached after {limit:g}s")
+
+    def _after_failure(
+        self,
+        call: _Call,
+        model_id: str,
+        attempt: int,
+        started: float,
+        failure: _AttemptError,
+        previous_delay: float | None,
+    ) -> float:
+        """Record a failed attempt; return the backoff delay, or raise ``_GaveUp``."""
+        kind = failure.kind
+        delay = self._retry_delay(call, model_id, attempt, failure, previous_delay)
+        final = delay is None
+        counts = kind.counts_against_health
+        call.records.append(
+            AttemptRecord(
+                model_id=model_id, attempt=attempt, error_kind=kind, message=failure.message
+            )
+        )
+        self._emit(
+            AttemptFailed(
+                at=self._now(),
+                call_id=call.call_id,
+                model_id=model_id,
+                attempt=attempt,
+                latency=self._clock() - started,
+                error_kind=kind,
+                message=failure.message,
+                final=final,
+                counts=counts,
+            )
+        )
+        logger.bind(call_id=call.call_id, model_id=model_id, error_kind=kind.value).info(
+            "attempt {} on {} failed: {}", attempt, model_id, failure.message
+        )
+        if delay is None:
+            self._gave_up_on(model_id, kind, failure.message)
+            stop = None
+            if kind is ErrorKind.BAD_REQUEST:
+                stop = ErrorKind.BAD_REQUEST.value
+            elif kind is ErrorKind.DEADLINE:
+                stop = "deadline"
+            raise _GaveUp(kind, failure.message, stop)
+        self._emit(
+            Backoff(
+                at=self._now(),
+                call_id=call.call_id,
+                model_id=model_id,
+                attempt=attempt,
+                delay=delay,
+                retry_after=failure.retry_after,
+            )
+        )
+        return delay
+
+    def _retry_delay(
+        self,
+        call: _Call,
+        model_id: str,
+        attempt: int,
+        failure: _AttemptError,
+        previous_delay: float | None,
+    ) -> float | None:
+        """The wait before retrying the same client, or None to give up on it."""
+        policy = self.retry_policy
+        if not failure.kind.retryable or attempt >= policy.max_attempts:
+            return None
+        if policy.max_total_attempts is not None and call.attempts >= policy.max_total_attempts:
+            return None
+        delay = backoff_delay(policy, attempt, self._rng, previous_delay)
+        if failure.kind is ErrorKind.RATE_LIMITED and failure.retry_after is not None:
+            delay = max(delay, failure.retry_after)
+        # A wait that would run past the deadline is pointless: move on now instead.
+        if self._clock() + delay >= call.deadline:
+            return None
+        if not self._budget.try_retry():
+            self._emit(
+                RetryBudgetExhausted(at=self._now(), call_id=call.call_id, model_id=model_id)
+            )
+            logger.bind(model_id=model_id).warning(
+                "retry budget exhausted; failing over from {} instead of retrying", model_id
+            )
+            return None
+        return delay
+
+    def _gave_up_on(self, model_id: str, kind: ErrorKind, message: str) -> None:
+        """Let the health machine judge a client the call has given up on."""
+        if kind is ErrorKind.AUTH:
+            self._change_state(model_id, "fail", f"auth error: {message}")
+            return
+        if not kind.counts_against_health:
+            return
+        streak = self._snap.state_of(model_id).streak
+        policy = self.health_policy
+        if streak >= policy.unhealthy_after:
+            self._change_state(model_id, "fail", f"{streak} failed call(s) in a row")
+        elif streak >= policy.degraded_after:
+            self._change_state(model_id, "degrade", f"{streak} failed call(s) in a row")
+
+    # -- health --------------------------------------------------------------------------
+
+    async def check_health(self) -> dict[str, HealthState]:
+        """Probe every client not in maintenance now; returns the states afterwards."""
+        await self.follow()
+        async with anyio.create_task_group() as group:
+            for model_id in self._by_id:
+                if self._snap.state_of(model_id).state is not HealthState.MAINTENANCE:
+                    group.start_soon(self._probe, model_id)
+        return self.states
+
+    async def _probe(self, model_id: str) -> None:
+        client = self._by_id[model_id]
+        started = self._clock()
+        kind: ErrorKind | None = None
+        message = ""
+        ok = False
+        try:
+            with anyio.move_on_after(self.health_policy.probe_timeout) as scope:
+                ok = await client.health_check()
+            if scope.cancelled_caught:
+                kind = ErrorKind.TIMEOUT
+                message = f"probe timed out after {self.health_policy.probe_timeout:g}s"
+            elif not ok:
+                message = "health_check() returned False"
+        except ModelError as exc:
+            kind, message = exc.kind, exc.message
+        except Exception as exc:  # noqa: BLE001 - any probe failure marks the client unhealthy
+            kind, message = ErrorKind.UNKNOWN, describe_exception(exc)
+        if self._closed:
+            return
+        self._emit(
+            HealthProbe(
+                at=self._now(),
+                model_id=model_id,
+                ok=ok,
+                latency=self._clock() - started,
+                error_kind=kind,
+                message=message,
+            )
+        )
+        state = self._snap.state_of(model_id).state
+        if not ok:
+            self._change_state(model_id, "fail", f"probe failed: {message}")
+        elif state in (HealthState.DEGRADED, HealthState.UNHEALTHY):
+            self._change_state(model_id, "recover", "probe succeeded")
+
+    async def follow(self) -> int:
+        """Fold in events that other processes appended to the shared log; returns how many."""
+        events, cursor = await anyio.to_thread.run_sync(self.event_store.read_others, self._cursor)
+        self._cursor = cursor
+        for event in events:
+            apply(self._snap, event)
+        if events:
+            self._sync_machines()
+        return len(events)
+
+    async def _health_loop(self) -> None:
+        interval = self.health_check_interval
+        next_round = anyio.current_time()
+        while True:
+            try:
+                await self.check_health()
+            except Exception as exc:  # noqa: BLE001 - a broken round must not end the loop
+                logger.opt(exception=False).error(
+                    "health check round failed: {}", describe_exception(exc)
+                )
+            # Keep the schedule: a slow round shortens the next wait instead of shifting it.
+            next_round += interval
+            now = anyio.current_time()
+            if next_round < now:
+                next_round = now + interval
+            await anyio.sleep(next_round - now)
+
+    # -- operator actions ----------------------------------------------------------------
+
+    async def set_maintenance(
+        self, model_id: str, on: bool, *, reason: str = "", by: str = "api"
+    ) -> None:
+        """Take ``model_id`` out of rotation (``on=True``) or put it back (``on=False``)."""
+        if model_id not in self._by_id:
+            known = ", ".join(self._by_id)
+            raise ValueError(f"unknown model id {model_id!r} (known: {known})")
+        if self._closed:
+            raise RuntimeError("this MultiModelFailover is closed")
+        self._emit(Maintenance(at=self._now(), model_id=model_id, on=on, reason=reason, by=by))
+        self._machines[model_id].sync(self._snap.state_of(model_id).state)
+        logger.bind(model_id=model_id, by=by).warning(
+            "model {} maintenance {}: {}", model_id, "on" if on else "off", reason
+        )
+        await self.event_store.wait_committed(self._ticket)
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    async def __aenter__(self) -> Self:
+        if self._closed:
+            raise RuntimeError("this MultiModelFailover is closed")
+        if self._task_group is not None:
+            raise RuntimeError("this MultiModelFailover is already running")
+        group = anyio.create_task_group()
+        await group.__aenter__()
+        self._task_group = group
+        group.start_soon(self._health_loop)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        group, self._task_group = self._task_group, None
+        if group is not None:
+            group.cancel_scope.cancel()
+            await group.__aexit__(exc_type, exc, tb)
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Stop the health loop, record ``engine_stopped``, flush and close the store."""
+        if self._task_group is not None:
+            self._task_group.cancel_scope.cancel()
+        if self._closed:
+            return
+        self._closed = True
+        self._emit(EngineStopped(at=self._now()))
+        with anyio.CancelScope(shield=True):
+            await self.event_store.aclose()
+
+    def events(self) -> Iterator[Event]:
+        """The stored events, oldest first (a shortcut for ``event_store.read()``)."""
+        return self.event_store.read()
+
+
+def _stop_kind(stop: str, last_kind: ErrorKind) -> ErrorKind:
+    return ErrorKind.DEADLINE if stop == "deadline" else last_kind
+
+
+class _AttemptError(Exception):
+    """One failed attempt, already classified and scrubbed."""
+
+    def __init__(self, kind: ErrorKind, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+        self.retry_after = retry_after
+
+
+__all__ = ["CallOutcome", "FailoverEngine"]

@@ -1,0 +1,134 @@
+"""The exception tree of the package.
+
+::
+
+    Exception
+     +-- ModelError                 a model call failed; ``kind`` says how (ErrorKind)
+     |    +-- AllModelsFailedError  every client in the call's order was exhausted
+     |         +-- DeadlineExceededError (also a TimeoutError) the call's budget ran out
+     +-- ValueError
+          +-- ConfigError           bad configuration: names the key path and the source
+          +-- EventLogError         the event log cannot be opened, read or written
+               +-- SchemaVersionError  the log was written by a newer version
+
+Every message is scrubbed of secrets before it is stored on an exception.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from collections.abc import Sequence
+
+import msgspec
+
+from .scrub import scrub
+
+
+class ErrorKind(enum.StrEnum):
+    """Why an attempt failed; decides retry, failover and whether health suffers."""
+
+    RATE_LIMITED = "rate_limited"
+    TIMEOUT = "timeout"
+    SERVER = "server"
+    UNKNOWN = "unknown"
+    AUTH = "auth"
+    CONTEXT_LENGTH = "context_length"
+    CONTENT_FILTER = "content_filter"
+    BAD_REQUEST = "bad_request"
+    # The call's own deadline (``timeout=`` or ``call_budget``) cut the attempt short: the
+    # model is not to blame, so it never counts against health.
+    DEADLINE = "deadline"
+
+    @property
+    def retryable(self) -> bool:
+        """Whether another attempt on the same client may help."""
+        return self in _RETRYABLE
+
+    @property
+    def fails_over(self) -> bool:
+        """Whether the next client is tried (``bad_request`` fails the whole call)."""
+        return self is not ErrorKind.BAD_REQUEST
+
+    @property
+    def counts_against_health(self) -> bool:
+        """Whether the failure lengthens the client's failure streak."""
+        return self in _COUNTS
+
+
+_RETRYABLE = frozenset(
+    {ErrorKind.RATE_LIMITED, ErrorKind.TIMEOUT, ErrorKind.SERVER, ErrorKind.UNKNOWN}
+)
+_COUNTS = _RETRYABLE | {ErrorKind.AUTH}
+
+
+class ModelError(Exception):
+    """A model call failed.
+
+    ``kind`` decides what the engine does next (see ``ErrorKind``); ``retry_after`` (seconds)
+    is the provider's own wait hint, honoured for ``rate_limited``.
+    """
+
+    def __init__(
+        self,
+        message: str = "",
+        *,
+        kind: ErrorKind | str = ErrorKind.UNKNOWN,
+        retry_after: float | None = None,
+        model_id: str | None = None,
+    ) -> None:
+        try:
+            self.kind = ErrorKind(kind)
+        except ValueError:
+            known = ", ".join(k.value for k in ErrorKind)
+            raise ValueError(f"ModelError kind {kind!r} is not one of: {known}") from None
+        if retry_after is not None and (math.isnan(retry_after) or retry_after < 0):
+            raise ValueError(f"ModelError retry_after must be >= 0 seconds, got {retry_after!r}")
+        self.message = scrub(str(message))
+        self.retry_after = retry_after
+        self.model_id = model_id
+        super().__init__(self.message)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.message!r}, kind={self.kind.value!r})"
+
+
+class AttemptRecord(msgspec.Struct, frozen=True, kw_only=True):
+    """One failed attempt as reported by ``AllModelsFailedError.attempts``."""
+
+    model_id: str
+    attempt: int
+    error_kind: ErrorKind
+    message: str
+
+
+class AllModelsFailedError(ModelError):
+    """Every client in the call's order was exhausted; ``attempts`` says what each did."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        attempts: Sequence[AttemptRecord],
+        call_id: str,
+        kind: ErrorKind | str = ErrorKind.UNKNOWN,
+    ) -> None:
+        super().__init__(message, kind=kind)
+        self.attempts = tuple(attempts)
+        self.call_id = call_id
+
+
+class DeadlineExceededError(AllModelsFailedError, TimeoutError):
+    """The call's ``timeout`` or the policy's ``call_budget`` ran out before any success."""
+
+
+class ConfigError(ValueError):
+    """Bad configuration; the message names the key path and where it came from."""
+
+
+class EventLogError(ValueError):
+    """The event log cannot be opened, read or written as asked."""
+
+
+class SchemaVersionError(EventLogError):
+    """The event log was written by a newer version of this package."""

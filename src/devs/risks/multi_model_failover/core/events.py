@@ -1,0 +1,209 @@
+"""The event log's vocabulary: one msgspec tagged union of frozen structs.
+
+Evolution rules (msgspec's): a new field always gets a default, a field's type never changes,
+a tag is never renamed. ``SCHEMA_VERSION`` is stored with the log and rises only when an old
+reader could no longer understand new rows.
+
+``seq`` is 0 until the event store commits the event and numbers it; projections never read it,
+which is what lets the live fold and the replayed fold agree.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Final, TypeAlias
+
+import msgspec
+
+from .errors import ErrorKind
+from .health import HealthState
+
+SCHEMA_VERSION: Final = 1
+
+
+class _Event(
+    msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, tag_field="type", tag=True
+):
+    seq: int = 0
+    at: datetime
+
+    @property
+    def type(self) -> str:
+        """The event's tag, as stored in the ``type`` field."""
+        return self.__struct_config__.tag  # type: ignore[return-value]
+
+
+class EngineStarted(_Event, tag="engine_started", frozen=True):
+    """An engine opened the log: its configured order and policies."""
+
+    models: tuple[str, ...]
+    retry_policy: dict[str, object] = {}
+    health_policy: dict[str, object] = {}
+
+
+class EngineStopped(_Event, tag="engine_stopped", frozen=True):
+    """An engine closed cleanly."""
+
+
+class CallStarted(_Event, tag="call_started", frozen=True):
+    """A call began; ``order`` is the rotation it will try. No prompt text is stored."""
+
+    call_id: str
+    order: tuple[str, ...]
+    last_resort: bool = False
+    prompt_chars: int | None = None
+    prompt_hash: str | None = None
+
+
+class AttemptStarted(_Event, tag="attempt_started", frozen=True):
+    """An attempt on one client; ``attempt`` counts from 1 per client in this call."""
+
+    call_id: str
+    model_id: str
+    attempt: int
+
+
+class AttemptSucceeded(_Event, tag="attempt_succeeded", frozen=True):
+    """The client answered; ``latency`` in seconds."""
+
+    call_id: str
+    model_id: str
+    attempt: int
+    latency: float
+
+
+class AttemptFailed(_Event, tag="attempt_failed", frozen=True):
+    """The client failed. ``final``: the call gives up on this client now.
+    ``counts``: the failure counts against the client's health."""
+
+    call_id: str
+    model_id: str
+    attempt: int
+    latency: float
+    error_kind: ErrorKind
+    message: str = ""
+    final: bool = False
+    counts: bool = True
+
+
+class Backoff(_Event, tag="backoff", frozen=True):
+    """The engine waits ``delay`` seconds before the next attempt on the same client."""
+
+    call_id: str
+    model_id: str
+    attempt: int
+    delay: float
+    retry_after: float | None = None
+
+
+class RetryBudgetExhausted(_Event, tag="retry_budget_exhausted", frozen=True):
+    """The process-wide retry budget refused a retry; the engine fails over instead."""
+
+    call_id: str
+    model_id: str
+
+
+class Failover(_Event, tag="failover", frozen=True):
+    """The call moves from one client to the next, for ``reason`` (an error kind)."""
+
+    call_id: str
+    from_model: str
+    to_model: str
+    reason: ErrorKind
+
+
+class CallSucceeded(_Event, tag="call_succeeded", frozen=True):
+    """The call returned the answer of ``model_id``."""
+
+    call_id: str
+    model_id: str
+    attempts: int
+    failovers: int
+    latency: float
+
+
+class CallFailed(_Event, tag="call_failed", frozen=True):
+    """The call raised: every client exhausted, deadline, bad request or attempt cap."""
+
+    call_id: str
+    reason: str
+    error_kind: ErrorKind
+    attempts: int
+    failovers: int
+    latency: float
+
+
+class CallCancelled(_Event, tag="call_cancelled", frozen=True):
+    """The caller cancelled the call; nothing is held against any model."""
+
+    call_id: str
+    model_id: str | None = None
+    attempts: int = 0
+    latency: float = 0.0
+
+
+class HealthProbe(_Event, tag="health_probe", frozen=True):
+    """One health check of one client."""
+
+    model_id: str
+    ok: bool
+    latency: float
+    error_kind: ErrorKind | None = None
+    message: str = ""
+
+
+class StateChanged(_Event, tag="state_changed", frozen=True):
+    """The health machine moved a client from one state to another."""
+
+    model_id: str
+    from_state: HealthState
+    to_state: HealthState
+    reason: str = ""
+
+
+class Maintenance(_Event, tag="maintenance", frozen=True):
+    """An operator took a client out of rotation (``on``) or put it back."""
+
+    model_id: str
+    on: bool
+    reason: str = ""
+    by: str = ""
+
+
+Event: TypeAlias = (
+    EngineStarted
+    | EngineStopped
+    | CallStarted
+    | AttemptStarted
+    | AttemptSucceeded
+    | AttemptFailed
+    | Backoff
+    | RetryBudgetExhausted
+    | Failover
+    | CallSucceeded
+    | CallFailed
+    | CallCancelled
+    | HealthProbe
+    | StateChanged
+    | Maintenance
+)
+
+EVENT_TYPES: Final[dict[str, type[Event]]] = {
+    cls.__struct_config__.tag: cls for cls in Event.__args__
+}
+
+TERMINAL_TYPES: Final = frozenset({"call_succeeded", "call_failed", "call_cancelled"})
+
+_encoder = msgspec.json.Encoder()
+_decoder = msgspec.json.Decoder(Event)
+
+
+def encode(event: Event) -> bytes:
+    """The event as JSON bytes (the stored form)."""
+    return _encoder.encode(event)
+
+
+def decode(data: bytes | str) -> Event:
+    """One event from its JSON form; raises ``msgspec.ValidationError``/``DecodeError``."""
+    event: Event = _decoder.decode(data)
+    return event

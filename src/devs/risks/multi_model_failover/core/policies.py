@@ -1,0 +1,125 @@
+"""Retry and health policies: validated, frozen msgspec structs.
+
+Both accept a dict with the same keys (``RetryPolicy.coerce``). Unknown keys and invalid
+values raise ``ValueError`` naming the key.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any, Literal, Self
+
+import msgspec
+
+Jitter = Literal["full", "equal", "decorrelated", "none"]
+JITTERS: tuple[str, ...] = ("full", "equal", "decorrelated", "none")
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _check_number(
+    name: str,
+    value: object,
+    *,
+    minimum: float = 0.0,
+    strict: bool = False,
+    integer: bool = False,
+    optional: bool = False,
+) -> None:
+    """Raise ``ValueError`` naming ``name`` unless ``value`` is a finite number in range."""
+    if value is None and optional:
+        return
+    kind = "an integer" if integer else "a number"
+    if not _is_number(value) or (integer and not isinstance(value, int)):
+        raise ValueError(f"{name} must be {kind}, got {value!r}")
+    number = float(value)  # type: ignore[arg-type]
+    if not math.isfinite(number):
+        raise ValueError(f"{name} must be finite, got {value!r}")
+    if (strict and number <= minimum) or number < minimum:
+        relation = ">" if strict else ">="
+        raise ValueError(f"{name} must be {relation} {minimum:g}, got {value!r}")
+
+
+class _Policy(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    @classmethod
+    def coerce(cls, value: Self | Mapping[str, Any] | None) -> Self:
+        """Accept an instance, a dict with the same keys, or None (the defaults)."""
+        if value is None:
+            return cls()
+        if isinstance(value, cls):
+            return value
+        if not isinstance(value, Mapping):
+            raise TypeError(
+                f"{cls.__name__} must be a {cls.__name__}, a dict or None, "
+                f"got {type(value).__name__}"
+            )
+        known = set(cls.__struct_fields__)
+        unknown = sorted(str(k) for k in value if k not in known)
+        if unknown:
+            raise ValueError(
+                f"unknown {cls.__name__} key(s): {', '.join(unknown)} "
+                f"(known: {', '.join(sorted(known))})"
+            )
+        return cls(**{str(k): v for k, v in value.items()})
+
+    def to_dict(self) -> dict[str, Any]:
+        """The policy as plain builtins (as recorded in ``engine_started``)."""
+        return msgspec.structs.asdict(self)
+
+
+class RetryPolicy(_Policy, frozen=True):
+    """How a call retries one client, backs off and gives up.
+
+    Delays and budgets are in seconds. With ``jitter="none"`` the n-th backoff on one client is
+    exactly ``min(max_delay, base_delay * multiplier ** (n-1))``.
+    """
+
+    max_attempts: int = 2
+    base_delay: float = 0.5
+    multiplier: float = 2.0
+    max_delay: float = 8.0
+    jitter: Jitter = "full"
+    call_budget: float = 60.0
+    max_total_attempts: int | None = None
+    attempt_timeout: float | None = None
+    retry_budget_ratio: float = 0.2
+    retry_budget_min_per_s: float = 10.0
+
+    def __post_init__(self) -> None:
+        _check_number("max_attempts", self.max_attempts, minimum=1, integer=True)
+        _check_number("base_delay", self.base_delay)
+        _check_number("multiplier", self.multiplier, minimum=1)
+        _check_number("max_delay", self.max_delay)
+        if self.jitter not in JITTERS:
+            raise ValueError(f"jitter must be one of {', '.join(JITTERS)}, got {self.jitter!r}")
+        _check_number("call_budget", self.call_budget, strict=True)
+        _check_number(
+            "max_total_attempts", self.max_total_attempts, minimum=1, integer=True, optional=True
+        )
+        _check_number("attempt_timeout", self.attempt_timeout, strict=True, optional=True)
+        _check_number("retry_budget_ratio", self.retry_budget_ratio)
+        _check_number("retry_budget_min_per_s", self.retry_budget_min_per_s)
+
+
+class HealthPolicy(_Policy, frozen=True):
+    """When a failure streak degrades or removes a client, and how long a probe may take.
+
+    A streak counts calls that gave up on the client; a success ends it.
+    """
+
+    degraded_after: int = 1
+    unhealthy_after: int = 3
+    probe_timeout: float = 5.0
+
+    def __post_init__(self) -> None:
+        _check_number("degraded_after", self.degraded_after, minimum=1, integer=True)
+        _check_number("unhealthy_after", self.unhealthy_after, minimum=1, integer=True)
+        _check_number("probe_timeout", self.probe_timeout, strict=True)
+        if self.unhealthy_after < self.degraded_after:
+            raise ValueError(
+                f"unhealthy_after ({self.unhealthy_after}) must be >= degraded_after "
+                f"({self.degraded_after})"
+            )

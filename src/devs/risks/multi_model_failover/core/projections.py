@@ -1,0 +1,273 @@
+"""Projections: folds of the event log into metrics, per-model state and an audit trail.
+
+``apply(snapshot, event)`` is the one fold. The engine calls it on every event it appends, and
+``replay`` calls it on every stored event, so the live view and the replayed view cannot drift.
+For speed the fold updates ``snapshot`` in place and returns it; it reads nothing but its two
+arguments and never looks at ``seq``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import datetime
+from typing import Final
+
+import msgspec
+
+from .events import (
+    AttemptFailed,
+    AttemptStarted,
+    AttemptSucceeded,
+    Backoff,
+    CallCancelled,
+    CallFailed,
+    CallStarted,
+    CallSucceeded,
+    EngineStarted,
+    EngineStopped,
+    Event,
+    Failover,
+    HealthProbe,
+    Maintenance,
+    RetryBudgetExhausted,
+    StateChanged,
+)
+from .health import HealthState
+
+# Upper bounds (seconds) of the latency histogram; the last bucket is everything above.
+LATENCY_BUCKETS: Final[tuple[float, ...]] = (
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+)  # fmt: skip
+
+
+def _empty_buckets() -> list[int]:
+    return [0] * (len(LATENCY_BUCKETS) + 1)
+
+
+class ModelMetrics(msgspec.Struct, kw_only=True):
+    """Per-model counters; latency figures are over successful attempts, in seconds."""
+
+    attempts: int = 0
+    successes: int = 0
+    failures: int = 0
+    calls_served: int = 0
+    latency_count: int = 0
+    latency_sum: float = 0.0
+    latency_max: float = 0.0
+    latency_buckets: list[int] = msgspec.field(default_factory=_empty_buckets)
+
+    @property
+    def latency_mean(self) -> float | None:
+        """Mean latency of successful attempts, or None before the first one."""
+        return self.latency_sum / self.latency_count if self.latency_count else None
+
+    def latency_quantile(self, q: float) -> float | None:
+        """An upper bound of the ``q`` quantile (0..1) from the histogram buckets."""
+        if not self.latency_count:
+            return None
+        rank = q * self.latency_count
+        seen = 0
+        for bound, count in zip(LATENCY_BUCKETS, self.latency_buckets, strict=False):
+            seen += count
+            if seen >= rank:
+                return min(bound, self.latency_max)
+        return self.latency_max
+
+
+class Metrics(msgspec.Struct, kw_only=True):
+    """Counters over the whole log; ``by_model`` holds the per-model figures."""
+
+    calls: int = 0
+    calls_succeeded: int = 0
+    calls_failed: int = 0
+    calls_cancelled: int = 0
+    attempts: int = 0
+    attempt_failures: int = 0
+    retries: int = 0
+    failovers: int = 0
+    backoffs: int = 0
+    backoff_seconds: float = 0.0
+    retry_budget_exhausted: int = 0
+    probes: int = 0
+    probe_failures: int = 0
+    state_changes: int = 0
+    failures_by_kind: dict[str, int] = {}
+    by_model: dict[str, ModelMetrics] = {}
+
+    def model(self, model_id: str) -> ModelMetrics:
+        """The figures of ``model_id``, created empty on first use."""
+        found = self.by_model.get(model_id)
+        if found is None:
+            found = self.by_model[model_id] = ModelMetrics()
+        return found
+
+
+class ModelState(msgspec.Struct, kw_only=True):
+    """One client's health: the state, since when, why, and its failure streak."""
+
+    state: HealthState = HealthState.HEALTHY
+    since: datetime | None = None
+    reason: str = ""
+    cause: str = ""
+    streak: int = 0
+
+
+class AuditEntry(msgspec.Struct, frozen=True, kw_only=True):
+    """A state change or an operator action: what, when, why, by whom."""
+
+    at: datetime
+    model_id: str
+    action: str
+    from_state: HealthState
+    to_state: HealthState
+    reason: str = ""
+    by: str = ""
+
+
+class Snapshot(msgspec.Struct, kw_only=True):
+    """Everything the log says: metrics, per-model states, the audit trail."""
+
+    metrics: Metrics = msgspec.field(default_factory=Metrics)
+    states: dict[str, ModelState] = {}
+    audit: list[AuditEntry] = []
+    models: tuple[str, ...] = ()
+    events: int = 0
+    last_at: datetime | None = None
+
+    def state_of(self, model_id: str) -> ModelState:
+        """The state of ``model_id``, created healthy on first use."""
+        found = self.states.get(model_id)
+        if found is None:
+            found = self.states[model_id] = ModelState()
+        return found
+
+
+def _latency(model: ModelMetrics, latency: float) -> None:
+    model.latency_count += 1
+    model.latency_sum += latency
+    model.latency_max = max(model.latency_max, latency)
+    index = 0
+    for bound in LATENCY_BUCKETS:
+        if latency <= bound:
+            break
+        index += 1
+    model.latency_buckets[index] += 1
+
+
+def _set_state(
+    snap: Snapshot, model_id: str, to: HealthState, at: datetime, reason: str, cause: str
+) -> HealthState:
+    state = snap.state_of(model_id)
+    before = state.state
+    state.state, state.since, state.reason, state.cause = to, at, reason, cause
+    if to is HealthState.HEALTHY:
+        state.streak = 0
+    return before
+
+
+def _apply_attempt_failed(snap: Snapshot, event: AttemptFailed) -> None:
+    m = snap.metrics
+    m.attempt_failures += 1
+    kind = event.error_kind.value
+    m.failures_by_kind[kind] = m.failures_by_kind.get(kind, 0) + 1
+    m.model(event.model_id).failures += 1
+    if event.final and event.counts:
+        snap.state_of(event.model_id).streak += 1
+
+
+def _apply_state_changed(snap: Snapshot, event: StateChanged) -> None:
+    snap.metrics.state_changes += 1
+    _set_state(snap, event.model_id, event.to_state, event.at, event.reason, event.type)
+    snap.audit.append(
+        AuditEntry(
+            at=event.at,
+            model_id=event.model_id,
+            action="state_changed",
+            from_state=event.from_state,
+            to_state=event.to_state,
+            reason=event.reason,
+        )
+    )
+
+
+def _apply_maintenance(snap: Snapshot, event: Maintenance) -> None:
+    current = snap.state_of(event.model_id).state
+    if event.on:
+        target = HealthState.MAINTENANCE
+    elif current is HealthState.MAINTENANCE:
+        target = HealthState.HEALTHY
+    else:
+        target = current
+    if target is not current:
+        snap.metrics.state_changes += 1
+        _set_state(snap, event.model_id, target, event.at, event.reason, event.type)
+    snap.audit.append(
+        AuditEntry(
+            at=event.at,
+            model_id=event.model_id,
+            action="maintenance_on" if event.on else "maintenance_off",
+            from_state=current,
+            to_state=target,
+            reason=event.reason,
+            by=event.by,
+        )
+    )
+
+
+def apply(snap: Snapshot, event: Event) -> Snapshot:  # noqa: PLR0912 - one flat dispatch
+    """Fold one event into ``snap`` (in place) and return it."""
+    m = snap.metrics
+    snap.events += 1
+    snap.last_at = event.at
+    match event:
+        case AttemptStarted():
+            m.attempts += 1
+            m.model(event.model_id).attempts += 1
+            if event.attempt > 1:
+                m.retries += 1
+        case AttemptSucceeded():
+            model = m.model(event.model_id)
+            model.successes += 1
+            _latency(model, event.latency)
+            snap.state_of(event.model_id).streak = 0
+        case AttemptFailed():
+            _apply_attempt_failed(snap, event)
+        case CallStarted():
+            m.calls += 1
+        case CallSucceeded():
+            m.calls_succeeded += 1
+            m.model(event.model_id).calls_served += 1
+        case CallFailed():
+            m.calls_failed += 1
+        case CallCancelled():
+            m.calls_cancelled += 1
+        case Backoff():
+            m.backoffs += 1
+            m.backoff_seconds += event.delay
+        case Failover():
+            m.failovers += 1
+        case RetryBudgetExhausted():
+            m.retry_budget_exhausted += 1
+        case HealthProbe():
+            m.probes += 1
+            if not event.ok:
+                m.probe_failures += 1
+        case StateChanged():
+            _apply_state_changed(snap, event)
+        case Maintenance():
+            _apply_maintenance(snap, event)
+        case EngineStarted():
+            snap.models = event.models
+            for model_id in event.models:
+                snap.state_of(model_id)
+        case EngineStopped():
+            pass
+    return snap
+
+
+def fold(events: Iterable[Event], snapshot: Snapshot | None = None) -> Snapshot:
+    """Fold ``events`` into ``snapshot`` (a fresh one by default)."""
+    snap = Snapshot() if snapshot is None else snapshot
+    for event in events:
+        apply(snap, event)
+    return snap

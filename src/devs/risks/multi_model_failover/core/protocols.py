@@ -1,0 +1,61 @@
+"""The seams of the core: what a model client and an event store must offer."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any, Literal, Protocol, TypeAlias, runtime_checkable
+
+from .events import Event
+
+Durability: TypeAlias = Literal["buffered", "process", "power"]
+DURABILITIES: tuple[str, ...] = ("buffered", "process", "power")
+
+Clock: TypeAlias = Callable[[], float]
+Sleep: TypeAlias = Callable[[float], Awaitable[Any]]
+
+
+@runtime_checkable
+class ModelClient(Protocol):
+    """A model the engine can call. Both methods may be sync or async.
+
+    ``call`` raises on failure: ``ModelError`` with a kind when the client knows why,
+    ``TimeoutError`` or any other ``Exception`` otherwise.
+    """
+
+    def call(self, prompt: str) -> Any:
+        """Answer ``prompt``; the response object is handed back to the caller unchanged."""
+
+    def health_check(self) -> bool:
+        """True when the model looks able to serve."""
+
+
+class EventStore(Protocol):
+    """An append-only, ordered event log.
+
+    ``append`` is cheap and never blocks on I/O; ``wait_committed`` waits until an appended
+    event is as durable as the store's ``durability`` promises.
+    """
+
+    durability: Durability
+    writer: str
+
+    def append(self, event: Event) -> int:
+        """Queue ``event``; returns a ticket for ``wait_committed``."""
+
+    async def wait_committed(self, ticket: int) -> None:
+        """Return once the event with ``ticket`` (and all before it) is committed."""
+
+    def read(self, *, after: int = 0) -> Iterator[Event]:
+        """Stored events with ``seq > after``, oldest first (this store's appends flushed)."""
+
+    def read_others(self, after: int) -> tuple[list[Event], int]:
+        """Events other writers stored with ``seq > after``, and the new cursor."""
+
+    def last_seq(self) -> int:
+        """The highest stored ``seq`` (0 for an empty log)."""
+
+    def close(self) -> None:
+        """Flush and close (blocking)."""
+
+    async def aclose(self) -> None:
+        """Flush and close without blocking the event loop."""

@@ -1,0 +1,5 @@
+"""Event stores: implementations of the core's ``EventStore`` protocol."""
+
+from .sqlite import SQLiteEventStore
+
+__all__ = ["SQLiteEventStore"]
