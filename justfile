@@ -34,3 +34,4 @@ verify:
 # Benchmarks: per-call overhead against a hand-written floor, log throughput.
 bench *args:
     {{python}} benchmarks/run.py {{args}}
+    {{python}} benchmarks/cli_bench.py

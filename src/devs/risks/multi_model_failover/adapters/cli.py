@@ -1,20 +1,48 @@
 """The ``failover`` command line: answers incident questions from an event log.
 
-Errors a person makes (a missing or foreign file, a newer schema) get one line on stderr and
-exit code 2; ``verify`` exits 1 when the log lacks what was expected.
+Every command reads the SQLite event log named as its first argument (``maintenance`` takes
+``--log``; ``demo`` writes one), also while another process is still appending to it. Errors a
+person makes (a missing or foreign file, a newer schema, a bad time expression, an unknown model
+id) get one line on stderr and exit code 2; ``verify`` exits 1 when the log lacks what was
+expected. Times are UTC.
 """
 
 from __future__ import annotations
 
+import contextlib
+import enum
+import getpass
+import os
+import sqlite3
+import sys
+import time
 from collections import Counter
+from collections.abc import Iterable
+from dataclasses import replace
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Final, TypeVar
 
+import msgspec
 import typer
 
 from ..core.errors import EventLogError
-from ..core.events import EVENT_TYPES
+from ..core.events import EVENT_TYPES, Event, Maintenance, encode
+from ..core.health import HealthState
+from ..core.projections import AuditEntry, Metrics, Snapshot
 from ..storage.sqlite import SQLiteEventStore
+from .exposition import prometheus_text
+from .queries import (
+    STATE_TYPES,
+    EventFilter,
+    first_seen,
+    known_models,
+    nth_last_seq,
+    read_events,
+    snapshot_at,
+)
+from .render import STATE_STYLES, Output, clock_text, describe, seconds_text
+from .timeexpr import TimeExpressionError, parse_time
 
 app = typer.Typer(
     name="failover",
@@ -27,10 +55,24 @@ app = typer.Typer(
 
 @app.callback()
 def _root() -> None:
-    """Inspect multi-model failover event logs: timelines, states, metrics, audits."""
+    """Inspect multi-model failover event logs: timelines, states, metrics, audits.
+
+    Times are UTC. A time (--since, --until, --at) is ISO-8601 (2024-05-01T03:12:00Z), relative
+    to now (-15m, -2h, -1d) or ``now``.
+    """
 
 
 LogArg = Annotated[Path, typer.Argument(help="Path of the SQLite event log.", show_default=False)]
+SinceOpt = Annotated[str | None, typer.Option("--since", help="Only events at or after this time.")]
+UntilOpt = Annotated[
+    str | None, typer.Option("--until", help="Only events at or before this time.")
+]
+AtOpt = Annotated[
+    str | None, typer.Option("--at", help="The instant to look at (default: the whole log).")
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable JSON output.")]
+POLL_SECONDS: Final = 0.5
+_E = TypeVar("_E", bound=enum.StrEnum)
 
 
 def fail(message: str, code: int = 2) -> typer.Exit:
@@ -39,13 +81,420 @@ def fail(message: str, code: int = 2) -> typer.Exit:
     return typer.Exit(code)
 
 
+def _refuse_foreign_database(path: Path) -> None:
+    """Refuse an SQLite file that holds no event log before the store opens it for writing.
+
+    Opening it read-write would switch it to WAL mode: someone else's database must be left
+    exactly as it was.
+    """
+    if not path.is_file():
+        return
+    if path.stat().st_size == 0:
+        raise fail(f"{path} is an empty file, not a failover event log")
+    try:
+        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+    except sqlite3.Error:
+        return
+    try:
+        tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
+    except sqlite3.Error:
+        return  # not SQLite at all: the store says so in its own words
+    finally:
+        conn.close()
+    if not {"events", "meta"} <= tables:
+        raise fail(f"{path} is an SQLite database but not a failover event log")
+
+
 def open_log(path: Path) -> SQLiteEventStore:
     """Open an existing event log for reading, or exit 2 with one clear line."""
+    _refuse_foreign_database(path)
     try:
         return SQLiteEventStore(path, create=False)
     except EventLogError as exc:
         raise fail(str(exc)) from None
 
+
+def _time(option: str, text: str | None) -> datetime | None:
+    if text is None:
+        return None
+    try:
+        return parse_time(text)
+    except TimeExpressionError as exc:
+        raise fail(f"{option}: {exc}") from None
+
+
+def _check_model(store: SQLiteEventStore, model_id: str) -> None:
+    known = known_models(store)
+    if model_id not in known:
+        listed = ", ".join(known) if known else "none: the log names no model yet"
+        raise fail(f"unknown model id {model_id!r} in {store.path} (known: {listed})")
+
+
+def _check_types(types: Iterable[str]) -> tuple[str, ...]:
+    wanted = tuple(dict.fromkeys(t.strip() for chunk in types for t in chunk.split(",") if t))
+    unknown = sorted(set(wanted) - set(EVENT_TYPES))
+    if unknown:
+        raise fail(
+            f"unknown event type(s): {', '.join(unknown)} (known: {', '.join(sorted(EVENT_TYPES))})"
+        )
+    return wanted
+
+
+# -- timeline ------------------------------------------------------------------------------
+
+
+@app.command()
+def timeline(
+    log: LogArg,
+    since: SinceOpt = None,
+    until: UntilOpt = None,
+    call: Annotated[str | None, typer.Option("--call", help="Only this call id.")] = None,
+    model: Annotated[
+        str | None, typer.Option("--model", help="Only this model (failovers from/to it too).")
+    ] = None,
+    types: Annotated[
+        list[str] | None,
+        typer.Option("--type", help="Only this event type (repeatable, or comma-separated)."),
+    ] = None,
+    last: Annotated[
+        int | None, typer.Option("--last", min=1, help="Only the last N matching events.")
+    ] = None,
+    follow: Annotated[
+        bool, typer.Option("--follow", "-f", help="Keep printing new events (Ctrl-C stops).")
+    ] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """The events in order, one line each: time, call, model, what happened, error kind, delay.
+
+    Filters combine. With --json each line is the stored event as JSON.
+    """
+    with open_log(log) as store:
+        flt = EventFilter(
+            since=_time("--since", since),
+            until=_time("--until", until),
+            call_id=call,
+            model_id=model,
+            types=_check_types(types or ()),
+            upto=store.last_seq(),
+        )
+        if model is not None:
+            _check_model(store, model)
+        after = nth_last_seq(store, flt, last) if last is not None else 0
+        out = Output()
+        _print_events(out, read_events(store, flt, after=after), as_json=as_json)
+        if follow:
+            _follow(out, store, flt, as_json=as_json)
+
+
+def _print_events(out: Output, events: Iterable[Event], *, as_json: bool) -> int:
+    if as_json:
+        count = 0
+        for event in events:
+            out.stream.write(encode(event).decode() + "\n")
+            count += 1
+        out.stream.flush()
+        return count
+    return out.lines(describe(event) for event in events)
+
+
+def _follow(out: Output, store: SQLiteEventStore, flt: EventFilter, *, as_json: bool) -> None:
+    """Tail the log: each round reads what was committed since the last one."""
+    after = flt.upto or 0
+    with contextlib.suppress(KeyboardInterrupt):
+        while True:
+            time.sleep(POLL_SECONDS)
+            upto = store.last_seq()
+            if upto > after:
+                _print_events(
+                    out, read_events(store, replace(flt, upto=upto), after=after), as_json=as_json
+                )
+                after = upto
+
+
+# -- state ---------------------------------------------------------------------------------
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    days, rest = divmod(seconds, 86_400)
+    hours, rest = divmod(rest, 3_600)
+    minutes, secs = divmod(rest, 60)
+    parts = [(days, "d"), (hours, "h"), (minutes, "m"), (secs, "s")]
+    shown = [f"{value}{unit}" for value, unit in parts if value][:2]
+    return " ".join(shown) or "0s"
+
+
+def _model_order(snap: Snapshot) -> list[str]:
+    return list(dict.fromkeys([*snap.models, *snap.states]))
+
+
+def _last_audit(snap: Snapshot, model_id: str) -> AuditEntry | None:
+    for entry in reversed(snap.audit):
+        if entry.model_id == model_id:
+            return entry
+    return None
+
+
+class _StateRow(msgspec.Struct, kw_only=True):
+    model: str
+    state: HealthState
+    in_rotation: bool
+    since: datetime | None
+    reason: str
+    cause: str
+    by: str
+
+
+def _state_rows(store: SQLiteEventStore, at: datetime | None) -> list[_StateRow]:
+    snap = snapshot_at(store, at, STATE_TYPES)
+    seen = first_seen(store, at)
+    rows = []
+    for model_id in _model_order(snap):
+        state = snap.states[model_id]
+        entry = _last_audit(snap, model_id)
+        rows.append(
+            _StateRow(
+                model=model_id,
+                state=state.state,
+                in_rotation=state.state.in_rotation,
+                since=state.since or seen.get(model_id),
+                reason=state.reason or ("configured" if state.since is None else ""),
+                cause=state.cause or ("engine_started" if model_id in seen else ""),
+                by=entry.by if entry is not None and entry.to_state is state.state else "",
+            )
+        )
+    return rows
+
+
+@app.command()
+def state(log: LogArg, at: AtOpt = None, as_json: JsonOpt = False) -> None:
+    """Each model's health state at an instant (default: now), since when and why."""
+    with open_log(log) as store:
+        instant = _time("--at", at)
+        if as_json:
+            rows = _state_rows(store, instant)
+            document = {"at": instant, "models": {row.model: row for row in rows}}
+            typer.echo(msgspec.json.encode(document).decode())
+            return
+        print_states(Output(), store, instant)
+
+
+def print_states(out: Output, store: SQLiteEventStore, instant: datetime | None) -> None:
+    """The table of each model's state at ``instant`` (None: the end of the log)."""
+    rows = _state_rows(store, instant)
+    when = clock_text(instant) if instant is not None else "the end of the log"
+    if not rows:
+        out.text(f"{store.path} names no model at {when}")
+        return
+    reference = instant or datetime.now(UTC)
+    table = [
+        [
+            row.model,
+            row.state.value,
+            "yes" if row.in_rotation else "no",
+            clock_text(row.since),
+            _duration((reference - row.since).total_seconds()) if row.since else "-",
+            _why(row),
+        ]
+        for row in rows
+    ]
+    styles = [STATE_STYLES[row.state] for row in rows]
+    headers = ["model", "state", "in rotation", "since (UTC)", "for", "why"]
+    out.table(f"model states at {when}", headers, table, styles)
+
+
+def _why(row: _StateRow) -> str:
+    why = f"{row.reason} [{row.cause}]" if row.cause else row.reason
+    return f"{why} by {row.by}" if row.by else why
+
+
+# -- metrics -------------------------------------------------------------------------------
+
+
+def _choice(name: str, value: str, choices: type[_E]) -> _E:
+    try:
+        return choices(value.lower())
+    except ValueError:
+        allowed = ", ".join(c.value for c in choices)
+        raise fail(f"{name}: {value!r} is not one of {allowed}") from None
+
+
+class MetricsFormat(enum.StrEnum):
+    """Output formats of ``metrics``."""
+
+    TEXT = "text"
+    JSON = "json"
+    PROMETHEUS = "prometheus"
+
+
+@app.command()
+def metrics(
+    log: LogArg,
+    at: AtOpt = None,
+    output_format: Annotated[
+        str, typer.Option("--format", help="text, json or prometheus.")
+    ] = MetricsFormat.TEXT.value,
+) -> None:
+    """The metrics replayed from the log (up to --at): text, JSON or Prometheus exposition."""
+    chosen = _choice("--format", output_format, MetricsFormat)
+    with open_log(log) as store:
+        snap = snapshot_at(store, _time("--at", at))
+    if chosen is MetricsFormat.JSON:
+        typer.echo(msgspec.json.encode(snap.metrics).decode())
+    elif chosen is MetricsFormat.PROMETHEUS:
+        sys.stdout.write(prometheus_text(snap))
+    else:
+        print_metrics(Output(), snap)
+
+
+def print_metrics(out: Output, snap: Snapshot) -> None:
+    """The metrics as tables: totals, per model, failures by kind."""
+    m = snap.metrics
+    out.table("totals", ["figure", "value"], _totals(m))
+    out.table("per model", _MODEL_HEADERS, [_model_row(m, mid) for mid in sorted(m.by_model)])
+    if m.failures_by_kind:
+        kinds = sorted(m.failures_by_kind.items(), key=lambda kv: (-kv[1], kv[0]))
+        out.table(
+            "failed attempts by error kind", ["kind", "count"], [[k, str(n)] for k, n in kinds]
+        )
+
+
+def _totals(m: Metrics) -> list[list[str]]:
+    figures: list[tuple[str, object]] = [
+        ("calls", m.calls),
+        ("calls succeeded", m.calls_succeeded),
+        ("calls failed", m.calls_failed),
+        ("calls cancelled", m.calls_cancelled),
+        ("attempts", m.attempts),
+        ("failed attempts", m.attempt_failures),
+        ("retries", m.retries),
+        ("failovers", m.failovers),
+        ("backoffs", f"{m.backoffs} ({seconds_text(m.backoff_seconds)} in all)"),
+        ("retry budget exhausted", m.retry_budget_exhausted),
+        ("health probes", f"{m.probes} ({m.probe_failures} failed)"),
+        ("state changes", m.state_changes),
+    ]
+    return [[name, str(value)] for name, value in figures]
+
+
+_MODEL_HEADERS: Final = [
+    "model", "attempts", "ok", "failed", "calls served", "p50", "p95", "mean", "max",
+]  # fmt: skip
+
+
+def _model_row(m: Metrics, model_id: str) -> list[str]:
+    f = m.by_model[model_id]
+    return [
+        model_id,
+        str(f.attempts),
+        str(f.successes),
+        str(f.failures),
+        str(f.calls_served),
+        seconds_text(f.latency_quantile(0.5)),
+        seconds_text(f.latency_quantile(0.95)),
+        seconds_text(f.latency_mean),
+        seconds_text(f.latency_max) if f.latency_count else "-",
+    ]
+
+
+# -- audit ---------------------------------------------------------------------------------
+
+
+@app.command()
+def audit(
+    log: LogArg,
+    model: Annotated[str | None, typer.Option("--model", help="Only this model.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Every state change and maintenance action: when, which model, what, who, why."""
+    with open_log(log) as store:
+        if model is not None:
+            _check_model(store, model)
+        entries = [
+            e for e in snapshot_at(store, None, STATE_TYPES).audit if model in (None, e.model_id)
+        ]
+    if as_json:
+        for entry in entries:
+            typer.echo(msgspec.json.encode(entry).decode())
+        return
+    out = Output()
+    if not entries:
+        out.text(f"{log}: no state change and no maintenance action recorded")
+        return
+    rows = [
+        [
+            clock_text(e.at),
+            e.model_id,
+            e.action.replace("_", " "),
+            f"{e.from_state.value} -> {e.to_state.value}",
+            e.by or "engine (health)",
+            e.reason,
+        ]
+        for e in entries
+    ]
+    styles = [STATE_STYLES[e.to_state] for e in entries]
+    out.table("audit trail", ["time (UTC)", "model", "action", "state", "who", "why"], rows, styles)
+
+
+# -- maintenance ---------------------------------------------------------------------------
+
+
+class Switch(enum.StrEnum):
+    """``maintenance on`` takes a model out of rotation, ``off`` puts it back."""
+
+    ON = "on"
+    OFF = "off"
+
+
+def _operator() -> str:
+    try:
+        return getpass.getuser()
+    except (OSError, KeyError):
+        return "cli"
+
+
+@app.command()
+def maintenance(
+    switch: Annotated[
+        str, typer.Argument(help="on: out of rotation; off: back in.", show_default=False)
+    ],
+    model: Annotated[str, typer.Argument(help="The model id.", show_default=False)],
+    log: Annotated[Path, typer.Option("--log", help="Path of the SQLite event log.")],
+    reason: Annotated[str, typer.Option("--reason", help="Why (kept in the audit trail).")],
+    by: Annotated[str | None, typer.Option("--by", help="Who (default: the current user).")] = None,
+) -> None:
+    """Record an operator's maintenance action in the log.
+
+    A running MultiModelFailover on the same log picks it up within one health-check interval.
+    """
+    chosen = _choice("maintenance", switch, Switch)
+    if not reason.strip():
+        raise fail("--reason must say why (it goes into the audit trail)")
+    with open_log(log) as store:
+        _check_model(store, model)
+        before = snapshot_at(store, None, STATE_TYPES).state_of(model).state
+        on = chosen is Switch.ON
+        who = by or _operator()
+        store.append(
+            Maintenance(at=datetime.now(UTC), model_id=model, on=on, reason=reason, by=who)
+        )
+        if not store.flush():
+            raise fail(f"could not write to {log}: {store.last_error}", code=1)
+        seq = store.query("SELECT max(seq) FROM events WHERE writer = ?", (store.writer,))[0][0]
+    after = (
+        HealthState.MAINTENANCE
+        if on
+        else (HealthState.HEALTHY if before is HealthState.MAINTENANCE else before)
+    )
+    typer.echo(
+        f"recorded maintenance {chosen.value} for {model} in {log} (seq {seq}, by {who}): "
+        f"{before.value} -> {after.value}"
+    )
+    if not on and before is not HealthState.MAINTENANCE:
+        typer.echo(f"note: {model} was not in maintenance; its state stays {before.value}")
+
+
+# -- verify --------------------------------------------------------------------------------
 
 LogsArg = Annotated[
     list[Path], typer.Argument(help="One or more SQLite event logs.", show_default=False)
@@ -88,14 +537,60 @@ def count_types(store: SQLiteEventStore, types: list[str]) -> Counter[str]:
     placeholders = ",".join("?" * len(types))
     sql = f"SELECT type, count(*) FROM events WHERE type IN ({placeholders}) GROUP BY type"  # noqa: S608 - placeholders only
     try:
-        return Counter(dict(store.db.execute(sql, list(types)).fetchall()))
-    except Exception as exc:  # noqa: BLE001 - any read failure is one line for the user
-        raise fail(f"cannot read {store.path}: {exc}") from None
+        return Counter(dict(store.query(sql, types)))
+    except EventLogError as exc:
+        raise fail(str(exc)) from None
+
+
+# -- report and demo -----------------------------------------------------------------------
+
+
+@app.command()
+def report(
+    log: LogArg,
+    output: Annotated[Path, typer.Option("--output", "-o", help="The HTML file to write.")],
+    since: SinceOpt = None,
+    until: UntilOpt = None,
+) -> None:
+    """Write a self-contained HTML incident report: health timeline, metrics, worst calls."""
+    from .report import build_report  # noqa: PLC0415 - only this command needs it
+
+    with open_log(log) as store:
+        page, summary = build_report(
+            store, since=_time("--since", since), until=_time("--until", until)
+        )
+    try:
+        output.write_text(page, encoding="utf-8")
+    except OSError as exc:
+        raise fail(f"cannot write {output}: {exc.strerror or exc}") from None
+    typer.echo(f"wrote {output}: {summary}")
+
+
+@app.command()
+def demo(
+    log: Annotated[Path, typer.Option("--log", help="Where to write the demo's event log.")] = Path(
+        "var/demo/events.sqlite3"
+    ),
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the simulated models.")] = 7,
+) -> None:
+    """Play a scripted incident on simulated models (no network, no keys) and explain it."""
+    from .demo import DemoError, run_demo  # noqa: PLC0415 - only this command needs it
+
+    try:
+        run_demo(log, seed=seed, out=Output())
+    except DemoError as exc:
+        raise fail(str(exc)) from None
 
 
 def main() -> None:
     """Console-script entry point."""
-    app(prog_name="failover")
+    try:
+        app(prog_name="failover")
+    except BrokenPipeError:
+        # The reader went away (`failover timeline LOG | head`): not an error of ours.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        sys.exit(0)
 
 
 if __name__ == "__main__":  # pragma: no cover

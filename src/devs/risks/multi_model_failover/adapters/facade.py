@@ -67,6 +67,7 @@ class MultiModelFailover(FailoverEngine):
         rng: random.Random | None = None,
         wall_clock: WallClock | None = None,
         durability: str = "process",
+        fingerprint_prompts: bool = False,
     ) -> None:
         store = open_store(event_store, durability)
         try:
@@ -80,11 +81,22 @@ class MultiModelFailover(FailoverEngine):
                 clock=clock if clock is not None else time.monotonic,
                 wall_clock=wall_clock if wall_clock is not None else utc_now,
                 rng=rng if rng is not None else random.Random(),  # noqa: S311 - jitter, not crypto
+                fingerprint_prompts=fingerprint_prompts,
             )
         except BaseException:
             if store is not event_store:
                 store.close()
             raise
+        self._owned_clients: list[Any] = []
+
+    async def aclose(self) -> None:
+        """Stop the health loop, flush and close the log, close clients built from config."""
+        await super().aclose()
+        owned, self._owned_clients = self._owned_clients, []
+        for client in owned:
+            close = getattr(client, "aclose", None)
+            if close is not None:
+                await close()
 
     @classmethod
     def from_config(
@@ -116,7 +128,9 @@ class MultiModelFailover(FailoverEngine):
             "durability": config.durability,
         }
         options.update(overrides)
-        return cls(clients, config.retry_policy, config.health_check_interval, **options)
+        engine = cls(clients, config.retry_policy, config.health_check_interval, **options)
+        engine._owned_clients = list(clients.values())
+        return engine
 
 
 def replay(

@@ -6,7 +6,6 @@ number (no overflow at attempt 10,000 or 10**9).
 
 from __future__ import annotations
 
-import math
 import random
 
 from .policies import RetryPolicy
@@ -21,10 +20,11 @@ def capped_delay(policy: RetryPolicy, n: int) -> float:
         return 0.0
     if policy.multiplier == 1 or n == 1:
         return min(cap, base)
-    # Compare in log space so that huge exponents never overflow.
-    if (n - 1) * math.log(policy.multiplier) >= math.log(cap / base):
+    try:
+        grown = base * policy.multiplier ** (n - 1)
+    except OverflowError:  # huge attempt numbers: the cap is the answer
         return cap
-    return min(cap, base * policy.multiplier ** (n - 1))
+    return min(cap, grown)
 
 
 def backoff_delay(

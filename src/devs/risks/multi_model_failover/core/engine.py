@@ -12,12 +12,15 @@ move to the next client does not wait. A client is never visited twice in one ca
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import inspect
 import itertools
 import math
 import random
+import secrets
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Callable, Iterator, Mapping, Sequence
 from datetime import datetime
 from types import TracebackType
 from typing import Any, Self
@@ -55,7 +58,7 @@ from .events import (
 )
 from .health import HealthMachine, HealthState
 from .policies import HealthPolicy, RetryPolicy
-from .projections import Metrics, Snapshot, apply, fold
+from .projections import Metrics, Snapshot, apply
 from .protocols import Clock, EventStore, Sleep
 from .retry_budget import RetryBudget
 from .scrub import describe_exception
@@ -190,6 +193,7 @@ class FailoverEngine:
         clock: Clock,
         wall_clock: WallClock,
         rng: random.Random,
+        fingerprint_prompts: bool = False,
     ) -> None:
         self._clients = _identify(clients)
         self._by_id = {c.model_id: c for c in self._clients}
@@ -211,8 +215,13 @@ class FailoverEngine:
         self._ticket = 0
         self._closed = False
         self._task_group: anyio.abc.TaskGroup | None = None
-        self._snap = fold(event_store.read())
-        self._cursor = event_store.last_seq()
+        self._loop_scope: anyio.CancelScope | None = None
+        self._fingerprint_salt = secrets.token_bytes(16) if fingerprint_prompts else None
+        self._snap = Snapshot()
+        self._cursor = 0
+        for event in event_store.read():
+            apply(self._snap, event)
+            self._cursor = max(self._cursor, event.seq)
         self._machines = {
             c.model_id: HealthMachine(self._snap.state_of(c.model_id).state) for c in self._clients
         }
@@ -314,11 +323,7 @@ class FailoverEngine:
         start = self._clock()
         call = _Call(next(self._call_ids), start, start + budget)
         order, last_resort = self._plan()
-        self._emit(
-            CallStarted(
-                at=self._now(), call_id=call.call_id, order=tuple(order), last_resort=last_resort
-            )
-        )
+        self._emit(self._call_started(call, order, last_resort, prompt))
         self._budget.record_call()
         terminal = False
         try:
@@ -342,6 +347,35 @@ class FailoverEngine:
         await self.event_store.wait_committed(self._ticket)
         return outcome
 
+    def _call_started(
+        self, call: _Call, order: list[str], last_resort: bool, prompt: Any
+    ) -> CallStarted:
+        if self._fingerprint_salt is None:
+            return CallStarted(
+                at=self._now(), call_id=call.call_id, order=tuple(order), last_resort=last_resort
+            )
+        # Opt-in: a salted hash and the length let an operator match repeated prompts
+        # without the log ever holding their text.
+        text = prompt if isinstance(prompt, str) else msgspec.json.encode(prompt).decode()
+        digest = hmac.new(self._fingerprint_salt, text.encode(), hashlib.sha256).hexdigest()
+        return CallStarted(
+            at=self._now(),
+            call_id=call.call_id,
+            order=tuple(order),
+            last_resort=last_resort,
+            prompt_chars=len(text),
+            prompt_hash=digest[:32],
+        )
+
+    def log_status(self) -> dict[str, Any]:
+        """The event log's own health: write errors, dropped events, the last error."""
+        store = self.event_store
+        return {
+            "errors": getattr(store, "errors", 0),
+            "dropped": getattr(store, "dropped", 0),
+            "last_error": getattr(store, "last_error", None),
+        }
+
     async def _run(self, call: _Call, order: list[str], prompt: Any) -> CallOutcome:
         last: _GaveUp | None = None
         for model_id in order:
@@ -360,7 +394,10 @@ class FailoverEngine:
                     break
                 continue
             return self._succeeded(call, model_id, response)
-        assert last is not None  # noqa: S101 - order is never empty: _plan keeps every client
+        if last is None:
+            last = _GaveUp(
+                ErrorKind.UNKNOWN, "no client available: all in maintenance", "no_clients"
+            )
         raise self._failed(call, last)
 
     def _failover(self, call: _Call, to_model: str, reason: ErrorKind) -> None:
@@ -694,31 +731,50 @@ class FailoverEngine:
         group = anyio.create_task_group()
         await group.__aenter__()
         self._task_group = group
-        group.start_soon(self._health_loop)
+        self._loop_scope = anyio.CancelScope()
+        group.start_soon(self._run_health_loop, self._loop_scope)
         return self
+
+    async def _run_health_loop(self, scope: anyio.CancelScope) -> None:
+        # Its own scope: aclose() stops the loop without cancelling the caller's block.
+        with scope:
+            await self._health_loop()
 
     async def __aexit__(
         self,
         exc_type: type[BaseException] | None,
         exc: BaseException | None,
         tb: TracebackType | None,
-    ) -> None:
+    ) -> bool | None:
         group, self._task_group = self._task_group, None
-        if group is not None:
-            group.cancel_scope.cancel()
-            await group.__aexit__(exc_type, exc, tb)
+        handled: bool | None = None
+        if group is not None and self._loop_scope is not None:
+            self._loop_scope.cancel()
+            handled = await group.__aexit__(exc_type, exc, tb)
         await self.aclose()
+        return handled
 
     async def aclose(self) -> None:
         """Stop the health loop, record ``engine_stopped``, flush and close the store."""
-        if self._task_group is not None:
-            self._task_group.cancel_scope.cancel()
+        if self._loop_scope is not None:
+            self._loop_scope.cancel()
         if self._closed:
             return
         self._closed = True
-        self._emit(EngineStopped(at=self._now()))
-        with anyio.CancelScope(shield=True):
-            await self.event_store.aclose()
+        try:
+            self._emit(EngineStopped(at=self._now()))
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self.event_store.aclose()
+
+    def stream(self, prompt: Any, *, timeout: float | None = None) -> AsyncGenerator[str, None]:
+        """Stream the answer as text chunks; failover only until the first chunk arrives.
+
+        After it, a failure raises ``StreamInterruptedError`` (see ``core.streaming``).
+        """
+        from .streaming import stream_with_failover  # noqa: PLC0415 - streaming imports this module
+
+        return stream_with_failover(self, prompt, timeout=timeout)
 
     def events(self) -> Iterator[Event]:
         """The stored events, oldest first (a shortcut for ``event_store.read()``)."""

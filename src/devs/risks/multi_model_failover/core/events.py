@@ -194,7 +194,15 @@ EVENT_TYPES: Final[dict[str, type[Event]]] = {
 
 TERMINAL_TYPES: Final = frozenset({"call_succeeded", "call_failed", "call_cancelled"})
 
-_encoder = msgspec.json.Encoder()
+
+def _enc_hook(obj: object) -> object:
+    # datetime subclasses (freezegun's FakeDatetime) are not encoded natively.
+    if isinstance(obj, datetime):
+        return obj.isoformat()
+    raise NotImplementedError(f"cannot encode {type(obj).__name__}")
+
+
+_encoder = msgspec.json.Encoder(enc_hook=_enc_hook)
 _decoder = msgspec.json.Decoder(Event)
 
 

@@ -25,7 +25,7 @@ class ModelClient(Protocol):
     def call(self, prompt: str) -> Any:
         """Answer ``prompt``; the response object is handed back to the caller unchanged."""
 
-    def health_check(self) -> bool:
+    def health_check(self) -> bool | Awaitable[bool]:
         """True when the model looks able to serve."""
 
 

@@ -1,31 +1,40 @@
-"""Model clients built from configuration (the HTTP adapters arrive with the adapters issue)."""
+"""The ``callable`` kind: any sync or async function as a model client."""
 
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable, Mapping, Sequence
+import inspect
+from collections.abc import Callable
 from typing import Any
 
 import anyio
 
-from ..core.errors import ConfigError
-from .config import ClientConfig
+from ...core.errors import ConfigError
 
 
 class CallableClient:
-    """Wraps a sync or async function ``fn(prompt) -> response`` as a ``ModelClient``."""
+    """Wraps a sync or async function ``fn(prompt) -> response`` as a ``ModelClient``.
+
+    A sync function runs on the event loop's thread: keep it quick, or make it async.
+    """
 
     def __init__(self, fn: Callable[[Any], Any], *, model_id: str | None = None) -> None:
         self.fn = fn
         self.model_id = model_id
 
+    def __repr__(self) -> str:
+        name = getattr(self.fn, "__qualname__", type(self.fn).__name__)
+        return f"CallableClient(model_id={self.model_id!r}, fn={name})"
+
     async def call(self, prompt: Any) -> Any:
+        """The function's answer to ``prompt`` (awaited when it is awaitable)."""
         result = self.fn(prompt)
-        if hasattr(result, "__await__"):
+        if inspect.isawaitable(result):
             return await result
         return result
 
     async def health_check(self) -> bool:
+        """Always True: a function has no endpoint to probe."""
         await anyio.lowlevel.checkpoint()
         return True
 
@@ -44,19 +53,3 @@ def import_target(target: str, *, client_id: str) -> Callable[[Any], Any]:
     if not callable(obj):
         raise ConfigError(f"client {client_id!r}: target {target!r} is not callable")
     return obj  # type: ignore[no-any-return]
-
-
-def build_client(config: ClientConfig, *, env: Mapping[str, str] | None = None) -> Any:
-    """One ``ModelClient`` from its configuration entry."""
-    if config.kind == "callable":
-        return CallableClient(
-            import_target(config.target or "", client_id=config.id), model_id=config.id
-        )
-    raise ConfigError(f"client {config.id!r}: kind {config.kind!r} is not available yet")
-
-
-def build_clients(
-    configs: Sequence[ClientConfig], *, env: Mapping[str, str] | None = None
-) -> dict[str, Any]:
-    """Every configured client, keyed by id, in configured order."""
-    return {config.id: build_client(config, env=env) for config in configs}

@@ -1,0 +1,280 @@
+"""How fast the `failover` command line answers on a large event log.
+
+Builds a synthetic log of N events (default 1,000,000) by inserting rows directly with
+``executemany`` (the engine would take minutes to write that many), then times `timeline`,
+`state --at` and `metrics` as a user runs them: a fresh `failover` process each, its output
+redirected to a file. Prints one line per command. Usage::
+
+    python benchmarks/cli_bench.py [--events N] [--log PATH] [--keep]
+
+A ``--log`` that already holds N benchmark events is reused rather than rebuilt.
+
+The log mimics a day of traffic on three models: mostly clean calls, bursts where the primary
+rate-limits or fails (retries, backoffs, failovers, state changes), probes and a maintenance
+window. Everything is seeded, so two runs build the same log.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from devs.risks.multi_model_failover.core.errors import ErrorKind
+from devs.risks.multi_model_failover.core.events import (
+    AttemptFailed,
+    AttemptStarted,
+    AttemptSucceeded,
+    Backoff,
+    CallStarted,
+    CallSucceeded,
+    EngineStarted,
+    Event,
+    Failover,
+    HealthProbe,
+    Maintenance,
+    StateChanged,
+    encode,
+)
+from devs.risks.multi_model_failover.core.health import HealthState
+from devs.risks.multi_model_failover.storage.sqlite import SQLiteEventStore
+
+MODELS = ("primary", "secondary", "tertiary")
+START = datetime(2024, 5, 1, tzinfo=UTC)
+WRITER = "bench0000000"
+
+
+class _Script:
+    """Generates a plausible stream of events, in order, with wall-clock stamps."""
+
+    def __init__(self, seed: int, span: timedelta, events: int) -> None:
+        self.rng = random.Random(seed)
+        self.now = START
+        # About four events per call: spread the calls over the span.
+        self.step = span / max(1, events // 4)
+        self.calls = 0
+        self.primary = HealthState.HEALTHY
+
+    def tick(self, seconds: float = 0.0) -> datetime:
+        self.now += timedelta(seconds=seconds) if seconds else self.step / 4
+        return self.now
+
+    def events(self) -> Iterator[Event]:
+        yield EngineStarted(at=self.tick(), models=MODELS)
+        while True:
+            self.calls += 1
+            yield from self._call()
+            if self.calls % 50 == 0:
+                yield from self._probes()
+            if self.calls % 20_000 == 0:
+                yield from self._maintenance()
+
+    def _state(self, model_id: str, to: HealthState, reason: str) -> Iterator[Event]:
+        if self.primary is to:
+            return
+        yield StateChanged(
+            at=self.tick(), model_id=model_id, from_state=self.primary, to_state=to, reason=reason
+        )
+        self.primary = to
+
+    def _call(self) -> Iterator[Event]:
+        call_id = f"bench-{self.calls}"
+        yield CallStarted(at=self.tick(), call_id=call_id, order=MODELS[:2])
+        trouble = (self.calls // 2_000) % 10 == 7  # 2,000 calls in every 20,000: an incident
+        model = "primary"
+        attempts = 0
+        failovers = 0
+        if trouble or self.rng.random() < 0.02:
+            for attempt in (1, 2):
+                attempts += 1
+                yield AttemptStarted(
+                    at=self.tick(), call_id=call_id, model_id=model, attempt=attempt
+                )
+                kind = self.rng.choice([ErrorKind.RATE_LIMITED, ErrorKind.SERVER])
+                final = attempt == 2
+                yield AttemptFailed(
+                    at=self.tick(),
+                    call_id=call_id,
+                    model_id=model,
+                    attempt=attempt,
+                    latency=self.rng.uniform(0.05, 2.0),
+                    error_kind=kind,
+                    message="503 Service Unavailable",
+                    final=final,
+                )
+                if not final:
+                    yield Backoff(
+                        at=self.tick(),
+                        call_id=call_id,
+                        model_id=model,
+                        attempt=attempt,
+                        delay=self.rng.uniform(0.1, 1.0),
+                    )
+            yield Failover(
+                at=self.tick(),
+                call_id=call_id,
+                from_model="primary",
+                to_model="secondary",
+                reason=ErrorKind.SERVER,
+            )
+            failovers = 1
+            model = "secondary"
+            if trouble:
+                yield from self._state("primary", HealthState.DEGRADED, "1 failed call(s) in a row")
+        elif self.primary is not HealthState.HEALTHY:
+            yield from self._state("primary", HealthState.HEALTHY, "a call succeeded")
+        attempts += 1
+        yield AttemptStarted(at=self.tick(), call_id=call_id, model_id=model, attempt=1)
+        latency = self.rng.lognormvariate(-1.0, 0.6)
+        yield AttemptSucceeded(
+            at=self.tick(latency), call_id=call_id, model_id=model, attempt=1, latency=latency
+        )
+        yield CallSucceeded(
+            at=self.tick(),
+            call_id=call_id,
+            model_id=model,
+            attempts=attempts,
+            failovers=failovers,
+            latency=latency,
+        )
+
+    def _probes(self) -> Iterator[Event]:
+        for model_id in MODELS:
+            yield HealthProbe(at=self.tick(), model_id=model_id, ok=True, latency=0.05)
+
+    def _maintenance(self) -> Iterator[Event]:
+        yield Maintenance(
+            at=self.tick(), model_id="tertiary", on=True, reason="key rotation", by="bench"
+        )
+        yield Maintenance(
+            at=self.tick(60), model_id="tertiary", on=False, reason="done", by="bench"
+        )
+
+
+def _rows(count: int, seed: int) -> Iterator[tuple[object, ...]]:
+    script = _Script(seed, timedelta(days=1), count)
+    for seq, event in zip(range(1, count + 1), script.events(), strict=False):
+        stamped = type(event)(**{**_fields(event), "seq": seq})
+        yield (
+            seq,
+            stamped.type,
+            stamped.at.isoformat(timespec="microseconds"),
+            getattr(stamped, "call_id", None),
+            getattr(stamped, "model_id", None),
+            WRITER,
+            encode(stamped).decode(),
+        )
+
+
+def _fields(event: Event) -> dict[str, object]:
+    return {name: getattr(event, name) for name in event.__struct_fields__}
+
+
+def build_log(path: Path, events: int, *, seed: int = 1) -> Path:
+    """Write a synthetic event log of ``events`` events at ``path`` (replacing it)."""
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+    SQLiteEventStore(path).close()  # the schema, exactly as the engine creates it
+    conn = sqlite3.connect(path)
+    try:
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = OFF")
+        rows = _rows(events, seed)
+        with conn:
+            conn.executemany(
+                "INSERT INTO events (seq, type, at, call_id, model_id, writer, body) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                rows,
+            )
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    finally:
+        conn.close()
+    return path
+
+
+def _holds(log: Path, events: int) -> bool:
+    """Whether ``log`` is already a benchmark log of ``events`` events (kept with --keep)."""
+    if not log.is_file():
+        return False
+    try:
+        with SQLiteEventStore(log, create=False) as store:
+            return store.count() == events and store.last_seq() == events
+    except ValueError:  # EventLogError: not a log, or not ours
+        return False
+
+
+def _time(args: list[str], sink: Path) -> tuple[float, int]:
+    """Seconds one `failover` process takes with its output going to a file, and its lines."""
+    command = [sys.executable, "-m", "devs.risks.multi_model_failover.adapters.cli", *args]
+    with sink.open("wb") as out:
+        started = time.perf_counter()
+        done = subprocess.run(command, stdout=out, stderr=subprocess.PIPE, check=False)  # noqa: S603 - our own CLI
+        elapsed = time.perf_counter() - started
+    if done.returncode != 0:
+        raise SystemExit(f"{' '.join(args)} failed: {done.stderr.decode().strip()}")
+    with sink.open("rb") as printed:
+        return elapsed, sum(
+            chunk.count(b"\n") for chunk in iter(lambda: printed.read(1 << 20), b"")
+        )
+
+
+def cases(log: Path) -> list[list[str]]:
+    """The commands timed, as argument lists."""
+    middle = (START + timedelta(hours=12)).isoformat()
+    return [
+        ["timeline", str(log)],
+        ["timeline", str(log), "--type", "failover"],
+        ["timeline", str(log), "--model", "secondary", "--since", middle],
+        ["timeline", str(log), "--call", "bench-12345"],
+        ["state", str(log), "--at", middle],
+        ["state", str(log)],
+        ["metrics", str(log)],
+        ["metrics", str(log), "--at", middle, "--format", "prometheus"],
+        ["audit", str(log)],
+    ]
+
+
+def main() -> None:
+    """Build the log, time each command, print the figures."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=1_000_000)
+    parser.add_argument("--log", type=Path, default=None)
+    parser.add_argument(
+        "--keep", action="store_true", help="keep the log afterwards (a later --log reuses it)"
+    )
+    options = parser.parse_args()
+    folder = tempfile.mkdtemp(prefix="failover-cli-bench-")
+    log = options.log or Path(folder) / "events.sqlite3"
+    size = log.stat().st_size / 2**20 if log.exists() else 0.0
+    if _holds(log, options.events):
+        print(f"reusing {log}: {options.events:,} events ({size:.0f} MiB)")
+    else:
+        started = time.perf_counter()
+        build_log(log, options.events)
+        built = time.perf_counter() - started
+        size = log.stat().st_size / 2**20
+        print(f"built {options.events:,} events in {built:.1f}s ({size:.0f} MiB) at {log}")
+    print(f"{'seconds':>8}  {'lines out':>10}  command")
+    worst = 0.0
+    for args in cases(log):
+        elapsed, printed = _time(args, Path(folder) / "output.txt")
+        worst = max(worst, elapsed)
+        shown = " ".join(a if a != str(log) else "LOG" for a in args)
+        print(f"{elapsed:8.2f}  {printed:>10,}  failover {shown}")
+    print(f"slowest: {worst:.2f}s (target: under 5s each on a 2-core machine)")
+    Path(folder, "output.txt").unlink(missing_ok=True)
+    if not options.keep and options.log is None:
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{log}{suffix}").unlink(missing_ok=True)
+    Path(folder).rmdir()
+
+
+if __name__ == "__main__":
+    main()

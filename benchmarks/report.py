@@ -1,0 +1,365 @@
+"""The results as text tables and as ``docs/performance.md``: figures, ratios, machine, method."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+import sqlite3
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from contenders import ENGINE_MODES, FLOOR, LITELLM, TENACITY, label
+from fakes import SCENARIOS
+from overhead import Result
+
+PACKAGES = ("devs-risks-multi-model-failover", "msgspec", "anyio", "pyperf", "tenacity", "litellm")
+
+
+def machine() -> dict[str, str]:
+    """CPU model, cores, memory, OS, Python, SQLite and the versions that matter."""
+    cpu = platform.processor() or "unknown"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    memory = "unknown"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal"):
+                memory = f"{int(line.split()[1]) / 1024 / 1024:.1f} GiB"
+                break
+    versions = []
+    for name in PACKAGES:
+        try:
+            versions.append(f"{name} {metadata.version(name)}")
+        except metadata.PackageNotFoundError:
+            continue
+    return {
+        "CPU": cpu,
+        "cores": str(os.cpu_count()),
+        "memory": memory,
+        "OS": f"{platform.system()} {platform.release()} ({platform.machine()})",
+        "Python": f"{platform.python_implementation()} {sys.version.split()[0]}",
+        "SQLite": sqlite3.sqlite_version,
+        "packages": ", ".join(versions),
+    }
+
+
+@dataclass
+class Report:
+    """Everything one run measured."""
+
+    argv: str
+    started: datetime
+    seconds: float = 0.0
+    overhead: list[Result] = field(default_factory=list)
+    appends: Any = None
+    append_seconds: float = 0.0
+    replay: dict[str, Any] | None = None
+    memory: dict[str, float] | None = None
+    in_flight: int = 0
+    skipped: list[str] = field(default_factory=list)
+    # 1-minute load averages at the start and the end: other work on the machine skews figures.
+    load: tuple[float, float] = (0.0, 0.0)
+
+    def find(self, scenario: str, contender: str, concurrency: int = 1) -> Result | None:
+        for result in self.overhead:
+            case = result.case
+            if (case.scenario.name, case.contender, case.concurrency) == (
+                scenario,
+                contender,
+                concurrency,
+            ):
+                return result
+        return None
+
+
+def _us(value: float) -> str:
+    if value >= 1000:
+        return f"{value:,.0f}"
+    if value >= 10:
+        return f"{value:.1f}"
+    return f"{value:.2f}"
+
+
+def _ratio(value: float, reference: Result | None) -> str:
+    if reference is None:
+        return "-"
+    return f"{value / reference.median_us:.2f}x"
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return lines
+
+
+def overhead_tables(report: Report) -> list[str]:
+    """One table per scenario and concurrency: median us/call and ratios to the peers."""
+    lines: list[str] = []
+    groups: dict[tuple[str, int], list[Result]] = {}
+    for result in report.overhead:
+        groups.setdefault((result.case.scenario.name, result.case.concurrency), []).append(result)
+    titles = {s.name: s.title for s in SCENARIOS}
+    with_litellm = any(r.case.contender == LITELLM for r in report.overhead)
+    for (scenario, concurrency), results in groups.items():
+        floor = report.find(scenario, FLOOR, concurrency)
+        tenacity = report.find(scenario, TENACITY, concurrency)
+        litellm = report.find(scenario, LITELLM, concurrency)
+        title = titles[scenario]
+        if concurrency > 1:
+            title = f"(d) {concurrency:,} concurrent calls (asyncio.gather), success, amortised"
+        header = ["contender", "median us/call", "stdev", "vs floor", "vs tenacity"]
+        if with_litellm:
+            header.append("LiteLLM / this")
+        rows = []
+        for result in results:
+            row = [
+                label(result.case.contender),
+                _us(result.median_us),
+                f"{result.stdev_us / result.median_us:.0%}" if result.median_us else "-",
+                _ratio(result.median_us, floor),
+                _ratio(result.median_us, tenacity),
+            ]
+            if with_litellm:
+                row.append(f"{litellm.median_us / result.median_us:,.0f}x" if litellm else "-")
+            rows.append(row)
+        lines += [f"### {title}", "", *_table(header, rows), ""]
+    return lines
+
+
+def targets(report: Report) -> list[list[str]]:
+    """Each target of issues 2 and 6 with the measured figure and whether it is met."""
+    rows: list[list[str]] = []
+
+    def add(target: str, figure: str, met: bool | None) -> None:
+        rows.append([target, figure, "n/a" if met is None else ("yes" if met else "**no**")])
+
+    for scenario in ("success", "failover"):
+        engine = report.find(scenario, "buffered")
+        floor = report.find(scenario, FLOOR)
+        if engine and floor:
+            ratio = engine.median_us / floor.median_us
+            add(
+                f"{scenario}, buffered file log: <= 2x the floor",
+                f"{ratio:.2f}x ({_us(engine.median_us)} vs {_us(floor.median_us)} us)",
+                ratio <= 2,
+            )
+    for scenario, factor in (("success", 100), ("failover", 200)):
+        engine = report.find(scenario, "buffered")
+        litellm = report.find(scenario, LITELLM)
+        if engine:
+            if litellm:
+                ratio = litellm.median_us / engine.median_us
+                add(
+                    f"{scenario}: >= {factor}x faster than LiteLLM",
+                    f"{ratio:,.0f}x",
+                    ratio >= factor,
+                )
+            else:
+                add(f"{scenario}: >= {factor}x faster than LiteLLM", "not run", None)
+    engine = report.find("failover", "buffered")
+    tenacity = report.find("failover", TENACITY)
+    if engine and tenacity:
+        add(
+            "failover: faster than tenacity's fail-once-then-succeed",
+            f"{_us(engine.median_us)} vs {_us(tenacity.median_us)} us",
+            engine.median_us < tenacity.median_us,
+        )
+    strict = report.find("success", "power", 1000)
+    if strict:
+        add(
+            "1,000 concurrent calls, power (fsync) mode: < 50 us/call",
+            f"{_us(strict.median_us)} us",
+            strict.median_us < 50,
+        )
+    if report.appends is not None:
+        rate = report.appends.rate
+        add("sustained appends >= 300,000 events/s", f"{rate:,.0f} events/s", rate >= 300_000)
+    if report.replay is not None:
+        rate = report.replay["replay_rate"]
+        add("replay into metrics >= 700,000 events/s", f"{rate:,.0f} events/s", rate >= 700_000)
+    if report.memory is not None:
+        kib = report.memory["engine"] - report.memory["bare client"]
+        add(
+            f"{report.in_flight:,} in-flight calls: < 5 KiB of engine memory per call",
+            f"{kib:.2f} KiB",
+            kib < 5,
+        )
+    return rows
+
+
+def log_lines(report: Report) -> list[str]:
+    """The event log and memory figures."""
+    lines: list[str] = []
+    if report.appends is not None:
+        a = report.appends
+        lines += [
+            "### Event log",
+            "",
+            *_table(
+                ["measure", "figure"],
+                [
+                    [
+                        f"sustained appends, buffered file log, {a.seconds:.0f} s",
+                        f"{a.rate:,.0f} events/s ({a.events:,} events)",
+                    ],
+                    ["producer side of one append (caller's thread)", f"{a.producer_us:.2f} us"],
+                    *_replay_rows(report),
+                ],
+            ),
+            "",
+        ]
+    if report.memory is not None:
+        m = report.memory
+        rows = [[name, f"{kib:.2f}"] for name, kib in m.items()]
+        rows.append(["engine minus bare client", f"{m['engine'] - m['bare client']:.2f}"])
+        lines += [
+            f"### Memory of {report.in_flight:,} calls in flight",
+            "",
+            *_table(["what holds the calls", "KiB per call"], rows),
+            "",
+        ]
+    return lines
+
+
+def _replay_rows(report: Report) -> list[list[str]]:
+    if report.replay is None:
+        return []
+    r = report.replay
+    return [
+        [
+            f"replay(path) of {r['events']:,} events into metrics (read, decode, fold)",
+            f"{r['replay_rate']:,.0f} events/s ({r['replay'].median():.2f} s)",
+        ],
+        [
+            f"fold alone over {r['events']:,} decoded events",
+            f"{r['fold_rate']:,.0f} events/s ({r['fold'].median():.2f} s)",
+        ],
+    ]
+
+
+METHOD = """\
+## Method
+
+- **Harness.** `benchmarks/run.py` (`just bench`), one process. pyperf measures
+  (`Runner.bench_time_func` in `--in-process` mode: loop calibration, one warmup, values,
+  statistics). Every case is measured in rounds (`--rounds`, default 3): each round runs every
+  case once, in a seeded shuffled order, and the runs of a case are merged, so drift of the
+  machine is spread over all contenders alike. Tables show the median of all values and the
+  standard deviation relative to it.
+- **Clients.** Every contender calls the same fake async client class (`benchmarks/fakes.py`):
+  it answers at once, or raises `ModelError(kind=server)`. No network, no real sleep.
+- **Scenarios.** (a) the primary answers; (b) the primary always raises and the secondary
+  answers, `max_attempts=1` (one failover, no backoff); (c) the primary fails the first
+  attempt of each call and answers the retry, with an injected no-op async sleep; (d) 100 and
+  1,000 calls at once with `asyncio.gather` on the success path, amortised per call.
+- **Our engine.** `MultiModelFailover(clients, RetryPolicy(max_attempts=..., attempt_timeout=30),
+  health_policy=..., event_store=..., durability=..., sleep=no_sleep)` with the in-memory log
+  (the defaults: `:memory:`, durability `process`) and a file log (WAL, under a temporary
+  directory) in each durability mode. Health thresholds are set so high that the failing
+  primary stays in rotation, and the retry budget so wide that it never refuses the scripted
+  retry: both would otherwise change the path measured. After each timed value the log is
+  flushed, untimed, so no backlog leaks into the next case; a `buffered` call is timed as its
+  caller sees it, with the writer thread running beside it.
+- **The floor.** A hand-written loop over the same clients with the same features: clients in
+  order, `max_attempts` each with the no-op sleep between attempts, each attempt under its own
+  `asyncio.timeout(30)`, and a small msgspec event object appended to a list wherever the
+  engine records an event (4 per call on the success path, 7 with a failover or a retry).
+- **tenacity.** `AsyncRetrying(stop=stop_after_attempt(2), wait=wait_none(), sleep=no_sleep,
+  reraise=True)` around the same clients: attempt n calls the n-th client of a plan (the
+  primary twice to retry, primary then secondary to fail over). No timeout, no events: what a
+  user would write with it.
+- **LiteLLM** (optional, a heavy install: measured when `import litellm` works, skipped with
+  the reason otherwise; `--peers none` leaves it out). `Router.acompletion` with two
+  deployments whose `mock_response` answers or raises, `fallbacks=[{"primary":
+  ["secondary"]}]`, `num_retries=0`, offline (`LITELLM_LOCAL_MODEL_COST_MAP=True`, telemetry
+  off). It cannot call our fake clients; its mock is its own cheapest path.
+- **Garbage collection.** After setup, `gc.freeze()` moves imported modules and contenders out
+  of the collector's reach, so a heavy import (LiteLLM) does not slow the others' collections.
+- **Event log.** Sustained appends: a mix of call events (9 in 10 calls succeed at once, 1 in
+  10 fails over) appended into a `buffered` file log for `--append-seconds` (10 s; `--long`:
+  60 s), the producer at most two windows of 5,000 calls ahead of the writer; the rate counts
+  events committed by the end. Replay: a file log of `--replay-events` events (200,000;
+  `--long`: 1,000,000), `replay(path)` (read, decode, fold into metrics) and the fold alone,
+  timed by pyperf.
+- **Memory.** `--in-flight` calls (10,000) held in flight by a client that awaits an
+  `anyio.Event`, traced with `tracemalloc` once all are in flight (the writer's queue drained
+  first): the bare client, the floor and the engine (buffered file log), in KiB per call.
+- **Reading the figures.** The `no-op store` row is the engine with a store that keeps
+  nothing: the gap between it and the floor is the engine's own bookkeeping (events built
+  and folded, health, budget, deadlines); the gap between it and `buffered` is the log (the
+  append, and the writer thread competing for the GIL). Sequential `process` and `power`
+  calls each wait for one commit round trip (wake the writer, commit, wake the loop), so
+  they measure latency, not overhead; the concurrent tables show what group commit makes
+  of it. The append rate is bounded by SQLite's inserts into the table and its four
+  secondary indexes, done by one writer thread.
+- **Rerun.** `pip install -e '.[dev,bench]' && just bench` (about two minutes); add
+  `pip install litellm` (best in a virtual environment of its own, then
+  `PYTHON=that/venv/bin/python just bench`) for the LiteLLM rows; `just bench --long`;
+  `just bench --help` lists every option (pyperf's own, such as `--values` and `--min-time`,
+  pass through). Figures vary with the machine: compare ratios from one run, not absolute
+  figures across machines.
+"""
+
+
+def render(report: Report) -> str:
+    """``docs/performance.md``."""
+    lines = [
+        "# Performance",
+        "",
+        "<!-- Generated by `just bench` (benchmarks/run.py): edit the generator, not this. -->",
+        "",
+        f"Measured {report.started:%Y-%m-%d %H:%M} UTC with `{report.argv}` "
+        f"({report.seconds:.0f} s). Figures are per call in microseconds unless said otherwise;"
+        " `vs floor` and `vs tenacity` divide a contender's median by that peer's "
+        "(lower is better), `LiteLLM / this` says how many times faster than LiteLLM's Router.",
+        "",
+        "## Machine",
+        "",
+        *_table(["what", "this run"], [*([k, v] for k, v in machine().items()), _load_row(report)]),
+        "",
+    ]
+    target_rows = targets(report)
+    if target_rows:
+        lines += ["## Targets", "", *_table(["target", "measured", "met"], target_rows), ""]
+    lines += ["## Results", "", *overhead_tables(report), *log_lines(report)]
+    if report.skipped:
+        lines += ["## Skipped", "", *[f"- {reason}" for reason in report.skipped], ""]
+    lines += [METHOD]
+    return "\n".join(lines)
+
+
+def _load_row(report: Report) -> list[str]:
+    start, end = report.load
+    cores = os.cpu_count() or 1
+    note = " (busy: other processes competed for the CPU)" if max(start, end) > cores - 0.5 else ""
+    return ["load average", f"{start:.2f} at the start, {end:.2f} at the end{note}"]
+
+
+def console(report: Report) -> str:
+    """The same tables for the terminal."""
+    lines = [" | ".join(_load_row(report)), ""]
+    target_rows = targets(report)
+    if target_rows:
+        lines += ["Targets", *_table(["target", "measured", "met"], target_rows), ""]
+    lines += [*overhead_tables(report), *log_lines(report)]
+    if report.skipped:
+        lines += ["Skipped:", *[f"- {reason}" for reason in report.skipped]]
+    return "\n".join(lines)
+
+
+def write(report: Report, path: Path) -> None:
+    """Write the markdown report to ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(render(report))
+
+
+__all__ = ["ENGINE_MODES", "Report", "console", "machine", "render", "write"]

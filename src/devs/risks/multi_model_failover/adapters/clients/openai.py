@@ -1,0 +1,147 @@
+"""The OpenAI Chat Completions wire protocol (``POST {base_url}/chat/completions``).
+
+Spoken by OpenAI, Azure OpenAI-compatible endpoints, vLLM, Ollama, llama.cpp's server,
+OpenRouter and LiteLLM's proxy. ``health_check`` is ``GET {base_url}/models``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator, AsyncIterator
+from typing import Any, ClassVar, Final
+
+import httpx
+import msgspec
+
+from ...core.responses import ModelResponse, Usage
+from .base import HTTPModelClient, Prompt, chat_messages
+from .errors import ProviderError, error_from_stream, malformed
+from .sse import ServerSentEvent
+
+DEFAULT_BASE_URL: Final = "https://api.openai.com/v1"
+_DONE: Final = "[DONE]"
+_FILTERED: Final = "content_filter"
+
+
+class _Part(msgspec.Struct):
+    type: str = ""
+    text: str | None = None
+
+
+class _Message(msgspec.Struct):
+    content: str | list[_Part] | None = None
+    refusal: str | None = None
+
+
+class _Choice(msgspec.Struct):
+    message: _Message = msgspec.field(default_factory=_Message)
+    finish_reason: str | None = None
+
+
+class _Usage(msgspec.Struct):
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+
+
+class _Completion(msgspec.Struct):
+    choices: list[_Choice]
+    id: str | None = None
+    model: str | None = None
+    usage: _Usage | None = None
+
+
+class _Delta(msgspec.Struct):
+    content: str | None = None
+    refusal: str | None = None
+
+
+class _ChunkChoice(msgspec.Struct):
+    delta: _Delta = msgspec.field(default_factory=_Delta)
+    finish_reason: str | None = None
+
+
+class _StreamError(msgspec.Struct):
+    message: str | None = None
+    type: str | None = None
+    code: str | int | None = None
+
+
+class _Chunk(msgspec.Struct):
+    choices: list[_ChunkChoice] = []
+    error: _StreamError | None = None
+
+
+def _text(content: str | list[_Part] | None) -> str:
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    return "".join(part.text for part in content if part.text)
+
+
+class OpenAIClient(HTTPModelClient):
+    """A model behind an OpenAI-compatible Chat Completions endpoint.
+
+    ``params`` (``temperature``, ``max_tokens``...) are merged into every request body;
+    ``model``, ``messages`` and ``stream`` are always this client's own.
+    """
+
+    provider: ClassVar[str] = "openai"
+    chat_path: ClassVar[str] = "/chat/completions"
+    models_path: ClassVar[str] = "/models"
+
+    def _auth_headers(self, api_key: str | None) -> dict[str, str]:
+        return {"authorization": f"Bearer {api_key}"} if api_key else {}
+
+    def _body(self, prompt: Prompt, *, stream: bool) -> dict[str, Any]:
+        return {
+            **self.params,
+            "model": self.model,
+            "messages": chat_messages(prompt),
+            "stream": stream,
+        }
+
+    def _parse(self, response: httpx.Response, latency: float) -> ModelResponse:
+        data = self._decode(response.content, _Completion, "chat completion")
+        if not data.choices:
+            raise malformed("chat completion without choices", model_id=self.model_id)
+        choice = data.choices[0]
+        text = _text(choice.message.content)
+        if choice.finish_reason == _FILTERED:
+            raise self._refused("the answer was withheld by a content filter (content_filter)")
+        if choice.message.refusal and not text:
+            raise self._refused(f"the model refused: {choice.message.refusal}")
+        usage = data.usage or _Usage()
+        return ModelResponse(
+            text=text,
+            model=data.model or self.model,
+            finish_reason=choice.finish_reason,
+            usage=Usage(input_tokens=usage.prompt_tokens, output_tokens=usage.completion_tokens),
+            request_id=response.headers.get("x-request-id") or data.id,
+            latency=latency,
+        )
+
+    async def _texts(self, events: AsyncIterator[ServerSentEvent]) -> AsyncGenerator[str, None]:
+        finished = False
+        async for event in events:
+            if event.data.strip() == _DONE:
+                return
+            chunk = self._decode(event.data, _Chunk, "stream chunk")
+            if chunk.error is not None:
+                raise error_from_stream(_provider_error(chunk.error), model_id=self.model_id)
+            for choice in chunk.choices[:1]:
+                if choice.delta.content:
+                    yield choice.delta.content
+                if choice.finish_reason == _FILTERED:
+                    raise self._refused("the stream was cut by a content filter (content_filter)")
+                finished = finished or choice.finish_reason is not None
+        # Some servers end with a finish_reason and no [DONE]; without either it was cut.
+        if not finished:
+            raise self._incomplete()
+
+
+def _provider_error(error: _StreamError) -> ProviderError:
+    return ProviderError(
+        code=str(error.code) if error.code is not None else "",
+        type=error.type or "",
+        message=error.message or "",
+    )

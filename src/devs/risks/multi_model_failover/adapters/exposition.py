@@ -1,0 +1,148 @@
+"""Metrics of a replayed log in the Prometheus text format, through ``prometheus_client``.
+
+The names are stable (dashboards and alerts depend on them); counters end in ``_total``:
+
+- ``failover_calls_total``: calls started.
+- ``failover_calls_finished_total{outcome}``: calls ended, ``succeeded``/``failed``/``cancelled``.
+- ``failover_attempts_total{model}``, ``failover_attempt_successes_total{model}``,
+  ``failover_attempt_failures_total{model}``: attempts on each model and how they ended.
+- ``failover_calls_served_total{model}``: calls each model answered.
+- ``failover_attempt_errors_total{kind}``: failed attempts by error kind.
+- ``failover_retries_total``, ``failover_failovers_total``, ``failover_backoffs_total``,
+  ``failover_backoff_seconds_total``, ``failover_retry_budget_exhausted_total``,
+  ``failover_health_probes_total``, ``failover_health_probe_failures_total``,
+  ``failover_state_changes_total``.
+- ``failover_attempt_latency_seconds{model}``: histogram of successful attempts' latency, with
+  the bounds of ``core.projections.LATENCY_BUCKETS``.
+- ``failover_model_state{model,state}``: 1 for the state each model is in, 0 for the others.
+- ``failover_log_events``: events folded; ``failover_log_last_event_timestamp_seconds``: the
+  wall-clock time of the last one (Unix seconds).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from itertools import accumulate
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+
+from ..core.health import HealthState
+from ..core.projections import LATENCY_BUCKETS, Metrics, Snapshot
+
+
+def _le(bound: float) -> str:
+    """A bucket bound as Prometheus writes it (``0.005``, ``1.0``, ``60.0``)."""
+    return repr(float(bound))
+
+
+def _counter(name: str, doc: str, value: float) -> CounterMetricFamily:
+    return CounterMetricFamily(name, doc, value=value)
+
+
+def _totals(m: Metrics) -> Iterator[Metric]:
+    yield _counter("failover_calls", "Calls started.", m.calls)
+    finished = CounterMetricFamily(
+        "failover_calls_finished", "Calls ended, by outcome.", labels=["outcome"]
+    )
+    finished.add_metric(["succeeded"], m.calls_succeeded)
+    finished.add_metric(["failed"], m.calls_failed)
+    finished.add_metric(["cancelled"], m.calls_cancelled)
+    yield finished
+    yield _counter("failover_retries", "Attempts after the first on the same model.", m.retries)
+    yield _counter("failover_failovers", "Moves from one model to the next in a call.", m.failovers)
+    yield _counter("failover_backoffs", "Backoff waits between attempts.", m.backoffs)
+    yield _counter("failover_backoff_seconds", "Seconds spent in backoff.", m.backoff_seconds)
+    yield _counter(
+        "failover_retry_budget_exhausted",
+        "Retries refused by the retry budget.",
+        m.retry_budget_exhausted,
+    )
+    yield _counter("failover_health_probes", "Health probes run.", m.probes)
+    yield _counter("failover_health_probe_failures", "Health probes failed.", m.probe_failures)
+    yield _counter("failover_state_changes", "Health state changes.", m.state_changes)
+    errors = CounterMetricFamily(
+        "failover_attempt_errors", "Failed attempts by error kind.", labels=["kind"]
+    )
+    for kind, count in sorted(m.failures_by_kind.items()):
+        errors.add_metric([kind], count)
+    yield errors
+
+
+def _per_model(m: Metrics) -> Iterator[Metric]:
+    families = {
+        "attempts": CounterMetricFamily(
+            "failover_attempts", "Attempts per model.", labels=["model"]
+        ),
+        "successes": CounterMetricFamily(
+            "failover_attempt_successes", "Successful attempts per model.", labels=["model"]
+        ),
+        "failures": CounterMetricFamily(
+            "failover_attempt_failures", "Failed attempts per model.", labels=["model"]
+        ),
+        "calls_served": CounterMetricFamily(
+            "failover_calls_served", "Calls each model answered.", labels=["model"]
+        ),
+    }
+    latency = HistogramMetricFamily(
+        "failover_attempt_latency_seconds",
+        "Latency of successful attempts, seconds.",
+        labels=["model"],
+    )
+    bounds = [_le(b) for b in LATENCY_BUCKETS] + ["+Inf"]
+    for model_id, figures in sorted(m.by_model.items()):
+        for field, family in families.items():
+            family.add_metric([model_id], getattr(figures, field))
+        cumulative = list(accumulate(figures.latency_buckets))
+        latency.add_metric(
+            [model_id],
+            list(zip(bounds, [float(c) for c in cumulative], strict=True)),
+            figures.latency_sum,
+        )
+    yield from families.values()
+    yield latency
+
+
+def _states(snapshot: Snapshot) -> Iterator[Metric]:
+    gauge = GaugeMetricFamily(
+        "failover_model_state",
+        "1 for the health state each model is in, 0 for the others.",
+        labels=["model", "state"],
+    )
+    for model_id, state in sorted(snapshot.states.items()):
+        for candidate in HealthState:
+            gauge.add_metric([model_id, candidate.value], 1.0 if state.state is candidate else 0.0)
+    yield gauge
+    yield GaugeMetricFamily("failover_log_events", "Events folded.", value=snapshot.events)
+    if snapshot.last_at is not None:
+        yield GaugeMetricFamily(
+            "failover_log_last_event_timestamp_seconds",
+            "Wall-clock time of the last event folded, Unix seconds.",
+            value=snapshot.last_at.timestamp(),
+        )
+
+
+class SnapshotCollector(Collector):
+    """A ``prometheus_client`` collector over one replayed ``Snapshot``."""
+
+    def __init__(self, snapshot: Snapshot) -> None:
+        self.snapshot = snapshot
+
+    def collect(self) -> Iterator[Metric]:
+        """Every metric family of the snapshot."""
+        yield from _totals(self.snapshot.metrics)
+        yield from _per_model(self.snapshot.metrics)
+        yield from _states(self.snapshot)
+
+
+def prometheus_text(snapshot: Snapshot) -> str:
+    """The snapshot's metrics in the Prometheus text exposition format."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(SnapshotCollector(snapshot))
+    return generate_latest(registry).decode()

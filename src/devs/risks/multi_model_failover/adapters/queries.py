@@ -1,0 +1,161 @@
+"""Indexed, streaming reads of an event log for the command line and the report.
+
+Every read goes through ``SQLiteEventStore.read`` (pages of rows, decoded one by one), with an
+SQL condition that lets SQLite use one index or a range of ``seq`` at a time: a condition that
+should not drive the query is written ``+column`` so SQLite does not pick its index. A reader
+pins the log's last ``seq`` when it starts, so a log that another process keeps appending to
+gives one consistent answer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Final
+
+from ..core.events import EngineStarted, Event
+from ..core.projections import Snapshot, apply
+from ..storage.sqlite import SQLiteEventStore
+from .timeexpr import log_text
+
+STATE_TYPES: Final = ("engine_started", "state_changed", "maintenance")
+AUDIT_TYPES: Final = ("state_changed", "maintenance")
+
+
+@dataclass(frozen=True)
+class EventFilter:
+    """Which events to read; every given condition must hold (they combine with AND).
+
+    ``model_id`` also matches failovers from or to that model. ``upto`` pins the last ``seq``
+    read (None: no bound, as when following a live log).
+    """
+
+    since: datetime | None = None
+    until: datetime | None = None
+    call_id: str | None = None
+    model_id: str | None = None
+    types: tuple[str, ...] = ()
+    upto: int | None = None
+
+
+def scalar(store: SQLiteEventStore, sql: str, params: tuple[object, ...] = ()) -> Any:
+    """The first column of the first row of ``sql`` (None when there is no row)."""
+    rows = store.query(sql, params)
+    return rows[0][0] if rows else None
+
+
+def _seq_window(store: SQLiteEventStore, flt: EventFilter) -> tuple[int, int | None] | None:
+    """The ``seq`` range that can hold events of the filter's time window; None if empty."""
+    low = 0
+    high = flt.upto
+    if flt.since is not None:
+        first = scalar(store, "SELECT min(seq) FROM events WHERE at >= ?", (log_text(flt.since),))
+        if first is None:
+            return None
+        low = int(first) - 1
+    if flt.until is not None:
+        last = scalar(store, "SELECT max(seq) FROM events WHERE at <= ?", (log_text(flt.until),))
+        if last is None:
+            return None
+        high = int(last) if high is None else min(high, int(last))
+    return low, high
+
+
+def _condition(flt: EventFilter, high: int | None) -> tuple[str, tuple[object, ...]]:
+    """The SQL condition of ``flt`` and its parameters; one term at most uses an index."""
+    terms: list[str] = []
+    params: list[object] = []
+    if flt.call_id is not None:
+        terms.append("call_id = ?")
+        params.append(flt.call_id)
+    single_type = len(flt.types) == 1 and flt.call_id is None
+    if single_type:
+        terms.append("type = ?")
+        params.append(flt.types[0])
+    elif flt.types:
+        terms.append(f"+type IN ({','.join('?' * len(flt.types))})")
+        params.extend(flt.types)
+    if flt.model_id is not None:
+        terms.append(
+            "(+model_id = ? OR (+type = 'failover' AND (json_extract(body, '$.from_model') = ?"
+            " OR json_extract(body, '$.to_model') = ?)))"
+        )
+        params.extend([flt.model_id] * 3)
+    if flt.since is not None:
+        terms.append("+at >= ?")
+        params.append(log_text(flt.since))
+    if flt.until is not None:
+        terms.append("+at <= ?")
+        params.append(log_text(flt.until))
+    if high is not None:
+        terms.append("seq <= ?")
+        params.append(high)
+    return " AND ".join(terms), tuple(params)
+
+
+def read_events(store: SQLiteEventStore, flt: EventFilter, *, after: int = 0) -> Iterator[Event]:
+    """The events matching ``flt`` with ``seq > after``, oldest first, streamed."""
+    window = _seq_window(store, flt)
+    if window is None:
+        return
+    low, high = window
+    where, params = _condition(flt, high)
+    yield from store.read(after=max(after, low), where=where, params=params)
+
+
+def nth_last_seq(store: SQLiteEventStore, flt: EventFilter, count: int) -> int:
+    """The ``after`` that leaves only the last ``count`` events matching ``flt``."""
+    window = _seq_window(store, flt)
+    if window is None:
+        return 0
+    low, high = window
+    where, params = _condition(flt, high)
+    sql = "SELECT seq FROM events WHERE seq > ?"
+    sql += f" AND {where}" if where else ""
+    sql += " ORDER BY seq DESC LIMIT 1 OFFSET ?"
+    found = scalar(store, sql, (low, *params, count - 1))
+    return 0 if found is None else int(found) - 1
+
+
+def pinned(store: SQLiteEventStore, until: datetime | None = None, **kwargs: Any) -> EventFilter:
+    """A filter up to ``until`` over the log as it stands now (its last ``seq`` pinned)."""
+    return EventFilter(until=until, upto=store.last_seq(), **kwargs)
+
+
+def fold_into(snapshot: Snapshot, events: Iterable[Event]) -> Snapshot:
+    """Fold ``events`` into ``snapshot`` one at a time (the same fold the engine runs)."""
+    for event in events:
+        apply(snapshot, event)
+    return snapshot
+
+
+def snapshot_at(
+    store: SQLiteEventStore, at: datetime | None = None, types: tuple[str, ...] = ()
+) -> Snapshot:
+    """The projection of the log up to ``at`` (default: all of it), as replay would fold it.
+
+    ``types`` restricts the fold to those event types (enough for states or the audit trail,
+    and far fewer rows to read).
+    """
+    return fold_into(Snapshot(), read_events(store, pinned(store, at, types=types)))
+
+
+def first_seen(store: SQLiteEventStore, at: datetime | None = None) -> dict[str, datetime]:
+    """When each model was first configured (its first ``engine_started``), up to ``at``."""
+    seen: dict[str, datetime] = {}
+    for event in read_events(store, pinned(store, at, types=("engine_started",))):
+        if isinstance(event, EngineStarted):
+            for model_id in event.models:
+                seen.setdefault(model_id, event.at)
+    return seen
+
+
+def known_models(store: SQLiteEventStore) -> list[str]:
+    """Every model id the log knows: configured ones in order, then any other one seen."""
+    models = dict.fromkeys(first_seen(store))
+    rows = store.query(
+        "SELECT DISTINCT model_id FROM events WHERE model_id IS NOT NULL ORDER BY model_id"
+    )
+    models.update(dict.fromkeys(row[0] for row in rows))
+    return list(models)

@@ -1,0 +1,347 @@
+"""Human-readable output of the command line: event lines, tables, colour on a terminal.
+
+On a terminal the output is coloured and tables are drawn with ``rich``; anywhere else (a pipe,
+a file, a test) it is plain text with aligned columns, so it can be read, diffed and grepped.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterable, Sequence
+from datetime import UTC, datetime
+from typing import Final, TextIO, TypeAlias
+
+import msgspec
+from rich import box
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from ..core.events import (
+    AttemptFailed,
+    AttemptStarted,
+    AttemptSucceeded,
+    Backoff,
+    CallCancelled,
+    CallFailed,
+    CallStarted,
+    CallSucceeded,
+    EngineStarted,
+    EngineStopped,
+    Event,
+    Failover,
+    HealthProbe,
+    Maintenance,
+    RetryBudgetExhausted,
+    StateChanged,
+)
+from ..core.health import HealthState
+
+TONES: Final = {
+    "ok": "green",
+    "fail": "bold red",
+    "warn": "yellow",
+    "state": "bold magenta",
+    "operator": "bold cyan",
+    "info": "dim",
+    "plain": "",
+}
+STATE_STYLES: Final = {
+    HealthState.HEALTHY: "green",
+    HealthState.DEGRADED: "yellow",
+    HealthState.UNHEALTHY: "bold red",
+    HealthState.MAINTENANCE: "cyan",
+}
+
+
+# One event as the timeline shows it: time, call, model, what happened, error kind, delay,
+# detail, tone. A plain tuple: a million of them are built for a long timeline, and a
+# NamedTuple costs twenty times more to build. Empty columns hold "-".
+Line: TypeAlias = tuple[str, str, str, str, str, str, str, str]
+
+
+_encode_time = msgspec.json.Encoder().encode
+
+
+def clock_text(instant: datetime | None) -> str:
+    """``2024-05-01 03:12:09.250`` in UTC (milliseconds), or ``-``."""
+    if instant is None:
+        return "-"
+    if instant.tzinfo is UTC:
+        # msgspec writes '"2024-05-01T03:12:09.250000Z"' ten times faster than isoformat.
+        raw = _encode_time(instant)
+        if len(raw) == 29:
+            return raw[1:24].decode().replace("T", " ")
+        if len(raw) == 22:
+            return raw[1:20].decode().replace("T", " ") + ".000"
+    return instant.astimezone(UTC).isoformat(sep=" ", timespec="milliseconds")[:23]
+
+
+def seconds_text(value: float | None) -> str:
+    """A duration for people: ``0.042s``, ``1.50s``, ``95.0s``."""
+    if value is None:
+        return "-"
+    if value < 1:
+        return f"{value:.3f}s"
+    if value < 60:
+        return f"{value:.2f}s"
+    return f"{value:.1f}s"
+
+
+def _took(latency: float) -> str:
+    return f"took {seconds_text(latency)}"
+
+
+def _engine_started(e: EngineStarted) -> Line:
+    return (
+        clock_text(e.at),
+        "-",
+        "-",
+        "engine started",
+        "-",
+        "-",
+        f"order: {', '.join(e.models)}",
+        "info",
+    )
+
+
+def _engine_stopped(e: EngineStopped) -> Line:
+    return (clock_text(e.at), "-", "-", "engine stopped", "-", "-", "", "info")
+
+
+def _call_started(e: CallStarted) -> Line:
+    detail = "order: " + " -> ".join(e.order) + (" (last resort)" if e.last_resort else "")
+    return (clock_text(e.at), e.call_id, "-", "call started", "-", "-", detail, "info")
+
+
+def _attempt_started(e: AttemptStarted) -> Line:
+    return (clock_text(e.at), e.call_id, e.model_id, f"attempt {e.attempt}", "-", "-", "", "info")
+
+
+def _attempt_succeeded(e: AttemptSucceeded) -> Line:
+    what = f"attempt {e.attempt} ok"
+    return (clock_text(e.at), e.call_id, e.model_id, what, "-", _took(e.latency), "", "ok")
+
+
+def _attempt_failed(e: AttemptFailed) -> Line:
+    what = f"attempt {e.attempt} failed" + (", gave up" if e.final else "")
+    kind = e.error_kind.value
+    return (
+        clock_text(e.at),
+        e.call_id,
+        e.model_id,
+        what,
+        kind,
+        _took(e.latency),
+        e.message,
+        "fail",
+    )
+
+
+def _backoff(e: Backoff) -> Line:
+    what = f"backoff before attempt {e.attempt + 1}"
+    delay = f"wait {seconds_text(e.delay)}"
+    detail = f"retry-after {seconds_text(e.retry_after)}" if e.retry_after is not None else ""
+    return (clock_text(e.at), e.call_id, e.model_id, what, "-", delay, detail, "warn")
+
+
+def _retry_budget(e: RetryBudgetExhausted) -> Line:
+    detail = "failing over instead of retrying"
+    return (clock_text(e.at), e.call_id, e.model_id, "retry budget spent", "-", "-", detail, "warn")
+
+
+def _failover(e: Failover) -> Line:
+    model = f"{e.from_model} -> {e.to_model}"
+    return (clock_text(e.at), e.call_id, model, "failover", e.reason.value, "-", "", "warn")
+
+
+def _call_succeeded(e: CallSucceeded) -> Line:
+    detail = f"{e.attempts} attempt(s), {e.failovers} failover(s)"
+    return (
+        clock_text(e.at),
+        e.call_id,
+        e.model_id,
+        "call succeeded",
+        "-",
+        _took(e.latency),
+        detail,
+        "ok",
+    )
+
+
+def _call_failed(e: CallFailed) -> Line:
+    detail = f"{e.attempts} attempt(s), {e.failovers} failover(s)"
+    return (
+        clock_text(e.at),
+        e.call_id,
+        "-",
+        f"call failed ({e.reason})",
+        e.error_kind.value,
+        _took(e.latency),
+        detail,
+        "fail",
+    )
+
+
+def _call_cancelled(e: CallCancelled) -> Line:
+    return (
+        clock_text(e.at),
+        e.call_id,
+        e.model_id or "-",
+        "call cancelled by caller",
+        "-",
+        _took(e.latency),
+        f"{e.attempts} attempt(s)",
+        "warn",
+    )
+
+
+def _health_probe(e: HealthProbe) -> Line:
+    return (
+        clock_text(e.at),
+        "-",
+        e.model_id,
+        "probe ok" if e.ok else "probe failed",
+        e.error_kind.value if e.error_kind is not None else "-",
+        _took(e.latency),
+        e.message,
+        "ok" if e.ok else "fail",
+    )
+
+
+def _state_changed(e: StateChanged) -> Line:
+    what = f"{e.from_state.value} -> {e.to_state.value}"
+    return (clock_text(e.at), "-", e.model_id, what, "-", "-", e.reason, "state")
+
+
+def _maintenance(e: Maintenance) -> Line:
+    by = f" (by {e.by})" if e.by else ""
+    what = f"maintenance {'on' if e.on else 'off'}"
+    return (clock_text(e.at), "-", e.model_id, what, "-", "-", f"{e.reason}{by}", "operator")
+
+
+_DESCRIBE: Final[dict[type[Event], Callable[..., Line]]] = {
+    EngineStarted: _engine_started,
+    EngineStopped: _engine_stopped,
+    CallStarted: _call_started,
+    AttemptStarted: _attempt_started,
+    AttemptSucceeded: _attempt_succeeded,
+    AttemptFailed: _attempt_failed,
+    Backoff: _backoff,
+    RetryBudgetExhausted: _retry_budget,
+    Failover: _failover,
+    CallSucceeded: _call_succeeded,
+    CallFailed: _call_failed,
+    CallCancelled: _call_cancelled,
+    HealthProbe: _health_probe,
+    StateChanged: _state_changed,
+    Maintenance: _maintenance,
+}
+
+
+def describe(event: Event) -> Line:
+    """The timeline line of ``event``: time, call, model, what happened, error kind, delay."""
+    describer = _DESCRIBE.get(type(event))
+    if describer is None:  # a type newer than this table: still one readable line
+        what = event.type.replace("_", " ")
+        return (clock_text(event.at), "-", "-", what, "-", "-", "", "info")
+    return describer(event)
+
+
+_PLAIN = "{}  {:<13} {:<24} {:<28} {:<14} {:<12} {}".format
+
+
+def plain_line(line: Line) -> str:
+    """``line`` as aligned plain text."""
+    return _PLAIN(*line[:7]).rstrip()
+
+
+class Output:
+    """Where the command line prints: rich on a terminal, plain text elsewhere."""
+
+    def __init__(self, console: Console | None = None, stream: TextIO | None = None) -> None:
+        self.stream = stream if stream is not None else sys.stdout
+        self.console = console or Console(file=self.stream, highlight=False, soft_wrap=True)
+        self.rich = self.console.is_terminal
+
+    def text(self, message: str = "", tone: str = "plain") -> None:
+        """One line of prose."""
+        if self.rich:
+            self.console.print(Text(message, style=TONES[tone]))
+        else:
+            self.stream.write(message + "\n")
+
+    def heading(self, title: str) -> None:
+        """A section title."""
+        if self.rich:
+            self.console.print(Text(title, style="bold underline"))
+        else:
+            self.stream.write(f"\n{title}\n" if title else "\n")
+
+    def lines(self, lines: Iterable[Line]) -> int:
+        """Print timeline lines; returns how many. Plain text is written in large chunks."""
+        if self.rich:
+            return self._rich_lines(lines)
+        count = 0
+        chunk: list[str] = []
+        for line in lines:
+            chunk.append(plain_line(line))
+            count += 1
+            if len(chunk) >= 2_000:
+                self.stream.write("\n".join(chunk) + "\n")
+                chunk.clear()
+        if chunk:
+            self.stream.write("\n".join(chunk) + "\n")
+        self.stream.flush()
+        return count
+
+    def _rich_lines(self, lines: Iterable[Line]) -> int:
+        count = 0
+        for time, call, model, what, kind, delay, detail, tone in lines:
+            text = Text(f"{time}  ", style="dim")
+            text.append(f"{call:<13} ", style="blue")
+            text.append(f"{model:<24} ", style="bold")
+            text.append(f"{what:<28} ", style=TONES[tone])
+            text.append(f"{kind:<14} ", style="dim" if kind == "-" else "red")
+            text.append(f"{delay:<12} ", style="dim")
+            text.append(detail)
+            self.console.print(text)
+            count += 1
+        return count
+
+    def table(
+        self,
+        title: str,
+        headers: Sequence[str],
+        rows: Sequence[Sequence[str]],
+        styles: Sequence[str] | None = None,
+    ) -> None:
+        """A table; ``styles`` gives a rich style per row (ignored in plain text)."""
+        if self.rich:
+            table = Table(title=title, box=box.SIMPLE_HEAD, title_justify="left")
+            for header in headers:
+                table.add_column(header)
+            for index, row in enumerate(rows):
+                # Text, not markup: a reason like "[maintenance]" must print as written.
+                table.add_row(
+                    *(Text(cell) for cell in row), style=styles[index] if styles else None
+                )
+            self.console.print(table)
+            return
+        self.stream.write(plain_table(title, headers, rows))
+
+
+def plain_table(title: str, headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A table as aligned plain text, under its title."""
+    widths = [len(h) for h in headers]
+    for row in rows:
+        widths = [max(w, len(cell)) for w, cell in zip(widths, row, strict=True)]
+
+    def fmt(cells: Sequence[str]) -> str:
+        return "  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip()
+
+    out = [title] if title else []
+    out.append(fmt(headers))
+    out.append(fmt(["-" * w for w in widths]))
+    out.extend(fmt(row) for row in rows)
+    return "\n".join(out) + "\n\n"

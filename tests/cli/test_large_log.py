@@ -1,0 +1,87 @@
+"""A 20,000-event log built like the 1,000,000-event benchmark: answers equal replay's."""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from types import ModuleType
+
+import msgspec
+import pytest
+from typer.testing import Result
+
+from devs.risks.multi_model_failover import Metrics, SQLiteEventStore, replay
+
+Run = Callable[..., Result]
+BENCH = Path(__file__).parents[2] / "benchmarks" / "cli_bench.py"
+EVENTS = 20_000
+
+
+def load_bench() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("cli_bench", BENCH)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def large_log(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("large") / "events.sqlite3"
+    built: Path = load_bench().build_log(path, EVENTS)
+    return built
+
+
+def test_the_benchmark_log_is_a_valid_event_log(large_log: Path) -> None:
+    with SQLiteEventStore(large_log, create=False) as store:
+        assert store.count() == EVENTS
+        assert store.last_seq() == EVENTS
+
+
+def test_metrics_equal_replay(run_cli: Run, large_log: Path) -> None:
+    result = run_cli("metrics", large_log, "--format", "json")
+    assert result.exit_code == 0, result.stderr
+    assert msgspec.json.decode(result.stdout, type=Metrics) == replay(large_log).metrics
+
+
+def test_state_at_an_instant_equals_replay_of_the_events_before(
+    run_cli: Run, large_log: Path
+) -> None:
+    with SQLiteEventStore(large_log, create=False) as store:
+        events = list(store.read())
+    instant = events[len(events) * 3 // 4].at
+    expected = replay(e for e in events if e.at <= instant).states
+    result = run_cli("state", large_log, "--at", instant.isoformat(), "--json")
+    assert result.exit_code == 0, result.stderr
+    doc = msgspec.json.decode(result.stdout)
+    assert {m: row["state"] for m, row in doc["models"].items()} == {
+        m: s.state.value for m, s in expected.items()
+    }
+
+
+def test_timeline_filters_use_the_indexes_and_agree_with_a_scan(
+    run_cli: Run, large_log: Path
+) -> None:
+    with SQLiteEventStore(large_log, create=False) as store:
+        events = list(store.read())
+    since = datetime(2024, 5, 1, 6, tzinfo=UTC)
+    expected = [
+        e.seq
+        for e in events
+        if e.at >= since
+        and (
+            getattr(e, "model_id", None) == "secondary"
+            or "secondary" in (getattr(e, "from_model", None), getattr(e, "to_model", None))
+        )
+    ]
+    result = run_cli(
+        "timeline", large_log, "--model", "secondary", "--since", since.isoformat(), "--json"
+    )
+    got = [msgspec.json.decode(line)["seq"] for line in result.stdout.splitlines()]
+    assert got == expected
+    assert len(got) > 100
+    everything = run_cli("timeline", large_log)
+    assert len(everything.stdout.splitlines()) == EVENTS

@@ -1,0 +1,162 @@
+"""Configuration loading: env var JSON beats the YAML file; every error names key and source."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from devs.risks.multi_model_failover import (
+    ConfigError,
+    HealthPolicy,
+    MultiModelFailover,
+    RetryPolicy,
+    load_config,
+)
+from devs.risks.multi_model_failover.adapters.config import ENV_VAR, resolve_api_key
+
+pytestmark = pytest.mark.anyio
+
+TARGET = "tests.test_config:echo"
+
+
+def echo(prompt: str) -> str:
+    """A plain function used as a `callable` client."""
+    return f"echo: {prompt}"
+
+
+def document(**section: object) -> dict[str, object]:
+    base: dict[str, object] = {"clients": [{"id": "local", "kind": "callable", "target": TARGET}]}
+    base.update(section)
+    return {"multi_model_failover": base}
+
+
+def write_yaml(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "risks.yaml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_the_shipped_example_config_is_valid() -> None:
+    config = load_config(Path("config/risks.yaml"), env={})
+    assert [c.id for c in config.clients] == ["primary", "fallback"]
+    assert config.retry_policy == RetryPolicy(jitter="full")
+    assert config.health_policy == HealthPolicy()
+    assert config.durability == "process"
+
+
+def test_env_var_json_wins_over_the_file(tmp_path: Path) -> None:
+    path = write_yaml(
+        tmp_path,
+        f"multi_model_failover: {{clients: [{{id: file, kind: callable, target: '{TARGET}'}}]}}",
+    )
+    env = {ENV_VAR: json.dumps(document(health_check_interval=5))}
+    config = load_config(path, env=env)
+    assert [c.id for c in config.clients] == ["local"]
+    assert config.health_check_interval == 5
+    assert [c.id for c in load_config(path, env={}).clients] == ["file"]
+
+
+def test_defaults_fill_every_optional_key() -> None:
+    config = load_config(env={ENV_VAR: json.dumps(document())})
+    assert config.retry_policy == RetryPolicy()
+    assert config.health_check_interval == 30
+    assert config.event_log is None
+
+
+@pytest.mark.parametrize(
+    ("section", "expected"),
+    [
+        ({"retry_policy": {"max_atempts": 3}}, "max_atempts"),
+        ({"retry_policy": {"base_delay": -1}}, "base_delay"),
+        ({"retry_policy": {"jitter": "lots"}}, "jitter"),
+        ({"health_policy": {"probe_timeout": 0}}, "probe_timeout"),
+        ({"health_check_interval": "soon"}, "health_check_interval"),
+        ({"durability": "forever"}, "durability"),
+        ({"clients": []}, "clients"),
+        ({"surprise": 1}, "surprise"),
+        ({"clients": [{"id": "a", "kind": "telepathy"}]}, "clients[0].kind"),
+        ({"clients": [{"id": "a", "kind": "openai"}]}, "model is required"),
+        ({"clients": [{"kind": "callable", "target": TARGET}]}, "id"),
+        (
+            {"clients": [{"id": "a", "kind": "callable", "target": TARGET}] * 2},
+            "duplicate client id(s): a",
+        ),
+    ],
+)
+def test_bad_documents_name_the_key_and_the_source(
+    section: dict[str, object], expected: str
+) -> None:
+    env = {ENV_VAR: json.dumps(document(**section))}
+    with pytest.raises(ConfigError) as caught:
+        load_config(env=env)
+    assert expected in str(caught.value)
+    assert f"environment variable {ENV_VAR}" in str(caught.value)
+
+
+def test_a_literal_api_key_is_refused_with_an_explanation() -> None:
+    entry = {"id": "a", "kind": "openai", "model": "m", "api_key": "sk-live-123456789012345678"}
+    with pytest.raises(ConfigError, match="literal keys are refused") as caught:
+        load_config(env={ENV_VAR: json.dumps(document(clients=[entry]))})
+    assert "sk-live" not in str(caught.value)
+
+
+def test_api_key_env_must_be_a_variable_name() -> None:
+    entry = {"id": "a", "kind": "openai", "model": "m", "api_key_env": "sk-abc def"}
+    with pytest.raises(ConfigError, match="NAME of an environment variable"):
+        load_config(env={ENV_VAR: json.dumps(document(clients=[entry]))})
+
+
+def test_broken_json_and_yaml_are_named(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=f"{ENV_VAR}: not valid JSON"):
+        load_config(env={ENV_VAR: "{not json"})
+    path = write_yaml(tmp_path, "multi_model_failover: [unclosed")
+    with pytest.raises(ConfigError, match=r"risks\.yaml: not valid YAML"):
+        load_config(path, env={})
+    path = write_yaml(tmp_path, "- just\n- a list\n")
+    with pytest.raises(ConfigError, match="expected a mapping"):
+        load_config(path, env={})
+
+
+def test_missing_file_says_what_was_looked_for(tmp_path: Path) -> None:
+    missing = tmp_path / "nope.yaml"
+    with pytest.raises(ConfigError, match=f"{ENV_VAR} is not set and .*nope.yaml does not exist"):
+        load_config(missing, env={})
+
+
+def test_missing_key_variable_names_variable_and_client() -> None:
+    entry = {"id": "primary", "kind": "openai", "model": "m", "api_key_env": "NOPE_KEY"}
+    config = load_config(env={ENV_VAR: json.dumps(document(clients=[entry]))})
+    with pytest.raises(ConfigError, match="client 'primary': environment variable NOPE_KEY"):
+        resolve_api_key(config.clients[0], env={})
+    assert resolve_api_key(config.clients[0], env={"NOPE_KEY": "value"}) == "value"
+
+
+def test_repr_of_client_config_hides_header_values() -> None:
+    entry = {
+        "id": "a",
+        "kind": "callable",
+        "target": TARGET,
+        "headers": {"Authorization": "Bearer abcdefghijklmnop"},
+    }
+    config = load_config(env={ENV_VAR: json.dumps(document(clients=[entry]))})
+    assert "abcdefghijklmnop" not in repr(config)
+    assert "Authorization" in repr(config.clients[0])
+
+
+async def test_from_config_builds_a_working_engine(tmp_path: Path) -> None:
+    log = tmp_path / "events.sqlite3"
+    env = {ENV_VAR: json.dumps(document(event_log=str(log), durability="power"))}
+    fo = MultiModelFailover.from_config(env=env)
+    assert fo.model_ids == ("local",)
+    assert await fo.call("hi") == "echo: hi"
+    await fo.aclose()
+    assert log.exists()
+    assert fo.event_store.durability == "power"  # type: ignore[attr-defined]
+
+
+def test_from_config_reports_a_target_that_does_not_import() -> None:
+    entry = {"id": "x", "kind": "callable", "target": "no_such_module_here:fn"}
+    with pytest.raises(ConfigError, match="client 'x': cannot import target"):
+        MultiModelFailover.from_config(env={ENV_VAR: json.dumps(document(clients=[entry]))})

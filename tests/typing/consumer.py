@@ -1,0 +1,124 @@
+"""Never executed: code as a consumer would write it, type-checked with ``mypy --strict``.
+
+``tests/test_public_api.py`` runs mypy on this file; an error here is an error in the public
+types, not in this file.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from datetime import datetime
+from typing import Any
+
+import anyio
+
+from devs.risks.multi_model_failover import (
+    AllModelsFailedError,
+    ConfigError,
+    DeadlineExceededError,
+    ErrorKind,
+    HealthPolicy,
+    HealthState,
+    Metrics,
+    ModelClient,
+    ModelError,
+    ModelResponse,
+    MultiModelFailover,
+    RetryPolicy,
+    Snapshot,
+    SQLiteEventStore,
+    replay,
+)
+
+
+class AsyncClient:
+    """An async client, the usual shape."""
+
+    model_id = "async-model"
+
+    async def call(self, prompt: str) -> ModelResponse:
+        return ModelResponse(text=prompt.upper(), model=self.model_id)
+
+    async def health_check(self) -> bool:
+        return True
+
+
+class SyncClient:
+    """A blocking client: the engine runs it in a worker thread."""
+
+    def call(self, prompt: str) -> str:
+        if not prompt:
+            raise ModelError("empty prompt", kind=ErrorKind.BAD_REQUEST)
+        raise ModelError("slow down", kind="rate_limited", retry_after=1.5)
+
+    def health_check(self) -> bool:
+        return True
+
+
+def clients() -> list[ModelClient]:
+    return [AsyncClient(), SyncClient()]
+
+
+async def main() -> None:
+    fo = MultiModelFailover(
+        clients(),
+        RetryPolicy(max_attempts=3, base_delay=0.1, jitter="none", call_budget=20.0),
+        15,
+        health_policy=HealthPolicy(degraded_after=1, unhealthy_after=2),
+        event_store=None,
+        sleep=anyio.sleep,
+        clock=time.monotonic,
+        rng=random.Random(7),
+    )
+    by_name = MultiModelFailover(
+        {"primary": AsyncClient(), "fallback": SyncClient()},
+        {"max_attempts": 2, "jitter": "full"},
+        health_policy={"probe_timeout": 2.0},
+        event_store="var/failover/events.sqlite3",
+    )
+    answer: Any = await fo.call("hello", timeout=5.0)
+    print(answer)
+    states: dict[str, HealthState] = await fo.check_health()
+    live: dict[str, HealthState] = fo.states
+    order: list[str] = fo.rotation
+    await fo.set_maintenance("async-model", True, reason="provider upgrade")
+    await fo.set_maintenance("async-model", False)
+    metrics: Metrics = fo.metrics()
+    totals: tuple[int, int, int, float] = (
+        metrics.calls,
+        metrics.failovers,
+        metrics.by_model["async-model"].attempts,
+        metrics.backoff_seconds,
+    )
+    for event in fo.event_store.read():
+        stamp: datetime = event.at
+        print(event.type, event.seq, stamp)
+    snapshot: Snapshot = replay(fo.event_store)
+    print(snapshot.metrics == metrics, snapshot.states["async-model"].state, states, live, order)
+    print(replay("var/failover/events.sqlite3").metrics.calls, totals)
+    try:
+        await by_name.call("hi")
+    except DeadlineExceededError as exc:
+        print("out of time", exc.attempts)
+    except AllModelsFailedError as exc:
+        for attempt in exc.attempts:
+            kind: ErrorKind = attempt.error_kind
+            print(attempt.model_id, kind.value, attempt.message)
+    except ModelError as exc:
+        retry_after: float | None = exc.retry_after
+        print(exc.kind, retry_after)
+    async with by_name:
+        await by_name.call("inside the health loop")
+    await fo.aclose()
+    try:
+        configured = MultiModelFailover.from_config("config/risks.yaml")
+    except ConfigError as exc:
+        print(exc)
+    else:
+        await configured.aclose()
+    with SQLiteEventStore("var/failover/events.sqlite3", durability="power") as store:
+        print(replay(store).audit)
+
+
+anyio.run(main)
