@@ -20,10 +20,10 @@ import math
 import random
 import secrets
 import uuid
-from collections.abc import AsyncGenerator, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator, Mapping, Sequence
 from datetime import datetime
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 
 import anyio
 import anyio.abc
@@ -64,6 +64,7 @@ from .retry_budget import RetryBudget
 from .scrub import describe_exception
 
 WallClock = Callable[[], datetime]
+_T = TypeVar("_T")
 
 
 class CallOutcome(msgspec.Struct, frozen=True, kw_only=True):
@@ -377,6 +378,20 @@ class FailoverEngine:
         }
 
     async def _run(self, call: _Call, order: list[str], prompt: Any) -> CallOutcome:
+        async def attempt(model_id: str) -> CallOutcome:
+            response = await self._try_client(call, model_id, prompt)
+            return self._succeeded(call, model_id, response)
+
+        return await self._through_order(call, order, attempt)
+
+    async def _through_order(
+        self, call: _Call, order: Sequence[str], attempt: Callable[[str], Awaitable[_T]]
+    ) -> _T:
+        """Give each client in ``order`` its attempts, failing over between them.
+
+        ``attempt(model_id)`` returns on success or raises ``_GaveUp``. Shared by calls and
+        streams so that both fail over, stop and fail the same way.
+        """
         last: _GaveUp | None = None
         for model_id in order:
             if last is not None:
@@ -387,13 +402,11 @@ class FailoverEngine:
                 self._failover(call, model_id, last.kind)
             call.model_id = model_id
             try:
-                response = await self._try_client(call, model_id, prompt)
+                return await attempt(model_id)
             except _GaveUp as gave_up:
                 last = gave_up
                 if gave_up.stop is not None:
                     break
-                continue
-            return self._succeeded(call, model_id, response)
         if last is None:
             last = _GaveUp(
                 ErrorKind.UNKNOWN, "no client available: all in maintenance", "no_clients"

@@ -191,23 +191,11 @@ async def _open_client(engine: FailoverEngine, call: _Call, model_id: str, promp
 
 async def _open_any(engine: FailoverEngine, call: _Call, order: list[str], prompt: Any) -> _Opened:
     """The first client in ``order`` that delivers a first chunk; fails over like a call."""
-    last: _GaveUp | None = None
-    for model_id in order:
-        if last is not None:
-            stop = engine._stop_reason(call)
-            if stop is not None:
-                last = _GaveUp(_stop_kind(stop, last.kind), last.message, stop)
-                break
-            engine._failover(call, model_id, last.kind)
-        call.model_id = model_id
-        try:
-            return await _open_client(engine, call, model_id, prompt)
-        except _GaveUp as gave_up:
-            last = gave_up
-            if gave_up.stop is not None:
-                break
-    assert last is not None  # noqa: S101 - order is never empty: _plan keeps every client
-    raise engine._failed(call, last)
+
+    async def attempt(model_id: str) -> _Opened:
+        return await _open_client(engine, call, model_id, prompt)
+
+    return await engine._through_order(call, order, attempt)
 
 
 def _finish(engine: FailoverEngine, call: _Call, opened: _Opened) -> None:
