@@ -125,10 +125,6 @@ def test_any_env_var_bytes_yield_config_error(data: bytes) -> None:
     only_config_error(load_config, "/nonexistent/risks.yaml", env={ENV_VAR: text})
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: deeply nested YAML/JSON raises RecursionError instead of ConfigError",
-)
 @pytest.mark.parametrize(
     "text",
     ["[" * 5_000, "{" * 5_000, "a:\n" + "  - " * 5_000 + "x"],
@@ -139,11 +135,6 @@ def test_deeply_nested_config_yields_config_error(text: str) -> None:
     only_config_error(load_config, env={ENV_VAR: text})
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: PyYAML turns a JSON surrogate-pair escape into two lone surrogates; "
-    "msgspec then raises UnicodeEncodeError instead of a ConfigError",
-)
 def test_json_text_with_an_escaped_astral_character_yields_config_error() -> None:
     only_config_error(parse_config, '{"\\ud83d\\ude00": 1}')
 
@@ -308,11 +299,6 @@ async def test_odd_prompts_reach_the_model_unchanged_and_are_not_stored(
 
 
 @pytest.mark.anyio
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: fingerprint_prompts hashes text.encode(), which raises UnicodeEncodeError "
-    "for a str with a lone surrogate; the call fails before reaching any model",
-)
 async def test_a_lone_surrogate_prompt_is_fingerprinted() -> None:
     fo = MultiModelFailover([ScriptedClient("a")], fingerprint_prompts=True)
     try:

@@ -264,11 +264,6 @@ async def test_prompts_are_never_stored(
         assert hashes == {None}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="gap: a client error that quotes the prompt (providers often echo the offending "
-    "input) is stored verbatim in attempt_failed.message and AllModelsFailedError.attempts",
-)
 async def test_a_prompt_echoed_in_a_client_error_is_not_stored(tmp_path: Path) -> None:
     log = tmp_path / "events.sqlite3"
     secret_prompt = f"PROMPT-{uuid.uuid4().hex} my card number is 4111 1111 1111 1111"
@@ -336,11 +331,6 @@ async def test_sql_in_ids_and_reasons_round_trips_unchanged(tmp_path: Path) -> N
         assert store.count() == len(read_all(log))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: the authorization-header pattern redacts only the first word after "
-    "'Authorization:', so with the Basic or Token scheme the credential itself stays",
-)
 @pytest.mark.parametrize("scheme", ["Basic", "Token"])
 async def test_an_authorization_header_in_an_error_is_scrubbed_whatever_the_scheme(
     scheme: str,

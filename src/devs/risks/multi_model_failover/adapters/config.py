@@ -106,6 +106,10 @@ def _error(source: str, exc: Exception) -> ConfigError:
     return ConfigError(f"invalid configuration in {source}: {message}")
 
 
+def _too_deep(source: str) -> ConfigError:
+    return ConfigError(f"invalid configuration in {source}: nested too deeply")
+
+
 def parse_config(
     data: Mapping[str, Any] | str | bytes, *, source: str = "<config>"
 ) -> FailoverConfig:
@@ -117,6 +121,8 @@ def parse_config(
         raise ConfigError(
             f"invalid configuration in {source}: not valid YAML/JSON ({exc})"
         ) from None
+    except RecursionError:
+        raise _too_deep(source) from None
     if not isinstance(data, Mapping):
         raise ConfigError(
             f"invalid configuration in {source}: expected a mapping with key {ROOT_KEY!r}, "
@@ -126,6 +132,14 @@ def parse_config(
         return msgspec.convert(data, _Document, strict=True).multi_model_failover
     except msgspec.ValidationError as exc:
         raise _error(source, exc) from None
+    except RecursionError:
+        raise _too_deep(source) from None
+    except UnicodeError:
+        # YAML turns a JSON escaped surrogate pair ("\ud83d\ude00") into two lone surrogates.
+        raise ConfigError(
+            f"invalid configuration in {source}: text is not valid Unicode (a lone surrogate, "
+            "such as an escaped surrogate pair; write the character itself)"
+        ) from None
 
 
 def load_config(
@@ -141,6 +155,8 @@ def load_config(
             raise ConfigError(
                 f"invalid configuration in environment variable {ENV_VAR}: not valid JSON ({exc})"
             ) from None
+        except RecursionError:
+            raise _too_deep(f"environment variable {ENV_VAR}") from None
         return parse_config(data, source=f"environment variable {ENV_VAR}")
     file = Path(path) if path is not None else DEFAULT_PATH
     try:

@@ -17,11 +17,20 @@ The names are stable (dashboards and alerts depend on them); counters end in ``_
 - ``failover_model_state{model,state}``: 1 for the state each model is in, 0 for the others.
 - ``failover_log_events``: events folded; ``failover_log_last_event_timestamp_seconds``: the
   wall-clock time of the last one (Unix seconds).
+
+A running engine (``LiveCollector``, ``MultiModelFailover.prometheus_text()``) adds the health
+of its own event log, which no replay can show:
+
+- ``failover_event_log_errors_total``: failed writes to the log (each batch is kept and
+  retried; the model calls went on). Alert on any increase.
+- ``failover_event_log_dropped_total``: events the log could not keep (its buffer was full,
+  or it was still unwritable at close).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from typing import Any
 from itertools import accumulate
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -33,6 +42,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from ..core.engine import FailoverEngine
 from ..core.health import HealthState
 from ..core.projections import LATENCY_BUCKETS, Metrics, Snapshot
 
@@ -141,8 +151,43 @@ class SnapshotCollector(Collector):
         yield from _states(self.snapshot)
 
 
+def _log_health(status: Mapping[str, Any]) -> Iterator[Metric]:
+    yield _counter(
+        "failover_event_log_errors",
+        "Failed writes to the event log (kept and retried; model calls go on).",
+        status["errors"],
+    )
+    yield _counter(
+        "failover_event_log_dropped",
+        "Events the event log could not keep (buffer full, or unwritable at close).",
+        status["dropped"],
+    )
+
+
+class LiveCollector(Collector):
+    """A ``prometheus_client`` collector over a running engine: its live snapshot and the
+    health of its event log. Register it with your registry to serve ``/metrics``."""
+
+    def __init__(self, engine: FailoverEngine) -> None:
+        self.engine = engine
+
+    def collect(self) -> Iterator[Metric]:
+        """Every metric family of the live snapshot, then the log's own health."""
+        yield from SnapshotCollector(self.engine.snapshot()).collect()
+        yield from _log_health(self.engine.log_status())
+
+
+def _exposition(collector: Collector) -> str:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(collector)
+    return generate_latest(registry).decode()
+
+
 def prometheus_text(snapshot: Snapshot) -> str:
     """The snapshot's metrics in the Prometheus text exposition format."""
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(SnapshotCollector(snapshot))
-    return generate_latest(registry).decode()
+    return _exposition(SnapshotCollector(snapshot))
+
+
+def live_prometheus_text(engine: FailoverEngine) -> str:
+    """A running engine's metrics, its event log's health included, in the text format."""
+    return _exposition(LiveCollector(engine))

@@ -98,6 +98,13 @@ class MultiModelFailover(FailoverEngine):
             if close is not None:
                 await close()
 
+    def prometheus_text(self) -> str:
+        """Live metrics in the Prometheus text format, with ``failover_event_log_errors_total``
+        and ``failover_event_log_dropped_total`` (see ``adapters.exposition``)."""
+        from .exposition import live_prometheus_text  # noqa: PLC0415 - prometheus_client on use
+
+        return live_prometheus_text(self)
+
     @classmethod
     def from_config(
         cls,

@@ -12,6 +12,7 @@ move to the next client does not wait. A client is never visited twice in one ca
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import inspect
@@ -61,7 +62,7 @@ from .policies import HealthPolicy, RetryPolicy
 from .projections import Metrics, Snapshot, apply
 from .protocols import Clock, EventStore, Sleep
 from .retry_budget import RetryBudget
-from .scrub import describe_exception
+from .scrub import describe_exception, without_prompt
 
 WallClock = Callable[[], datetime]
 _T = TypeVar("_T")
@@ -154,10 +155,20 @@ def _check_positive(name: str, value: object) -> float:
 class _Call:
     """The running state of one call."""
 
-    __slots__ = ("attempts", "call_id", "deadline", "failovers", "model_id", "records", "start")
+    __slots__ = (
+        "attempts",
+        "call_id",
+        "deadline",
+        "failovers",
+        "model_id",
+        "prompt",
+        "records",
+        "start",
+    )
 
-    def __init__(self, call_id: str, start: float, deadline: float) -> None:
+    def __init__(self, call_id: str, start: float, deadline: float, prompt: Any) -> None:
         self.call_id = call_id
+        self.prompt = prompt
         self.start = start
         self.deadline = deadline
         self.attempts = 0
@@ -174,6 +185,44 @@ class _GaveUp(Exception):
         self.kind = kind
         self.message = message
         self.stop = stop
+
+
+class _Failure:
+    """One failed attempt, already classified and scrubbed.
+
+    Returned, not raised: on the failover path a raise and catch per attempt costs more than
+    the rest of the attempt's bookkeeping.
+    """
+
+    __slots__ = ("kind", "message", "retry_after")
+
+    def __init__(self, kind: ErrorKind, message: str, retry_after: float | None = None) -> None:
+        self.kind = kind
+        self.message = message
+        self.retry_after = retry_after
+
+
+def _failure(exc: Exception, prompt: Any) -> _Failure:
+    """Classify what a client raised; its text scrubbed of secrets and of the prompt."""
+    if isinstance(exc, ModelError):
+        return _Failure(exc.kind, without_prompt(exc.message, prompt), exc.retry_after)
+    kind = ErrorKind.TIMEOUT if isinstance(exc, TimeoutError) else ErrorKind.UNKNOWN
+    return _Failure(kind, without_prompt(describe_exception(exc), prompt))
+
+
+def _timed_out(limit: float, by_attempt: bool, what: str) -> _Failure:
+    """The attempt's own timeout (``what``, a timeout) or the call's deadline ran out."""
+    if by_attempt:
+        return _Failure(ErrorKind.TIMEOUT, f"{what} {limit:g}s")
+    return _Failure(ErrorKind.DEADLINE, f"call deadline reached after {limit:g}s")
+
+
+def _on_asyncio() -> bool:
+    try:
+        asyncio.current_task()
+    except RuntimeError:  # no asyncio loop in this thread: trio, or another backend
+        return False
+    return True
 
 
 class FailoverEngine:
@@ -205,6 +254,8 @@ class FailoverEngine:
         self._sleep = sleep
         self._clock = clock
         self._wall_clock = wall_clock
+        self._now: WallClock = wall_clock  # an attribute, not a method: one frame less per event
+        self._plan_cache: tuple[tuple[str, ...], bool] | None = None
         self._rng = rng
         self._budget = RetryBudget(
             self.retry_policy.retry_budget_ratio,
@@ -250,7 +301,7 @@ class FailoverEngine:
     @property
     def rotation(self) -> list[str]:
         """The model ids the next call would try, in order."""
-        return self._plan()[0]
+        return list(self._plan()[0])
 
     def metrics(self) -> Metrics:
         """A copy of the live metrics; always equal to ``replay(event_store).metrics``."""
@@ -260,12 +311,22 @@ class FailoverEngine:
         """A copy of the whole live projection (metrics, states, audit trail)."""
         return msgspec.msgpack.decode(msgspec.msgpack.encode(self._snap), type=Snapshot)
 
-    def _plan(self) -> tuple[list[str], bool]:
+    def _plan(self) -> tuple[tuple[str, ...], bool]:
+        """The order of the next call and whether it is the last resort; cached until a
+        state changes (``_emit`` and ``follow`` drop the cache)."""
+        plan = self._plan_cache
+        if plan is None:
+            plan = self._plan_cache = self._make_plan()
+        return plan
+
+    def _make_plan(self) -> tuple[tuple[str, ...], bool]:
         states = self._snap.states
-        order = [mid for mid in self._by_id if states[mid].state.in_rotation]
+        order = tuple(mid for mid in self._by_id if states[mid].state.in_rotation)
         if order:
             return order, False
-        fallback = [mid for mid in self._by_id if states[mid].state is not HealthState.MAINTENANCE]
+        fallback = tuple(
+            mid for mid in self._by_id if states[mid].state is not HealthState.MAINTENANCE
+        )
         return fallback, True
 
     # -- events --------------------------------------------------------------------------
@@ -273,9 +334,8 @@ class FailoverEngine:
     def _emit(self, event: Event) -> None:
         self._ticket = self.event_store.append(event)
         apply(self._snap, event)
-
-    def _now(self) -> datetime:
-        return self._wall_clock()
+        if type(event) in _CHANGES_ROTATION:
+            self._plan_cache = None
 
     def _change_state(self, model_id: str, trigger: str, reason: str) -> None:
         machine = self._machines[model_id]
@@ -292,8 +352,14 @@ class FailoverEngine:
                 reason=reason,
             )
         )
-        logger.bind(model_id=model_id, from_state=before.value, to_state=after.value).info(
-            "model {} is now {} ({})", model_id, after.value, reason
+        logger.info(
+            "model {} is now {} ({})",
+            model_id,
+            after.value,
+            reason,
+            model_id=model_id,
+            from_state=before.value,
+            to_state=after.value,
         )
 
     def _sync_machines(self) -> None:
@@ -322,13 +388,13 @@ class FailoverEngine:
         if self._closed:
             raise RuntimeError("this MultiModelFailover is closed")
         start = self._clock()
-        call = _Call(next(self._call_ids), start, start + budget)
+        call = _Call(next(self._call_ids), start, start + budget, prompt)
         order, last_resort = self._plan()
         self._emit(self._call_started(call, order, last_resort, prompt))
         self._budget.record_call()
         terminal = False
         try:
-            outcome = await self._run(call, order, prompt)
+            outcome = await self._through_order(call, order, self._serve)
             terminal = True
         except ModelError:
             terminal = True
@@ -349,20 +415,22 @@ class FailoverEngine:
         return outcome
 
     def _call_started(
-        self, call: _Call, order: list[str], last_resort: bool, prompt: Any
+        self, call: _Call, order: tuple[str, ...], last_resort: bool, prompt: Any
     ) -> CallStarted:
         if self._fingerprint_salt is None:
             return CallStarted(
-                at=self._now(), call_id=call.call_id, order=tuple(order), last_resort=last_resort
+                at=self._now(), call_id=call.call_id, order=order, last_resort=last_resort
             )
         # Opt-in: a salted hash and the length let an operator match repeated prompts
         # without the log ever holding their text.
         text = prompt if isinstance(prompt, str) else msgspec.json.encode(prompt).decode()
-        digest = hmac.new(self._fingerprint_salt, text.encode(), hashlib.sha256).hexdigest()
+        # surrogatepass: a str may hold lone surrogates (from JSON, say); hash it all the same.
+        data = text.encode("utf-8", "surrogatepass")
+        digest = hmac.new(self._fingerprint_salt, data, hashlib.sha256).hexdigest()
         return CallStarted(
             at=self._now(),
             call_id=call.call_id,
-            order=tuple(order),
+            order=order,
             last_resort=last_resort,
             prompt_chars=len(text),
             prompt_hash=digest[:32],
@@ -377,19 +445,21 @@ class FailoverEngine:
             "last_error": getattr(store, "last_error", None),
         }
 
-    async def _run(self, call: _Call, order: list[str], prompt: Any) -> CallOutcome:
-        async def attempt(model_id: str) -> CallOutcome:
-            response = await self._try_client(call, model_id, prompt)
-            return self._succeeded(call, model_id, response)
-
-        return await self._through_order(call, order, attempt)
+    async def _serve(self, call: _Call, model_id: str) -> CallOutcome:
+        """A call's turn on one client: its attempts, then success (or ``_GaveUp``)."""
+        response, attempt, started = await self._attempts(call, model_id, self._attempt)
+        self._attempt_succeeded(call, model_id, attempt, started)
+        return self._succeeded(call, model_id, response)
 
     async def _through_order(
-        self, call: _Call, order: Sequence[str], attempt: Callable[[str], Awaitable[_T]]
+        self,
+        call: _Call,
+        order: Sequence[str],
+        attempt: Callable[[_Call, str], Awaitable[_T]],
     ) -> _T:
         """Give each client in ``order`` its attempts, failing over between them.
 
-        ``attempt(model_id)`` returns on success or raises ``_GaveUp``. Shared by calls and
+        ``attempt(call, model_id)`` returns on success or raises ``_GaveUp``. Shared by calls and
         streams so that both fail over, stop and fail the same way.
         """
         last: _GaveUp | None = None
@@ -402,7 +472,7 @@ class FailoverEngine:
                 self._failover(call, model_id, last.kind)
             call.model_id = model_id
             try:
-                return await attempt(model_id)
+                return await attempt(call, model_id)
             except _GaveUp as gave_up:
                 last = gave_up
                 if gave_up.stop is not None:
@@ -425,9 +495,16 @@ class FailoverEngine:
                 reason=reason,
             )
         )
-        logger.bind(
-            call_id=call.call_id, from_model=from_model, to_model=to_model, reason=reason.value
-        ).warning("failover {} -> {} ({})", from_model, to_model, reason.value)
+        logger.warning(
+            "failover {} -> {} ({})",
+            from_model,
+            to_model,
+            reason.value,
+            call_id=call.call_id,
+            from_model=from_model,
+            to_model=to_model,
+            reason=reason.value,
+        )
 
     def _succeeded(self, call: _Call, model_id: str, response: Any) -> CallOutcome:
         latency = self._clock() - call.start
@@ -474,8 +551,18 @@ class FailoverEngine:
             kind=last.kind,
         )
 
-    async def _try_client(self, call: _Call, model_id: str, prompt: Any) -> Any:
-        """Attempts on one client until success (returned) or ``_GaveUp`` (raised)."""
+    async def _attempts(
+        self,
+        call: _Call,
+        model_id: str,
+        attempt_once: Callable[[_Client, Any, float], Awaitable[_T | _Failure]],
+    ) -> tuple[_T, int, float]:
+        """Attempts on one client until one succeeds or ``_GaveUp`` (raised).
+
+        ``attempt_once(client, prompt, remaining)`` returns the result or a ``_Failure``;
+        returns the result, its attempt number and when that attempt started. Shared by calls
+        and streams (whose attempt waits for the first chunk).
+        """
         client = self._by_id[model_id]
         previous_delay: float | None = None
         last_kind = ErrorKind.UNKNOWN
@@ -491,29 +578,27 @@ class FailoverEngine:
                 )
             )
             started = self._clock()
-            try:
-                response = await self._attempt(client, prompt, remaining)
-            except _AttemptError as failure:
-                delay = self._after_failure(
-                    call, model_id, attempt, started, failure, previous_delay
-                )
-                last_kind = failure.kind
-                await self._sleep(delay)
-                previous_delay = delay
-                continue
-            self._emit(
-                AttemptSucceeded(
-                    at=self._now(),
-                    call_id=call.call_id,
-                    model_id=model_id,
-                    attempt=attempt,
-                    latency=self._clock() - started,
-                )
-            )
-            if self._snap.state_of(model_id).state in (HealthState.DEGRADED, HealthState.UNHEALTHY):
-                self._change_state(model_id, "recover", "a call succeeded")
-            return response
+            result = await attempt_once(client, call.prompt, remaining)
+            if not isinstance(result, _Failure):
+                return result, attempt, started
+            delay = self._after_failure(call, model_id, attempt, started, result, previous_delay)
+            last_kind = result.kind
+            await self._sleep(delay)
+            previous_delay = delay
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _attempt_succeeded(self, call: _Call, model_id: str, attempt: int, started: float) -> None:
+        self._emit(
+            AttemptSucceeded(
+                at=self._now(),
+                call_id=call.call_id,
+                model_id=model_id,
+                attempt=attempt,
+                latency=self._clock() - started,
+            )
+        )
+        if self._snap.states[model_id].state in (HealthState.DEGRADED, HealthState.UNHEALTHY):
+            self._change_state(model_id, "recover", "a call succeeded")
 
     def _stop_reason(self, call: _Call) -> str | None:
         """Why the call must end now, before its next attempt, or None."""
@@ -524,24 +609,39 @@ class FailoverEngine:
             return "deadline"
         return None
 
-    async def _attempt(self, client: _Client, prompt: Any, remaining: float) -> Any:
-        """One attempt, bounded by ``attempt_timeout`` and the call's remaining budget."""
+    def _attempt_limit(self, remaining: float) -> tuple[float, bool]:
+        """How long the next attempt may take, and whether ``attempt_timeout`` is the bound."""
         attempt_timeout = self.retry_policy.attempt_timeout
-        by_attempt = attempt_timeout is not None and attempt_timeout < remaining
-        limit = attempt_timeout if by_attempt and attempt_timeout is not None else remaining
+        if attempt_timeout is not None and attempt_timeout < remaining:
+            return attempt_timeout, True
+        return remaining, False
+
+    async def _attempt(self, client: _Client, prompt: Any, remaining: float) -> Any:
+        """One attempt, bounded by ``attempt_timeout`` and the call's remaining budget.
+
+        Returns the response, or a ``_Failure``. On asyncio the loop's own ``asyncio.timeout``
+        bounds it: it costs a fraction of an anyio cancel scope, and this is the hottest path
+        of all. A ``TimeoutError`` the client raises itself is the client's failure: only the
+        expiry of our own timer is a timeout of ours.
+        """
+        limit, by_attempt = self._attempt_limit(remaining)
+        # An async client is awaited directly: no wrapper coroutine on the hot path.
+        call = client.client.call if client.call_is_async else client.call
         try:
-            with anyio.move_on_after(limit) as scope:
-                return await client.call(prompt)
-        except ModelError as exc:
-            raise _AttemptError(exc.kind, exc.message, exc.retry_after) from None
-        except TimeoutError as exc:
-            raise _AttemptError(ErrorKind.TIMEOUT, describe_exception(exc)) from None
+            if _on_asyncio():
+                timer = asyncio.timeout(limit)
+                try:
+                    async with timer:
+                        return await call(prompt)
+                except TimeoutError:
+                    if not timer.expired():
+                        raise
+            else:
+                with anyio.move_on_after(limit):
+                    return await call(prompt)
         except Exception as exc:  # noqa: BLE001 - any client failure is a failed attempt
-            raise _AttemptError(ErrorKind.UNKNOWN, describe_exception(exc)) from None
-        assert scope.cancelled_caught  # noqa: S101 - the only way past the with block
-        if by_attempt:
-            raise _AttemptError(ErrorKind.TIMEOUT, f"attempt timed out after {limit:g}s")
-        raise _AttemptError(ErrorKind.DEADLINE, f"call deadline reached after {limit:g}s")
+            return _failure(exc, prompt)
+        return _timed_out(limit, by_attempt, "attempt timed out after")
 
     def _after_failure(
         self,
@@ -549,7 +649,7 @@ class FailoverEngine:
         model_id: str,
         attempt: int,
         started: float,
-        failure: _AttemptError,
+        failure: _Failure,
         previous_delay: float | None,
     ) -> float:
         """Record a failed attempt; return the backoff delay, or raise ``_GaveUp``."""
@@ -575,8 +675,14 @@ class FailoverEngine:
                 counts=counts,
             )
         )
-        logger.bind(call_id=call.call_id, model_id=model_id, error_kind=kind.value).info(
-            "attempt {} on {} failed: {}", attempt, model_id, failure.message
+        logger.info(
+            "attempt {} on {} failed: {}",
+            attempt,
+            model_id,
+            failure.message,
+            call_id=call.call_id,
+            model_id=model_id,
+            error_kind=kind.value,
         )
         if delay is None:
             self._gave_up_on(model_id, kind, failure.message)
@@ -603,7 +709,7 @@ class FailoverEngine:
         call: _Call,
         model_id: str,
         attempt: int,
-        failure: _AttemptError,
+        failure: _Failure,
         previous_delay: float | None,
     ) -> float | None:
         """The wait before retrying the same client, or None to give up on it."""
@@ -622,8 +728,10 @@ class FailoverEngine:
             self._emit(
                 RetryBudgetExhausted(at=self._now(), call_id=call.call_id, model_id=model_id)
             )
-            logger.bind(model_id=model_id).warning(
-                "retry budget exhausted; failing over from {} instead of retrying", model_id
+            logger.warning(
+                "retry budget exhausted; failing over from {} instead of retrying",
+                model_id,
+                model_id=model_id,
             )
             return None
         return delay
@@ -696,6 +804,7 @@ class FailoverEngine:
         for event in events:
             apply(self._snap, event)
         if events:
+            self._plan_cache = None
             self._sync_machines()
         return len(events)
 
@@ -729,8 +838,13 @@ class FailoverEngine:
             raise RuntimeError("this MultiModelFailover is closed")
         self._emit(Maintenance(at=self._now(), model_id=model_id, on=on, reason=reason, by=by))
         self._machines[model_id].sync(self._snap.state_of(model_id).state)
-        logger.bind(model_id=model_id, by=by).warning(
-            "model {} maintenance {}: {}", model_id, "on" if on else "off", reason
+        logger.warning(
+            "model {} maintenance {}: {}",
+            model_id,
+            "on" if on else "off",
+            reason,
+            model_id=model_id,
+            by=by,
         )
         await self.event_store.wait_committed(self._ticket)
 
@@ -794,18 +908,12 @@ class FailoverEngine:
         return self.event_store.read()
 
 
+# The events after which the rotation must be worked out again.
+_CHANGES_ROTATION: frozenset[type[Event]] = frozenset({StateChanged, Maintenance, EngineStarted})
+
+
 def _stop_kind(stop: str, last_kind: ErrorKind) -> ErrorKind:
     return ErrorKind.DEADLINE if stop == "deadline" else last_kind
-
-
-class _AttemptError(Exception):
-    """One failed attempt, already classified and scrubbed."""
-
-    def __init__(self, kind: ErrorKind, message: str, retry_after: float | None = None) -> None:
-        super().__init__(message)
-        self.kind = kind
-        self.message = message
-        self.retry_after = retry_after
 
 
 __all__ = ["CallOutcome", "FailoverEngine"]

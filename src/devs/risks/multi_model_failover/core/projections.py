@@ -8,9 +8,10 @@ arguments and never looks at ``seq``.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from bisect import bisect_left
+from collections.abc import Callable, Iterable
 from datetime import datetime
-from typing import Final
+from typing import Any, Final
 
 import msgspec
 
@@ -146,12 +147,8 @@ def _latency(model: ModelMetrics, latency: float) -> None:
     model.latency_count += 1
     model.latency_sum += latency
     model.latency_max = max(model.latency_max, latency)
-    index = 0
-    for bound in LATENCY_BUCKETS:
-        if latency <= bound:
-            break
-        index += 1
-    model.latency_buckets[index] += 1
+    # The first bucket whose upper bound is >= latency (the last one, +Inf, past them all).
+    model.latency_buckets[bisect_left(LATENCY_BUCKETS, latency)] += 1
 
 
 def _set_state(
@@ -214,54 +211,93 @@ def _apply_maintenance(snap: Snapshot, event: Maintenance) -> None:
     )
 
 
-def apply(snap: Snapshot, event: Event) -> Snapshot:  # noqa: PLR0912 - one flat dispatch
-    """Fold one event into ``snap`` (in place) and return it."""
+def _attempt_started(snap: Snapshot, event: AttemptStarted) -> None:
     m = snap.metrics
+    m.attempts += 1
+    m.model(event.model_id).attempts += 1
+    if event.attempt > 1:
+        m.retries += 1
+
+
+def _attempt_succeeded(snap: Snapshot, event: AttemptSucceeded) -> None:
+    model = snap.metrics.model(event.model_id)
+    model.successes += 1
+    _latency(model, event.latency)
+    snap.state_of(event.model_id).streak = 0
+
+
+def _call_started(snap: Snapshot, event: CallStarted) -> None:
+    snap.metrics.calls += 1
+
+
+def _call_succeeded(snap: Snapshot, event: CallSucceeded) -> None:
+    snap.metrics.calls_succeeded += 1
+    snap.metrics.model(event.model_id).calls_served += 1
+
+
+def _call_failed(snap: Snapshot, event: CallFailed) -> None:
+    snap.metrics.calls_failed += 1
+
+
+def _call_cancelled(snap: Snapshot, event: CallCancelled) -> None:
+    snap.metrics.calls_cancelled += 1
+
+
+def _backoff(snap: Snapshot, event: Backoff) -> None:
+    snap.metrics.backoffs += 1
+    snap.metrics.backoff_seconds += event.delay
+
+
+def _failover(snap: Snapshot, event: Failover) -> None:
+    snap.metrics.failovers += 1
+
+
+def _retry_budget_exhausted(snap: Snapshot, event: RetryBudgetExhausted) -> None:
+    snap.metrics.retry_budget_exhausted += 1
+
+
+def _health_probe(snap: Snapshot, event: HealthProbe) -> None:
+    snap.metrics.probes += 1
+    if not event.ok:
+        snap.metrics.probe_failures += 1
+
+
+def _engine_started(snap: Snapshot, event: EngineStarted) -> None:
+    snap.models = event.models
+    for model_id in event.models:
+        snap.state_of(model_id)
+
+
+def _engine_stopped(snap: Snapshot, event: EngineStopped) -> None:
+    pass
+
+
+# One handler per event class: a dict lookup costs less than a chain of class patterns, and
+# the fold runs on every event the engine appends.
+_HANDLERS: Final[dict[type[Any], Callable[[Snapshot, Any], None]]] = {
+    AttemptStarted: _attempt_started,
+    AttemptSucceeded: _attempt_succeeded,
+    AttemptFailed: _apply_attempt_failed,
+    CallStarted: _call_started,
+    CallSucceeded: _call_succeeded,
+    CallFailed: _call_failed,
+    CallCancelled: _call_cancelled,
+    Backoff: _backoff,
+    Failover: _failover,
+    RetryBudgetExhausted: _retry_budget_exhausted,
+    HealthProbe: _health_probe,
+    StateChanged: _apply_state_changed,
+    Maintenance: _apply_maintenance,
+    EngineStarted: _engine_started,
+    EngineStopped: _engine_stopped,
+}
+
+
+def apply(snap: Snapshot, event: Event) -> Snapshot:
+    """Fold one event into ``snap`` (in place) and return it."""
     snap.events += 1
     snap.last_at = event.at
-    match event:
-        case AttemptStarted():
-            m.attempts += 1
-            m.model(event.model_id).attempts += 1
-            if event.attempt > 1:
-                m.retries += 1
-        case AttemptSucceeded():
-            model = m.model(event.model_id)
-            model.successes += 1
-            _latency(model, event.latency)
-            snap.state_of(event.model_id).streak = 0
-        case AttemptFailed():
-            _apply_attempt_failed(snap, event)
-        case CallStarted():
-            m.calls += 1
-        case CallSucceeded():
-            m.calls_succeeded += 1
-            m.model(event.model_id).calls_served += 1
-        case CallFailed():
-            m.calls_failed += 1
-        case CallCancelled():
-            m.calls_cancelled += 1
-        case Backoff():
-            m.backoffs += 1
-            m.backoff_seconds += event.delay
-        case Failover():
-            m.failovers += 1
-        case RetryBudgetExhausted():
-            m.retry_budget_exhausted += 1
-        case HealthProbe():
-            m.probes += 1
-            if not event.ok:
-                m.probe_failures += 1
-        case StateChanged():
-            _apply_state_changed(snap, event)
-        case Maintenance():
-            _apply_maintenance(snap, event)
-        case EngineStarted():
-            snap.models = event.models
-            for model_id in event.models:
-                snap.state_of(model_id)
-        case EngineStopped():
-            pass
+    _HANDLERS[type(event)](snap, event)
     return snap
 
 

@@ -6,23 +6,48 @@ and patterns for the common key and token shapes of the providers we talk to.
 
 from __future__ import annotations
 
+import json
 import re
 import threading
 from collections.abc import Iterable
 
 REDACTED = "[redacted]"
 
-# Key and token shapes that must never be stored, whether or not we configured them.
-_PATTERNS: tuple[re.Pattern[str], ...] = (
-    re.compile(r"sk-ant-[A-Za-z0-9_\-]{8,}"),
-    re.compile(r"sk-(?:proj-|svcacct-|admin-)?[A-Za-z0-9_\-]{16,}"),
-    re.compile(r"AIza[0-9A-Za-z_\-]{20,}"),
-    re.compile(r"(?i)\bBearer\s+[A-Za-z0-9._~+/=\-]{8,}"),
-    re.compile(r"(?i)\b((?:api[_-]?)?key|token|access_token|secret)=[^&\s\"']+"),
-    re.compile(r"(?i)(x-api-key|api-key|authorization)(\"?\s*[:=]\s*\"?)[^\s\",}]+"),
-    re.compile(r"\bgh[pousr]_[A-Za-z0-9]{20,}"),
-    re.compile(r"\bxox[abposr]-[A-Za-z0-9\-]{10,}"),
-    re.compile(r"\bAKIA[0-9A-Z]{16}\b"),
+# Key and token shapes that must never be stored, whether or not we configured them, each with
+# its replacement (a template: the name or scheme before the secret is kept).
+_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
+    (re.compile(r"sk-ant-[A-Za-z0-9_\-]{8,}"), REDACTED),
+    (re.compile(r"sk-(?:proj-|svcacct-|admin-)?[A-Za-z0-9_\-]{16,}"), REDACTED),
+    (re.compile(r"\b[sr]k_(?:live|test)_[A-Za-z0-9]{16,}"), REDACTED),  # Stripe
+    (re.compile(r"AIza[0-9A-Za-z_\-]{20,}"), REDACTED),  # Google
+    (re.compile(r"\bhf_[A-Za-z0-9]{20,}"), REDACTED),  # Hugging Face
+    (re.compile(r"\bgsk_[A-Za-z0-9]{20,}"), REDACTED),  # Groq
+    (re.compile(r"\bxai-[A-Za-z0-9]{20,}"), REDACTED),  # xAI
+    (re.compile(r"\bgithub_pat_[A-Za-z0-9_]{20,}"), REDACTED),
+    (re.compile(r"\bgh[pousr]_[A-Za-z0-9]{20,}"), REDACTED),
+    (re.compile(r"\bxox[abposr]-[A-Za-z0-9\-]{10,}"), REDACTED),  # Slack
+    (re.compile(r"\bAKIA[0-9A-Z]{16}\b"), REDACTED),  # AWS
+    (re.compile(r"(?i)\b(Bearer)\s+[A-Za-z0-9._~+/=\-]{8,}"), rf"\1 {REDACTED}"),
+    (
+        re.compile(r"(?i)\b((?:api[_-]?)?key|token|access_token|secret|password)=[^&\s\"']+"),
+        rf"\1={REDACTED}",
+    ),
+    # A scheme word (Basic, Token...) is kept; the credential after it is what must go.
+    (
+        re.compile(
+            r"(?i)(x-api-key|api-key|authorization)(\"?\s*[:=]\s*\"?)"
+            r"((?:basic|bearer|token|digest|apikey|key)\s+)?[^\s\",}]+"
+        ),
+        rf"\1\2\3{REDACTED}",
+    ),
+    # JSON fields: "api_key": "...", "password": "...".
+    (
+        re.compile(
+            r"(?i)(\"(?:api[_-]?key|access[_-]?token|secret|password|token)\"\s*:\s*\")[^\"]+"
+        ),
+        rf"\1{REDACTED}",
+    ),
+    (re.compile(r"(://[^/\s:@]+:)[^@\s/]+@"), rf"\1{REDACTED}@"),  # user:password@host
 )
 
 _known_secrets: set[str] = set()
@@ -45,18 +70,6 @@ def register_secrets(values: Iterable[str | None]) -> None:
         register_secret(value)
 
 
-def _pattern_replacement(match: re.Match[str]) -> str:
-    text = match.group(0)
-    if "=" in text and not text.lower().startswith(("x-api-key", "api-key", "authorization")):
-        name = text.split("=", 1)[0]
-        return f"{name}={REDACTED}"
-    if match.re.groups >= 2 and match.lastindex and match.lastindex >= 2:
-        return f"{match.group(1)}{match.group(2)}{REDACTED}"
-    if text.lower().startswith("bearer"):
-        return f"Bearer {REDACTED}"
-    return REDACTED
-
-
 def scrub(text: str) -> str:
     """Return ``text`` with every known secret and every key-shaped token replaced."""
     if not text:
@@ -66,8 +79,8 @@ def scrub(text: str) -> str:
     for secret in secrets:
         if secret in text:
             text = text.replace(secret, REDACTED)
-    for pattern in _PATTERNS:
-        text = pattern.sub(_pattern_replacement, text)
+    for pattern, replacement in _PATTERNS:
+        text = pattern.sub(replacement, text)
     return text
 
 
@@ -77,3 +90,35 @@ def describe_exception(exc: BaseException, *, limit: int = 500) -> str:
     text = f"{type(exc).__name__}: {message}" if message else type(exc).__name__
     text = scrub(text)
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+PROMPT_REDACTED = "[prompt]"
+# Shorter fragments are too likely to be ordinary words of the provider's own message.
+_MIN_PROMPT_FRAGMENT = 8
+
+
+def _prompt_texts(prompt: object) -> list[str]:
+    """The texts of a prompt: the str itself, or every string inside chat messages."""
+    if isinstance(prompt, str):
+        return [prompt]
+    if isinstance(prompt, dict):
+        return [text for value in prompt.values() for text in _prompt_texts(value)]
+    if isinstance(prompt, list | tuple):
+        return [text for item in prompt for text in _prompt_texts(item)]
+    return []
+
+
+def without_prompt(message: str, prompt: object) -> str:
+    """``message`` with any echo of ``prompt`` replaced by ``[prompt]``.
+
+    Providers often quote the offending input in their error text; prompts are never stored,
+    so the quote goes, as written and as ``repr`` or JSON would escape it.
+    """
+    for text in sorted(_prompt_texts(prompt), key=len, reverse=True):
+        # Every escaped form is at least as long as the text: a longer one cannot be quoted.
+        if not _MIN_PROMPT_FRAGMENT <= len(text) <= len(message):
+            continue
+        for form in {text, repr(text)[1:-1], json.dumps(text)[1:-1]}:
+            if form in message:
+                message = message.replace(form, PROMPT_REDACTED)
+    return message

@@ -17,8 +17,8 @@ it, each chunk is bounded by the client's own read timeout, so a long answer is 
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import AsyncGenerator, AsyncIterator
+from functools import partial
 from typing import Any, Final
 
 import anyio
@@ -28,24 +28,16 @@ from loguru import logger
 # exactly as a call does. The engine imports this module lazily (inside ``stream``).
 from .engine import (
     FailoverEngine,
-    _AttemptError,
     _Call,
     _check_positive,
     _check_prompt,
     _Client,
-    _GaveUp,
-    _stop_kind,
+    _Failure,
+    _failure,
+    _timed_out,
 )
 from .errors import AttemptRecord, ErrorKind, ModelError
-from .events import (
-    AttemptFailed,
-    AttemptStarted,
-    AttemptSucceeded,
-    CallCancelled,
-    CallFailed,
-)
-from .health import HealthState
-from .scrub import describe_exception
+from .events import AttemptFailed, CallCancelled, CallFailed
 
 INTERRUPTED: Final = "stream_interrupted"
 
@@ -130,95 +122,54 @@ async def _close(chunks: AsyncIterator[str] | None) -> None:
             await close()
 
 
-def _classify(exc: Exception) -> tuple[ErrorKind, str, float | None]:
-    if isinstance(exc, ModelError):
-        return exc.kind, exc.message, exc.retry_after
-    if isinstance(exc, TimeoutError):
-        return ErrorKind.TIMEOUT, describe_exception(exc), None
-    return ErrorKind.UNKNOWN, describe_exception(exc), None
-
-
 async def _first_chunk(
     engine: FailoverEngine, client: _Client, prompt: Any, remaining: float
-) -> tuple[AsyncIterator[str], str | _End]:
+) -> tuple[AsyncIterator[str], str | _End] | _Failure:
     """Open a stream and wait for its first chunk, as ``engine._attempt`` waits for a call."""
-    attempt_timeout = engine.retry_policy.attempt_timeout
-    by_attempt = attempt_timeout is not None and attempt_timeout < remaining
-    limit = attempt_timeout if by_attempt and attempt_timeout is not None else remaining
+    limit, by_attempt = engine._attempt_limit(remaining)
     chunks: AsyncIterator[str] | None = None
     try:
-        with anyio.move_on_after(limit) as scope:
+        with anyio.move_on_after(limit):
             chunks = await _open(client, prompt)
             return chunks, await _next(chunks)
     except Exception as exc:  # noqa: BLE001 - any client failure is a failed attempt
         await _close(chunks)
-        raise _AttemptError(*_classify(exc)) from None
+        return _failure(exc, prompt)
     await _close(chunks)
-    assert scope.cancelled_caught  # noqa: S101 - the only way past the with block
-    if by_attempt:
-        raise _AttemptError(ErrorKind.TIMEOUT, f"no first chunk within {limit:g}s")
-    raise _AttemptError(ErrorKind.DEADLINE, f"call deadline reached after {limit:g}s")
+    return _timed_out(limit, by_attempt, "no first chunk within")
 
 
-async def _open_client(engine: FailoverEngine, call: _Call, model_id: str, prompt: Any) -> _Opened:
-    """Attempts on one client until a first chunk (returned) or ``_GaveUp`` (raised)."""
-    client = engine._by_id[model_id]
-    previous_delay: float | None = None
-    last_kind = ErrorKind.UNKNOWN
-    for attempt in itertools.count(1):
-        stop = engine._stop_reason(call)
-        if stop is not None:
-            raise _GaveUp(_stop_kind(stop, last_kind), f"{stop} reached", stop)
-        remaining = call.deadline - engine._clock()
-        call.attempts += 1
-        engine._emit(
-            AttemptStarted(
-                at=engine._now(), call_id=call.call_id, model_id=model_id, attempt=attempt
-            )
-        )
-        started = engine._clock()
-        try:
-            chunks, first = await _first_chunk(engine, client, prompt, remaining)
-        except _AttemptError as failure:
-            delay = engine._after_failure(call, model_id, attempt, started, failure, previous_delay)
-            last_kind = failure.kind
-            await engine._sleep(delay)
-            previous_delay = delay
-            continue
-        return _Opened(model_id, attempt, started, first, chunks)
-    raise AssertionError("unreachable")  # pragma: no cover
-
-
-async def _open_any(engine: FailoverEngine, call: _Call, order: list[str], prompt: Any) -> _Opened:
+async def _open_any(
+    engine: FailoverEngine, call: _Call, order: tuple[str, ...], prompt: Any
+) -> _Opened:
     """The first client in ``order`` that delivers a first chunk; fails over like a call."""
 
-    async def attempt(model_id: str) -> _Opened:
-        return await _open_client(engine, call, model_id, prompt)
+    async def attempt(call: _Call, model_id: str) -> _Opened:
+        (chunks, first), attempt, started = await engine._attempts(
+            call, model_id, partial(_first_chunk, engine)
+        )
+        return _Opened(model_id, attempt, started, first, chunks)
 
     return await engine._through_order(call, order, attempt)
 
 
 def _finish(engine: FailoverEngine, call: _Call, opened: _Opened) -> None:
-    model_id = opened.model_id
-    engine._emit(
-        AttemptSucceeded(
-            at=engine._now(),
-            call_id=call.call_id,
-            model_id=model_id,
-            attempt=opened.attempt,
-            latency=engine._clock() - opened.started,
-        )
-    )
-    if engine._snap.state_of(model_id).state in (HealthState.DEGRADED, HealthState.UNHEALTHY):
-        engine._change_state(model_id, "recover", "a call succeeded")
-    engine._succeeded(call, model_id, None)
+    engine._attempt_succeeded(call, opened.model_id, opened.attempt, opened.started)
+    engine._succeeded(call, opened.model_id, None)
 
 
 def _interrupted(
-    engine: FailoverEngine, call: _Call, opened: _Opened, exc: Exception, chunks: int, chars: int
+    engine: FailoverEngine,
+    call: _Call,
+    opened: _Opened,
+    exc: Exception,
+    prompt: Any,
+    chunks: int,
+    chars: int,
 ) -> StreamInterruptedError:
     """Record a stream that broke after delivering text; the error to raise."""
-    kind, cause, _ = _classify(exc)
+    failure = _failure(exc, prompt)
+    kind, cause = failure.kind, failure.message
     model_id = opened.model_id
     message = (
         f"stream from {model_id} broke after {chunks} chunk(s), {chars} char(s) delivered; "
@@ -252,8 +203,13 @@ def _interrupted(
             latency=engine._clock() - call.start,
         )
     )
-    logger.bind(call_id=call.call_id, model_id=model_id, error_kind=kind.value).warning(
-        "stream from {} broke after {} char(s); not failing over mid-answer", model_id, chars
+    logger.warning(
+        "stream from {} broke after {} char(s); not failing over mid-answer",
+        model_id,
+        chars,
+        call_id=call.call_id,
+        model_id=model_id,
+        error_kind=kind.value,
     )
     return StreamInterruptedError(
         message, kind=kind, model_id=model_id, call_id=call.call_id, chunks=chunks, chars=chars
@@ -277,7 +233,7 @@ async def stream_with_failover(
     if engine._closed:
         raise RuntimeError("this MultiModelFailover is closed")
     start = engine._clock()
-    call = _Call(next(engine._call_ids), start, start + budget)
+    call = _Call(next(engine._call_ids), start, start + budget, prompt)
     order, last_resort = engine._plan()
     engine._emit(engine._call_started(call, order, last_resort, prompt))
     engine._budget.record_call()
@@ -299,7 +255,7 @@ async def stream_with_failover(
                 chunk = await _next(opened.chunks)
             except Exception as exc:  # noqa: BLE001 - any failure after the first chunk
                 terminal = True
-                error = _interrupted(engine, call, opened, exc, chunks, chars)
+                error = _interrupted(engine, call, opened, exc, prompt, chunks, chars)
                 await engine.event_store.wait_committed(engine._ticket)
                 raise error from None
         terminal = True
