@@ -160,3 +160,46 @@ def test_from_config_reports_a_target_that_does_not_import() -> None:
     entry = {"id": "x", "kind": "callable", "target": "no_such_module_here:fn"}
     with pytest.raises(ConfigError, match="client 'x': cannot import target"):
         MultiModelFailover.from_config(env={ENV_VAR: json.dumps(document(clients=[entry]))})
+
+
+def test_a_password_in_the_event_log_url_is_refused() -> None:
+    url = "postgresql://failover:hunter2hunter2@db.internal:5432/failover"
+    with pytest.raises(ConfigError, match="event_log_password_env") as caught:
+        load_config(env={ENV_VAR: json.dumps(document(event_log=url))})
+    assert "hunter2" not in str(caught.value)
+
+
+def test_event_log_password_env_must_be_set_and_a_variable_name() -> None:
+    with pytest.raises(ConfigError, match="NAME of an environment variable"):
+        load_config(env={ENV_VAR: json.dumps(document(event_log_password_env="pa ss"))})
+    config = load_config(
+        env={ENV_VAR: json.dumps(document(event_log_password_env="FAILOVER_PG_PASSWORD"))}
+    )
+    with pytest.raises(ConfigError, match="FAILOVER_PG_PASSWORD, which is not set"):
+        config.event_log_password({})
+    assert config.event_log_password({"FAILOVER_PG_PASSWORD": "s3cret"}) == "s3cret"
+
+
+def test_replica_settings_reach_the_engine(tmp_path: Path) -> None:
+    log = tmp_path / "shared.sqlite3"
+    env = {
+        ENV_VAR: json.dumps(
+            document(
+                event_log=str(log),
+                replica="eu-west-1a",
+                follow_interval=0.25,
+                health_policy={"scope": "replica"},
+            )
+        )
+    }
+    fo = MultiModelFailover.from_config(env=env)
+    assert fo.follow_interval == 0.25
+    assert fo.health_policy.scope == "replica"
+    assert fo.event_store.writer == "eu-west-1a"
+    fo.event_store.close()
+
+
+@pytest.mark.parametrize("value", [0, -1])
+def test_follow_interval_must_be_positive(value: float) -> None:
+    with pytest.raises(ConfigError, match="follow_interval must be > 0"):
+        load_config(env={ENV_VAR: json.dumps(document(follow_interval=value))})

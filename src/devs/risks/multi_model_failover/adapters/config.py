@@ -27,6 +27,8 @@ ROOT_KEY: Final = "multi_model_failover"
 
 ClientKind = Literal["openai", "anthropic", "callable"]
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# postgresql://user:password@host/...: a literal password in the document.
+_URL_PASSWORD = re.compile(r"^postgres(?:ql)?://[^/@:]*:[^/@]+@", re.IGNORECASE)
 
 
 class ClientConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -79,12 +81,23 @@ class FailoverConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     retry_policy: RetryPolicy = msgspec.field(default_factory=RetryPolicy)
     health_policy: HealthPolicy = msgspec.field(default_factory=HealthPolicy)
     health_check_interval: float = 30.0
+    # A path to an SQLite file, or postgresql://user@host:port/db for a fleet's shared log.
     event_log: str | None = None
+    # The NAME of the environment variable holding the PostgreSQL password (libpq's own
+    # PGPASSWORD and ~/.pgpass work too); never the password itself.
+    event_log_password_env: str | None = None
     durability: Durability = "process"
+    # This replica's name in a shared log (default: host-pid-random).
+    replica: str | None = None
+    # Seconds between reads of the other replicas' events (default: the store's own).
+    follow_interval: float | None = None
 
     def __post_init__(self) -> None:
         if not self.clients:
             raise ValueError("clients must list at least one client")
+        self._check_event_log()
+        if self.follow_interval is not None and not self.follow_interval > 0:
+            raise ValueError(f"follow_interval must be > 0 seconds, got {self.follow_interval!r}")
         ids = [c.id for c in self.clients]
         duplicates = sorted({i for i in ids if ids.count(i) > 1})
         if duplicates:
@@ -93,6 +106,32 @@ class FailoverConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
             raise ValueError(
                 f"health_check_interval must be > 0 seconds, got {self.health_check_interval!r}"
             )
+
+    def _check_event_log(self) -> None:
+        if self.event_log_password_env is not None and not _ENV_NAME.match(
+            self.event_log_password_env
+        ):
+            raise ValueError(
+                "event_log_password_env must be the NAME of an environment variable "
+                "(letters, digits, _), not the password itself"
+            )
+        if self.event_log is not None and _URL_PASSWORD.match(self.event_log):
+            raise ValueError(
+                "event_log: a password in the URL is refused (config files end up in "
+                "repositories and logs); name its environment variable in event_log_password_env"
+            )
+
+    def event_log_password(self, env: Mapping[str, str] | None = None) -> str | None:
+        """The PostgreSQL password from ``event_log_password_env``; ConfigError when unset."""
+        if self.event_log_password_env is None:
+            return None
+        environ = os.environ if env is None else env
+        value = environ.get(self.event_log_password_env)
+        if not value:
+            raise ConfigError(
+                f"event_log_password_env names {self.event_log_password_env}, which is not set"
+            )
+        return value
 
 
 class _Document(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

@@ -21,8 +21,11 @@ from ..core.events import Event
 from ..core.policies import HealthPolicy, RetryPolicy
 from ..core.projections import Snapshot, fold
 from ..core.protocols import Clock, EventStore, Sleep
+from ..core.scrub import register_secret
 from ..storage.sqlite import SQLiteEventStore
 from .config import FailoverConfig, load_config
+
+POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 
 
 def utc_now() -> datetime:
@@ -30,14 +33,31 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
+def is_postgres_url(target: object) -> bool:
+    """Whether ``target`` names a PostgreSQL log (``postgresql://...``) rather than a file."""
+    return isinstance(target, str) and target.lower().startswith(POSTGRES_SCHEMES)
+
+
 def open_store(
-    event_store: EventStore | str | os.PathLike[str] | None, durability: str = "process"
+    event_store: EventStore | str | os.PathLike[str] | None,
+    durability: str = "process",
+    *,
+    replica: str | None = None,
+    password: str | None = None,
 ) -> EventStore:
-    """An ``EventStore`` from a store, a path to an SQLite file, or None (in-memory SQLite)."""
+    """An ``EventStore`` from a store, a ``postgresql://`` URL, a path to an SQLite file, or
+    None (in-memory SQLite). ``replica`` names this writer in a shared log."""
     if event_store is None:
-        return SQLiteEventStore(durability=durability)
+        return SQLiteEventStore(durability=durability, writer=replica)
+    if is_postgres_url(event_store):
+        # Imported on use: psycopg is an optional extra (``pip install ...[postgres]``).
+        from ..storage.postgres import PostgresEventStore  # noqa: PLC0415
+
+        return PostgresEventStore(
+            str(event_store), durability=durability, writer=replica, password=password
+        )
     if isinstance(event_store, str | os.PathLike):
-        return SQLiteEventStore(event_store, durability=durability)
+        return SQLiteEventStore(event_store, durability=durability, writer=replica)
     for method in ("append", "wait_committed", "read", "read_others", "aclose"):
         if not callable(getattr(event_store, method, None)):
             raise TypeError(
@@ -68,8 +88,10 @@ class MultiModelFailover(FailoverEngine):
         wall_clock: WallClock | None = None,
         durability: str = "process",
         fingerprint_prompts: bool = False,
+        replica: str | None = None,
+        follow_interval: float | None = None,
     ) -> None:
-        store = open_store(event_store, durability)
+        store = open_store(event_store, durability, replica=replica)
         try:
             super().__init__(
                 clients,
@@ -82,6 +104,7 @@ class MultiModelFailover(FailoverEngine):
                 wall_clock=wall_clock if wall_clock is not None else utc_now,
                 rng=rng if rng is not None else random.Random(),  # noqa: S311 - jitter, not crypto
                 fingerprint_prompts=fingerprint_prompts,
+                follow_interval=follow_interval,
             )
         except BaseException:
             if store is not event_store:
@@ -133,7 +156,15 @@ class MultiModelFailover(FailoverEngine):
             "health_policy": config.health_policy,
             "event_store": config.event_log,
             "durability": config.durability,
+            "replica": config.replica,
+            "follow_interval": config.follow_interval,
         }
+        password = config.event_log_password(env)
+        if password is not None and "event_store" not in overrides:
+            register_secret(password)
+            options["event_store"] = open_store(
+                config.event_log, config.durability, replica=config.replica, password=password
+            )
         options.update(overrides)
         engine = cls(clients, config.retry_policy, config.health_check_interval, **options)
         engine._owned_clients = list(clients.values())
@@ -145,8 +176,14 @@ def replay(
 ) -> Snapshot:
     """Fold a whole log into a ``Snapshot``: metrics, per-model states and the audit trail.
 
-    ``source``: a store, an iterable of events, or the path of an SQLite event log.
+    ``source``: a store, an iterable of events, the path of an SQLite event log or the
+    ``postgresql://`` URL of a shared one.
     """
+    if is_postgres_url(source):
+        from ..storage.postgres import PostgresEventStore  # noqa: PLC0415 - optional extra
+
+        with PostgresEventStore(str(source), create=False) as shared:
+            return fold(shared.read(lenient=lenient))
     if isinstance(source, str | os.PathLike):
         with SQLiteEventStore(source, create=False) as store:
             return fold(store.read(lenient=lenient))

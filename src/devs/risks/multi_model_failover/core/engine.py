@@ -21,7 +21,15 @@ import math
 import random
 import secrets
 import uuid
-from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import (
+    AsyncGenerator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from datetime import datetime
 from types import TracebackType
 from typing import Any, Self, TypeVar
@@ -244,6 +252,7 @@ class FailoverEngine:
         wall_clock: WallClock,
         rng: random.Random,
         fingerprint_prompts: bool = False,
+        follow_interval: float | None = None,
     ) -> None:
         self._clients = _identify(clients)
         self._by_id = {c.model_id: c for c in self._clients}
@@ -269,13 +278,22 @@ class FailoverEngine:
         self._task_group: anyio.abc.TaskGroup | None = None
         self._loop_scope: anyio.CancelScope | None = None
         self._fingerprint_salt = secrets.token_bytes(16) if fingerprint_prompts else None
+        if follow_interval is None:
+            follow_interval = getattr(event_store, "follow_interval", None)
+        self.follow_interval = (
+            None if follow_interval is None else _check_positive("follow_interval", follow_interval)
+        )
+        self._follow_failing = False
+        # ``_snap`` is the whole log (what ``replay`` gives); ``_health`` is the view that
+        # decides the rotation: the same object with the fleet scope, this replica's own
+        # events and everyone's maintenance with the replica scope.
         self._snap = Snapshot()
+        self._health = self._snap if self.health_policy.scope == "fleet" else Snapshot()
         self._cursor = 0
-        for event in event_store.read():
-            apply(self._snap, event)
-            self._cursor = max(self._cursor, event.seq)
+        self._fold_others(event_store.read())
         self._machines = {
-            c.model_id: HealthMachine(self._snap.state_of(c.model_id).state) for c in self._clients
+            c.model_id: HealthMachine(self._health.state_of(c.model_id).state)
+            for c in self._clients
         }
         self._emit(
             EngineStarted(
@@ -296,7 +314,7 @@ class FailoverEngine:
     @property
     def states(self) -> dict[str, HealthState]:
         """Each configured model's health state now."""
-        return {mid: self._snap.state_of(mid).state for mid in self._by_id}
+        return {mid: self._health.state_of(mid).state for mid in self._by_id}
 
     @property
     def rotation(self) -> list[str]:
@@ -320,7 +338,7 @@ class FailoverEngine:
         return plan
 
     def _make_plan(self) -> tuple[tuple[str, ...], bool]:
-        states = self._snap.states
+        states = self._health.states
         order = tuple(mid for mid in self._by_id if states[mid].state.in_rotation)
         if order:
             return order, False
@@ -334,8 +352,24 @@ class FailoverEngine:
     def _emit(self, event: Event) -> None:
         self._ticket = self.event_store.append(event)
         apply(self._snap, event)
+        if self._health is not self._snap:
+            apply(self._health, event)
         if type(event) in _CHANGES_ROTATION:
             self._plan_cache = None
+
+    def _fold_others(self, events: Iterable[Event]) -> int:
+        """Fold in events other writers stored (from ``read``/``read_others``) once each."""
+        folded = 0
+        local = self._health if self._health is not self._snap else None
+        for event in events:
+            if event.seq <= self._cursor:  # a concurrent follow() already folded it
+                continue
+            self._cursor = event.seq
+            apply(self._snap, event)
+            if local is not None and type(event) is Maintenance:
+                apply(local, event)  # operator actions are fleet-wide in every scope
+            folded += 1
+        return folded
 
     def _change_state(self, model_id: str, trigger: str, reason: str) -> None:
         machine = self._machines[model_id]
@@ -364,7 +398,7 @@ class FailoverEngine:
 
     def _sync_machines(self) -> None:
         for model_id, machine in self._machines.items():
-            machine.sync(self._snap.state_of(model_id).state)
+            machine.sync(self._health.state_of(model_id).state)
 
     # -- calls ---------------------------------------------------------------------------
 
@@ -597,7 +631,7 @@ class FailoverEngine:
                 latency=self._clock() - started,
             )
         )
-        if self._snap.states[model_id].state in (HealthState.DEGRADED, HealthState.UNHEALTHY):
+        if self._health.states[model_id].state in (HealthState.DEGRADED, HealthState.UNHEALTHY):
             self._change_state(model_id, "recover", "a call succeeded")
 
     def _stop_reason(self, call: _Call) -> str | None:
@@ -743,7 +777,7 @@ class FailoverEngine:
             return
         if not kind.counts_against_health:
             return
-        streak = self._snap.state_of(model_id).streak
+        streak = self._health.state_of(model_id).streak
         policy = self.health_policy
         if streak >= policy.unhealthy_after:
             self._change_state(model_id, "fail", f"{streak} failed call(s) in a row")
@@ -757,7 +791,7 @@ class FailoverEngine:
         await self.follow()
         async with anyio.create_task_group() as group:
             for model_id in self._by_id:
-                if self._snap.state_of(model_id).state is not HealthState.MAINTENANCE:
+                if self._health.state_of(model_id).state is not HealthState.MAINTENANCE:
                     group.start_soon(self._probe, model_id)
         return self.states
 
@@ -791,7 +825,7 @@ class FailoverEngine:
                 message=message,
             )
         )
-        state = self._snap.state_of(model_id).state
+        state = self._health.state_of(model_id).state
         if not ok:
             self._change_state(model_id, "fail", f"probe failed: {message}")
         elif state in (HealthState.DEGRADED, HealthState.UNHEALTHY):
@@ -800,13 +834,30 @@ class FailoverEngine:
     async def follow(self) -> int:
         """Fold in events that other processes appended to the shared log; returns how many."""
         events, cursor = await anyio.to_thread.run_sync(self.event_store.read_others, self._cursor)
-        self._cursor = cursor
-        for event in events:
-            apply(self._snap, event)
-        if events:
+        folded = self._fold_others(events)
+        self._cursor = max(self._cursor, cursor)
+        if folded:
             self._plan_cache = None
             self._sync_machines()
-        return len(events)
+        return folded
+
+    async def _follow_loop(self, interval: float) -> None:
+        """Fold in the other replicas' events every ``interval`` seconds (a shared log)."""
+        while True:
+            try:
+                await self.follow()
+            except Exception as exc:  # noqa: BLE001 - the log being away must not end the loop
+                if not self._follow_failing:  # once per outage, not ten lines a second
+                    logger.error(
+                        "cannot read the shared event log ({}); health is local until it is back",
+                        describe_exception(exc),
+                    )
+                self._follow_failing = True
+            else:
+                if self._follow_failing:
+                    logger.warning("the shared event log is readable again")
+                self._follow_failing = False
+            await anyio.sleep(interval)
 
     async def _health_loop(self) -> None:
         interval = self.health_check_interval
@@ -837,7 +888,7 @@ class FailoverEngine:
         if self._closed:
             raise RuntimeError("this MultiModelFailover is closed")
         self._emit(Maintenance(at=self._now(), model_id=model_id, on=on, reason=reason, by=by))
-        self._machines[model_id].sync(self._snap.state_of(model_id).state)
+        self._machines[model_id].sync(self._health.state_of(model_id).state)
         logger.warning(
             "model {} maintenance {}: {}",
             model_id,
@@ -863,9 +914,14 @@ class FailoverEngine:
         return self
 
     async def _run_health_loop(self, scope: anyio.CancelScope) -> None:
-        # Its own scope: aclose() stops the loop without cancelling the caller's block.
+        # Its own scope: aclose() stops the loops without cancelling the caller's block.
         with scope:
-            await self._health_loop()
+            if self.follow_interval is None:
+                await self._health_loop()
+                return
+            async with anyio.create_task_group() as loops:
+                loops.start_soon(self._follow_loop, self.follow_interval)
+                await self._health_loop()
 
     async def __aexit__(
         self,

@@ -13,6 +13,8 @@ from typing import Any, Literal, Self
 import msgspec
 
 Jitter = Literal["full", "equal", "decorrelated", "none"]
+HealthScope = Literal["fleet", "replica"]
+HEALTH_SCOPES: tuple[str, ...] = ("fleet", "replica")
 JITTERS: tuple[str, ...] = ("full", "equal", "decorrelated", "none")
 
 
@@ -108,16 +110,30 @@ class HealthPolicy(_Policy, frozen=True):
     """When a failure streak degrades or removes a client, and how long a probe may take.
 
     A streak counts calls that gave up on the client; a success ends it.
+
+    ``scope`` matters when several engines (replicas) share one log:
+
+    - ``"fleet"`` (default): health is shared. A probe failure or a failure streak seen by one
+      replica takes the model out of rotation on every replica (a provider outage is the same
+      outage everywhere), and any replica's successful probe brings it back. Every replica's
+      live snapshot equals the replay of the shared log.
+    - ``"replica"``: each replica judges health from its own probes and calls only (for a
+      local network problem that other hosts do not have). Maintenance is still fleet-wide,
+      and ``metrics()``/``snapshot()`` still show the whole fleet; ``states`` and the rotation
+      are this replica's own.
     """
 
     degraded_after: int = 1
     unhealthy_after: int = 3
     probe_timeout: float = 5.0
+    scope: HealthScope = "fleet"
 
     def __post_init__(self) -> None:
         _check_number("degraded_after", self.degraded_after, minimum=1, integer=True)
         _check_number("unhealthy_after", self.unhealthy_after, minimum=1, integer=True)
         _check_number("probe_timeout", self.probe_timeout, strict=True)
+        if self.scope not in HEALTH_SCOPES:
+            raise ValueError(f"scope must be one of {', '.join(HEALTH_SCOPES)}, got {self.scope!r}")
         if self.unhealthy_after < self.degraded_after:
             raise ValueError(
                 f"unhealthy_after ({self.unhealthy_after}) must be >= degraded_after "
