@@ -170,11 +170,10 @@ def test_a_password_in_the_event_log_url_is_refused() -> None:
 
 
 def test_event_log_password_env_must_be_set_and_a_variable_name() -> None:
+    key = "event_log_password_env"
     with pytest.raises(ConfigError, match="NAME of an environment variable"):
-        load_config(env={ENV_VAR: json.dumps(document(event_log_password_env="pa ss"))})
-    config = load_config(
-        env={ENV_VAR: json.dumps(document(event_log_password_env="FAILOVER_PG_PASSWORD"))}
-    )
+        load_config(env={ENV_VAR: json.dumps(document(**{key: "pa ss"}))})
+    config = load_config(env={ENV_VAR: json.dumps(document(**{key: "FAILOVER_PG_PASSWORD"}))})
     with pytest.raises(ConfigError, match="FAILOVER_PG_PASSWORD, which is not set"):
         config.event_log_password({})
     assert config.event_log_password({"FAILOVER_PG_PASSWORD": "s3cret"}) == "s3cret"

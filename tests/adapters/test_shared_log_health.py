@@ -57,9 +57,10 @@ async def test_fleet_scope_a_failed_probe_on_one_replica_reroutes_the_other(
 ) -> None:
     path = tmp_path / "shared.sqlite3"
     primary, backup = Provider(), Provider()
-    async with replica(path, primary, backup, "fleet") as a, replica(
-        path, primary, backup, "fleet"
-    ) as b:
+    async with (
+        replica(path, primary, backup, "fleet") as a,
+        replica(path, primary, backup, "fleet") as b,
+    ):
         primary.up = False
         await a.check_health()
         assert a.states["primary"] is HealthState.UNHEALTHY
@@ -78,9 +79,10 @@ async def test_replica_scope_keeps_health_local_but_shares_maintenance(tmp_path:
     path = tmp_path / "shared.sqlite3"
     # A local network problem: a's route to the primary is down, b's is fine.
     a_primary, b_primary, backup = Provider(), Provider(), Provider()
-    async with replica(path, a_primary, backup, "replica") as a, replica(
-        path, b_primary, backup, "replica"
-    ) as b:
+    async with (
+        replica(path, a_primary, backup, "replica") as a,
+        replica(path, b_primary, backup, "replica") as b,
+    ):
         a_primary.up = False
         await a.check_health()
         assert a.states["primary"] is HealthState.UNHEALTHY

@@ -1,7 +1,8 @@
 """The ``failover`` command line: answers incident questions from an event log.
 
-Every command reads the SQLite event log named as its first argument (``maintenance`` takes
-``--log``; ``demo`` writes one), also while another process is still appending to it. Errors a
+Every command reads the event log named as its first argument, an SQLite file's path or a
+fleet's ``postgresql://`` URL (``maintenance`` takes ``--log``; ``demo`` writes an SQLite one),
+also while other processes are still appending to it. Errors a
 person makes (a missing or foreign file, a newer schema, a bad time expression, an unknown model
 id) get one line on stderr and exit code 2; ``verify`` exits 1 when the log lacks what was
 expected. Times are UTC.
@@ -30,8 +31,11 @@ from ..core.errors import EventLogError
 from ..core.events import EVENT_TYPES, Event, Maintenance, encode
 from ..core.health import HealthState
 from ..core.projections import AuditEntry, Metrics, Snapshot
+from ..core.scrub import scrub
+from ..storage._group_commit import GroupCommitStore
 from ..storage.sqlite import SQLiteEventStore
 from .exposition import prometheus_text
+from .facade import is_postgres_url
 from .queries import (
     STATE_TYPES,
     EventFilter,
@@ -62,7 +66,8 @@ def _root() -> None:
     """
 
 
-LogArg = Annotated[Path, typer.Argument(help="Path of the SQLite event log.", show_default=False)]
+LOG_HELP: Final = "The event log: an SQLite file's path, or a postgresql:// URL."
+LogArg = Annotated[str, typer.Argument(help=LOG_HELP, show_default=False)]
 SinceOpt = Annotated[str | None, typer.Option("--since", help="Only events at or after this time.")]
 UntilOpt = Annotated[
     str | None, typer.Option("--until", help="Only events at or before this time.")
@@ -105,10 +110,21 @@ def _refuse_foreign_database(path: Path) -> None:
         raise fail(f"{path} is an SQLite database but not a failover event log")
 
 
-def open_log(path: Path) -> SQLiteEventStore:
-    """Open an existing event log for reading, or exit 2 with one clear line."""
-    _refuse_foreign_database(path)
+def open_log(target: str) -> GroupCommitStore:
+    """Open an existing event log (a path or a ``postgresql://`` URL), or exit 2 with one
+    clear line. The password of a URL comes from libpq: ``PGPASSWORD`` or ``~/.pgpass``."""
     try:
+        if is_postgres_url(target):
+            try:
+                from ..storage.postgres import PostgresEventStore  # noqa: PLC0415 - optional
+            except ImportError as exc:
+                raise fail(
+                    f"a postgresql:// log needs psycopg: pip install "
+                    f"'devs-risks-multi-model-failover[postgres]' ({exc.name} is missing)"
+                ) from None
+            return PostgresEventStore(target, create=False)
+        path = Path(target)
+        _refuse_foreign_database(path)
         return SQLiteEventStore(path, create=False)
     except EventLogError as exc:
         raise fail(str(exc)) from None
@@ -123,11 +139,11 @@ def _time(option: str, text: str | None) -> datetime | None:
         raise fail(f"{option}: {exc}") from None
 
 
-def _check_model(store: SQLiteEventStore, model_id: str) -> None:
+def _check_model(store: GroupCommitStore, model_id: str) -> None:
     known = known_models(store)
     if model_id not in known:
         listed = ", ".join(known) if known else "none: the log names no model yet"
-        raise fail(f"unknown model id {model_id!r} in {store.path} (known: {listed})")
+        raise fail(f"unknown model id {model_id!r} in {store.location} (known: {listed})")
 
 
 def _check_types(types: Iterable[str]) -> tuple[str, ...]:
@@ -197,7 +213,7 @@ def _print_events(out: Output, events: Iterable[Event], *, as_json: bool) -> int
     return out.lines(describe(event) for event in events)
 
 
-def _follow(out: Output, store: SQLiteEventStore, flt: EventFilter, *, as_json: bool) -> None:
+def _follow(out: Output, store: GroupCommitStore, flt: EventFilter, *, as_json: bool) -> None:
     """Tail the log: each round reads what was committed since the last one."""
     after = flt.upto or 0
     with contextlib.suppress(KeyboardInterrupt):
@@ -245,7 +261,7 @@ class _StateRow(msgspec.Struct, kw_only=True):
     by: str
 
 
-def _state_rows(store: SQLiteEventStore, at: datetime | None) -> list[_StateRow]:
+def _state_rows(store: GroupCommitStore, at: datetime | None) -> list[_StateRow]:
     snap = snapshot_at(store, at, STATE_TYPES)
     seen = first_seen(store, at)
     rows = []
@@ -279,12 +295,12 @@ def state(log: LogArg, at: AtOpt = None, as_json: JsonOpt = False) -> None:
         print_states(Output(), store, instant)
 
 
-def print_states(out: Output, store: SQLiteEventStore, instant: datetime | None) -> None:
+def print_states(out: Output, store: GroupCommitStore, instant: datetime | None) -> None:
     """The table of each model's state at ``instant`` (None: the end of the log)."""
     rows = _state_rows(store, instant)
     when = clock_text(instant) if instant is not None else "the end of the log"
     if not rows:
-        out.text(f"{store.path} names no model at {when}")
+        out.text(f"{store.location} names no model at {when}")
         return
     reference = instant or datetime.now(UTC)
     table = [
@@ -419,7 +435,7 @@ def audit(
         return
     out = Output()
     if not entries:
-        out.text(f"{log}: no state change and no maintenance action recorded")
+        out.text(f"{scrub(log)}: no state change and no maintenance action recorded")
         return
     rows = [
         [
@@ -459,7 +475,7 @@ def maintenance(
         str, typer.Argument(help="on: out of rotation; off: back in.", show_default=False)
     ],
     model: Annotated[str, typer.Argument(help="The model id.", show_default=False)],
-    log: Annotated[Path, typer.Option("--log", help="Path of the SQLite event log.")],
+    log: Annotated[str, typer.Option("--log", help=LOG_HELP)],
     reason: Annotated[str, typer.Option("--reason", help="Why (kept in the audit trail).")],
     by: Annotated[str | None, typer.Option("--by", help="Who (default: the current user).")] = None,
 ) -> None:
@@ -479,7 +495,7 @@ def maintenance(
             Maintenance(at=datetime.now(UTC), model_id=model, on=on, reason=reason, by=who)
         )
         if not store.flush():
-            raise fail(f"could not write to {log}: {store.last_error}", code=1)
+            raise fail(f"could not write to {scrub(log)}: {store.last_error}", code=1)
         seq = store.query("SELECT max(seq) FROM events WHERE writer = ?", (store.writer,))[0][0]
     after = (
         HealthState.MAINTENANCE
@@ -487,7 +503,7 @@ def maintenance(
         else (HealthState.HEALTHY if before is HealthState.MAINTENANCE else before)
     )
     typer.echo(
-        f"recorded maintenance {chosen.value} for {model} in {log} (seq {seq}, by {who}): "
+        f"recorded maintenance {chosen.value} for {model} in {scrub(log)} (seq {seq}, by {who}): "
         f"{before.value} -> {after.value}"
     )
     if not on and before is not HealthState.MAINTENANCE:
@@ -497,7 +513,10 @@ def maintenance(
 # -- verify --------------------------------------------------------------------------------
 
 LogsArg = Annotated[
-    list[Path], typer.Argument(help="One or more SQLite event logs.", show_default=False)
+    list[str],
+    typer.Argument(
+        help="One or more event logs (paths or postgresql:// URLs).", show_default=False
+    ),
 ]
 
 
@@ -522,7 +541,7 @@ def verify(
     for log in logs:
         with open_log(log) as store:
             counts.update(count_types(store, expect))
-    where = str(logs[0]) if len(logs) == 1 else f"{len(logs)} logs"
+    where = scrub(logs[0]) if len(logs) == 1 else f"{len(logs)} logs"
     missing = [
         f"{kind} ({counts[kind]} < {min_count})" for kind in expect if counts[kind] < min_count
     ]
@@ -532,7 +551,7 @@ def verify(
     typer.echo(f"ok: {where} hold(s) {found}")
 
 
-def count_types(store: SQLiteEventStore, types: list[str]) -> Counter[str]:
+def count_types(store: GroupCommitStore, types: list[str]) -> Counter[str]:
     """How many events of each of ``types`` the store holds (an indexed query)."""
     placeholders = ",".join("?" * len(types))
     sql = f"SELECT type, count(*) FROM events WHERE type IN ({placeholders}) GROUP BY type"  # noqa: S608 - placeholders only

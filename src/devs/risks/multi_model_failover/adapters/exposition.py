@@ -30,8 +30,8 @@ of its own event log, which no replay can show:
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from typing import Any
 from itertools import accumulate
+from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import (

@@ -20,7 +20,7 @@ from typing import Final
 from ..core.events import CallFailed, CallSucceeded, Event, Failover, Maintenance, StateChanged
 from ..core.health import HealthState
 from ..core.projections import AuditEntry, Metrics, ModelState, Snapshot, apply
-from ..storage.sqlite import SQLiteEventStore
+from ..storage._group_commit import GroupCommitStore
 from .queries import STATE_TYPES, pinned, read_events, snapshot_at
 from .render import clock_text, seconds_text
 
@@ -61,7 +61,7 @@ class Incident:
 
 
 def gather(
-    store: SQLiteEventStore, since: datetime | None = None, until: datetime | None = None
+    store: GroupCommitStore, since: datetime | None = None, until: datetime | None = None
 ) -> Incident | None:
     """Read the log between ``since`` and ``until`` (default: all of it); None if empty."""
     before = snapshot_at(store, since, STATE_TYPES) if since is not None else Snapshot()
@@ -435,11 +435,11 @@ def render_page(incident: Incident, title: str) -> str:
 
 
 def build_report(
-    store: SQLiteEventStore, *, since: datetime | None = None, until: datetime | None = None
+    store: GroupCommitStore, *, since: datetime | None = None, until: datetime | None = None
 ) -> tuple[str, str]:
     """The HTML page of the log's incident and a one-line summary of it."""
     incident = gather(store, since, until)
-    title = f"Incident report: {store.path}"
+    title = f"Incident report: {store.location}"
     if incident is None:
         empty = Incident(
             start=since or datetime.now(UTC),
