@@ -63,6 +63,8 @@ class Report:
     appends: Any = None
     append_seconds: float = 0.0
     replay: dict[str, Any] | None = None
+    pg_appends: Any = None
+    pg_replay: dict[str, Any] | None = None
     memory: dict[str, float] | None = None
     in_flight: int = 0
     skipped: list[str] = field(default_factory=list)
@@ -212,7 +214,8 @@ def log_lines(report: Report) -> list[str]:
                         f"{a.rate:,.0f} events/s ({a.events:,} events)",
                     ],
                     ["producer side of one append (caller's thread)", f"{a.producer_us:.2f} us"],
-                    *_replay_rows(report),
+                    *_replay_rows(report.replay, "path"),
+                    *_postgres_rows(report),
                 ],
             ),
             "",
@@ -230,20 +233,36 @@ def log_lines(report: Report) -> list[str]:
     return lines
 
 
-def _replay_rows(report: Report) -> list[list[str]]:
-    if report.replay is None:
+def _postgres_rows(report: Report) -> list[list[str]]:
+    if report.pg_appends is None:
         return []
-    r = report.replay
+    a = report.pg_appends
     return [
         [
-            f"replay(path) of {r['events']:,} events into metrics (read, decode, fold)",
+            f"sustained appends, PostgreSQL (local server), {a.seconds:.0f} s",
+            f"{a.rate:,.0f} events/s ({a.events:,} events)",
+        ],
+        *_replay_rows(report.pg_replay, "url", fold=False),
+    ]
+
+
+def _replay_rows(r: dict[str, Any] | None, source: str, *, fold: bool = True) -> list[list[str]]:
+    if r is None:
+        return []
+    rows = [
+        [
+            f"replay({source}) of {r['events']:,} events into metrics (read, decode, fold)",
             f"{r['replay_rate']:,.0f} events/s ({r['replay'].median():.2f} s)",
         ],
-        [
-            f"fold alone over {r['events']:,} decoded events",
-            f"{r['fold_rate']:,.0f} events/s ({r['fold'].median():.2f} s)",
-        ],
     ]
+    if fold:  # the fold alone does not depend on the backend: shown once
+        rows.append(
+            [
+                f"fold alone over {r['events']:,} decoded events",
+                f"{r['fold_rate']:,.0f} events/s ({r['fold'].median():.2f} s)",
+            ]
+        )
+    return rows
 
 
 METHOD = """\
@@ -290,6 +309,10 @@ METHOD = """\
   events committed by the end. Replay: a file log of `--replay-events` events (200,000;
   `--long`: 1,000,000), `replay(path)` (read, decode, fold into metrics) and the fold alone,
   timed by pyperf.
+- **PostgreSQL.** The same append and replay measures on a throwaway local cluster
+  (Debian's PostgreSQL, started in a temporary folder on 127.0.0.1 by the tests' own set-up,
+  `tests/storage/pg_server.py`, default settings), a fresh database each; skipped with the
+  reason where no server can start. Client and server share this machine's cores.
 - **Memory.** `--in-flight` calls (10,000) held in flight by a client that awaits an
   `anyio.Event`, traced with `tracemalloc` once all are in flight (the writer's queue drained
   first): the bare client, the floor and the engine (buffered file log), in KiB per call.

@@ -45,7 +45,7 @@ from throughput import (  # noqa: E402
     write_log,
 )
 
-PARTS = ("overhead", "log", "memory")
+PARTS = ("overhead", "log", "postgres", "memory")
 
 
 def make_runner() -> pyperf.Runner:
@@ -122,6 +122,33 @@ def run_log(runner: pyperf.Runner, report: reporting.Report, workdir: Path) -> N
         report.replay = replay_benchmarks(runner, path, written)
 
 
+def run_postgres(runner: pyperf.Runner, report: reporting.Report, workdir: Path) -> None:
+    """The same append and replay figures on PostgreSQL, beside SQLite's."""
+    args = runner.args
+    # A throwaway local cluster, started and stopped as the tests do (tests/storage/pg_server).
+    sys.path.insert(0, str(ROOT / "tests"))
+    from storage.pg_server import ClusterUnavailable, start_cluster  # noqa: PLC0415
+
+    try:
+        cluster = start_cluster()
+    except ClusterUnavailable as exc:
+        print(f"skipping PostgreSQL: {exc}", file=sys.stderr)
+        report.skipped.append(f"PostgreSQL: {exc}")
+        return
+    try:
+        seconds = args.append_seconds or (60.0 if args.long else 10.0)
+        events = args.replay_events or (1_000_000 if args.long else 200_000)
+        print(f"PostgreSQL: sustained appends for {seconds:g} s", file=sys.stderr)
+        report.pg_appends = sustained_appends(cluster.create_database(), seconds)
+        print(f"PostgreSQL: replay of {events:,} events", file=sys.stderr)
+        source = cluster.create_database()
+        written = write_log(source, events)
+        with contextlib.redirect_stdout(io.StringIO()):
+            report.pg_replay = replay_benchmarks(runner, source, written, label="postgres-")
+    finally:
+        cluster.destroy()
+
+
 def run_memory(runner: pyperf.Runner, report: reporting.Report, workdir: Path) -> None:
     n = runner.args.in_flight
     print(f"memory of {n:,} calls in flight", file=sys.stderr)
@@ -150,7 +177,12 @@ def main() -> int:
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="failover-bench-") as tmp:
         workdir = Path(tmp)
-        steps = {"overhead": run_overhead, "log": run_log, "memory": run_memory}
+        steps = {
+            "overhead": run_overhead,
+            "log": run_log,
+            "postgres": run_postgres,
+            "memory": run_memory,
+        }
         for part in parts:
             steps[part](runner, report, workdir)
     report.seconds = time.perf_counter() - started

@@ -1,9 +1,10 @@
 """The event log's throughput and the engine's memory per in-flight call.
 
-- Sustained appends: events go into a file log (``buffered``) for a fixed wall-clock time,
-  the producer at most two windows ahead of the writer; the rate counts committed events.
-- Replay: a log of N events folded into metrics with ``replay(path)`` (read + decode + fold),
-  and the fold alone over already decoded events; timed by pyperf.
+- Sustained appends: events go into a log (``buffered``: an SQLite file, or PostgreSQL) for a
+  fixed wall-clock time, the producer at most two windows ahead of the writer; the rate counts
+  committed events.
+- Replay: a log of N events folded into metrics with ``replay(path or url)`` (read + decode +
+  fold), and the fold alone over already decoded events; timed by pyperf.
 - Memory: N calls held in flight (their client awaits an ``anyio.Event``) under tracemalloc;
   the engine's figure next to the same calls made on the bare client and through the floor.
 """
@@ -34,6 +35,7 @@ from devs.risks.multi_model_failover import (
     SQLiteEventStore,
     replay,
 )
+from devs.risks.multi_model_failover.adapters.facade import is_postgres_url
 from devs.risks.multi_model_failover.core.events import (
     AttemptFailed,
     AttemptStarted,
@@ -44,6 +46,20 @@ from devs.risks.multi_model_failover.core.events import (
     Failover,
 )
 from devs.risks.multi_model_failover.core.projections import fold
+from devs.risks.multi_model_failover.storage._group_commit import GroupCommitStore
+
+Source = Path | str  # an SQLite file, or a postgresql:// URL
+
+
+def open_log(source: Source, *, create: bool = True) -> GroupCommitStore:
+    """A ``buffered`` store on ``source`` (the writer side), or a reader with ``create=False``."""
+    if is_postgres_url(source):
+        from devs.risks.multi_model_failover.storage.postgres import (  # noqa: PLC0415
+            PostgresEventStore,
+        )
+
+        return PostgresEventStore(str(source), durability="buffered", create=create)
+    return SQLiteEventStore(source, durability="buffered", create=create)
 
 
 def sample_events(calls: int, first: int = 1, prefix: str = "5f3a9c1e") -> list[Event]:
@@ -107,15 +123,15 @@ class AppendResult:
         return self.events / self.seconds
 
 
-def sustained_appends(path: Path, seconds: float, *, window_calls: int = 5_000) -> AppendResult:
-    """Append into a ``buffered`` file log for ``seconds``; committed events per second.
+def sustained_appends(source: Source, seconds: float, *, window_calls: int = 5_000) -> AppendResult:
+    """Append into a ``buffered`` log for ``seconds``; committed events per second.
 
     The producer makes a window of events (new call ids each time, as the engine would),
     appends it, waits for the window before it to be committed, and goes on: the writer
     always has work and the backlog stays under two windows. ``producer_us`` is the caller's
     cost of one ``append``.
     """
-    store = SQLiteEventStore(path, durability="buffered")
+    store = open_log(source)
     append = store.append
     produced = 0
     producer = 0.0
@@ -148,9 +164,9 @@ def sustained_appends(path: Path, seconds: float, *, window_calls: int = 5_000) 
     return AppendResult(elapsed, produced, producer / produced * 1e6)
 
 
-def write_log(path: Path, events: int) -> int:
-    """A file log of ``events`` events; returns how many the log holds."""
-    with SQLiteEventStore(path, durability="buffered") as store:
+def write_log(source: Source, events: int) -> int:
+    """A log of ``events`` events; returns how many the log holds."""
+    with open_log(source) as store:
         written = 0
         while written < events:
             window = sample_events(5_000, first=written + 1)[: events - written]
@@ -161,18 +177,21 @@ def write_log(path: Path, events: int) -> int:
         return store.count()
 
 
-def replay_benchmarks(runner: pyperf.Runner, path: Path, events: int) -> dict[str, Any]:
-    """pyperf benchmarks of ``replay(path)`` and of the fold alone; events per second."""
-    snapshot = replay(path)
+def replay_benchmarks(
+    runner: pyperf.Runner, source: Source, events: int, *, label: str = ""
+) -> dict[str, Any]:
+    """pyperf benchmarks of ``replay(source)`` and of the fold alone; events per second."""
+    snapshot = replay(source)
     if snapshot.events != events:
         raise RuntimeError(f"replay folded {snapshot.events} events, the log has {events}")
-    decoded = list(SQLiteEventStore(path, create=False).read())
+    with open_log(source, create=False) as reader:
+        decoded = list(reader.read())
     results: dict[str, Any] = {"events": events, "calls": snapshot.metrics.calls}
     for name, func in (
-        ("replay", lambda: replay(path)),
+        ("replay", lambda: replay(source)),
         ("fold", lambda: fold(decoded)),
     ):
-        bench = runner.bench_func(f"{name}/{events}", func)
+        bench = runner.bench_func(f"{label}{name}/{events}", func)
         if bench is None:
             raise RuntimeError(f"pyperf returned no result for {name}")
         results[name] = bench
