@@ -64,7 +64,8 @@ class Replica:
         self.records: queue.Queue[dict[str, Any]] = queue.Queue()
         self.returned: list[dict[str, Any]] = []
         self.metrics: dict[str, Any] | None = None
-        threading.Thread(target=self._pump, daemon=True).start()
+        self._reader = threading.Thread(target=self._pump, daemon=True)
+        self._reader.start()
 
     def _pump(self) -> None:
         assert self.process.stdout is not None
@@ -94,6 +95,16 @@ class Replica:
         assert self.process.stderr is not None
         return self.process.stderr.read()
 
+    def close(self) -> None:
+        """Kill the worker if it still runs, and close its pipes."""
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait(timeout=GUARD)
+        self._reader.join(timeout=GUARD)
+        for pipe in (self.process.stdout, self.process.stderr):
+            if pipe is not None:
+                pipe.close()
+
 
 @pytest.fixture
 def fleet(cluster: Cluster, tmp_path: Path) -> Iterator[tuple[str, Path, list[Replica]]]:
@@ -108,9 +119,7 @@ def fleet(cluster: Cluster, tmp_path: Path) -> Iterator[tuple[str, Path, list[Re
         yield url, control, replicas
     finally:
         for replica in replicas:
-            if replica.process.poll() is None:
-                replica.process.kill()
-                replica.process.wait(timeout=GUARD)
+            replica.close()
 
 
 def rows(url: str, sql: str, params: tuple[object, ...] = ()) -> list[tuple[Any, ...]]:
