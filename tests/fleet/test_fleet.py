@@ -3,7 +3,8 @@
 The story, checked from the shared log itself (each event carries the replica that wrote it):
 
 1. the primary provider goes down: every replica stops sending to it within one second of the
-   first failed probe (whoever ran it);
+   first failed probe. Only replica-a probes and judges health; b and c are blind (no probes,
+   failure thresholds out of reach), so they can only have learned it from the shared log;
 2. an operator runs ``failover maintenance on secondary --log postgresql://...``: every replica
    stops sending to the secondary within one second;
 3. one replica is killed with SIGKILL mid-call: none of the calls it had returned is missing;
@@ -53,10 +54,11 @@ def cluster() -> Cluster:
 class Replica:
     """A worker process and the JSON lines it printed, read on a thread."""
 
-    def __init__(self, name: str, url: str, control: Path) -> None:
+    def __init__(self, name: str, url: str, control: Path, *, blind: bool) -> None:
         self.name = name
+        flags = ["--blind"] if blind else []
         self.process = subprocess.Popen(  # noqa: S603 - our own script, fixed interpreter
-            [sys.executable, str(WORKER), url, name, str(control)],
+            [sys.executable, str(WORKER), url, name, str(control), *flags],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -112,7 +114,7 @@ def fleet(cluster: Cluster, tmp_path: Path) -> Iterator[tuple[str, Path, list[Re
     PostgresEventStore(url).close()  # the schema, before three replicas race to create it
     control = tmp_path / "control"
     control.mkdir()
-    replicas = [Replica(name, url, control) for name in REPLICAS]
+    replicas = [Replica(name, url, control, blind=name != REPLICAS[0]) for name in REPLICAS]
     try:
         for replica in replicas:
             replica.wait_ready()
@@ -186,6 +188,8 @@ def test_a_fleet_shares_health_maintenance_and_one_log(
     for replica, last in last_attempts_by_replica(url, "primary").items():
         late = (last - first_failed_probe).total_seconds()
         assert late <= WITHIN, f"{replica} still sent to the primary {late:.3f}s after"
+    judges = rows(url, "SELECT DISTINCT writer FROM events WHERE type = 'state_changed'")
+    assert judges == [(REPLICAS[0],)]  # b and c stopped on a's word alone
 
     # 2. The operator puts the secondary into maintenance, once, for the whole fleet.
     done = run_cli(
