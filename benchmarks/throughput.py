@@ -46,7 +46,7 @@ from devs.risks.multi_model_failover.core.events import (
     Failover,
 )
 from devs.risks.multi_model_failover.core.projections import fold
-from devs.risks.multi_model_failover.storage._group_commit import GroupCommitStore
+from devs.risks.multi_model_failover.storage import GroupCommitStore
 
 Source = Path | str  # an SQLite file, or a postgresql:// URL
 

@@ -307,11 +307,6 @@ async def test_a_short_lock_is_waited_out_without_an_error(tmp_path: Path) -> No
 # -- deleted ---------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: after the log file is unlinked, SQLite keeps committing into the deleted "
-    "inode; nothing is counted or logged and every later event is silently lost",
-)
 async def test_a_deleted_log_is_noticed_and_reported(
     tmp_path: Path, log_records: list[dict[str, Any]]
 ) -> None:
@@ -326,6 +321,19 @@ async def test_a_deleted_log_is_noticed_and_reported(
     finally:
         with anyio.fail_after(GUARD):
             await fo.aclose()
+
+
+async def test_after_a_deleted_log_every_call_lands_in_a_new_file(tmp_path: Path) -> None:
+    log = tmp_path / "events.sqlite3"
+    fo = engine(log)
+    await calls_keep_succeeding(fo, 1)
+    for file in (log, Path(f"{log}-wal"), Path(f"{log}-shm")):
+        file.unlink()
+    await calls_keep_succeeding(fo)
+    assert committed_calls(log) == CALLS  # the calls before the deletion went with the file
+    with anyio.fail_after(GUARD):
+        await fo.aclose()
+    assert sum(assert_one_terminal_each(read_all(log)).values()) == CALLS
 
 
 async def test_a_deleted_log_never_hangs_calls_or_close(tmp_path: Path) -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
+import socket
 import sqlite3
 import stat
 import subprocess
@@ -441,3 +443,69 @@ def test_a_second_store_on_a_file_sees_committed_events(tmp_path: Path) -> None:
     reader.close()
     store.close()
     assert os.path.exists(path)
+
+
+# -- the writer's name and a log file that goes away -----------------------------------------
+
+
+def test_each_event_carries_the_writer_name(tmp_path: Path) -> None:
+    named = SQLiteEventStore(tmp_path / "events.sqlite3", writer="replica-a")
+    default = SQLiteEventStore(tmp_path / "events.sqlite3")
+    other = SQLiteEventStore(tmp_path / "events.sqlite3")
+    host = socket.gethostname().split(".")[0]
+    assert re.fullmatch(rf"{re.escape(host[:24])}-{os.getpid()}-[0-9a-f]{{6}}", default.writer)
+    assert other.writer != default.writer  # two stores of one process tell apart
+    named.append(attempt("c"))
+    default.append(attempt("c"))
+    assert named.flush()
+    assert default.flush()
+    assert named.query("SELECT writer FROM events ORDER BY seq") == [
+        ("replica-a",),
+        (default.writer,),
+    ]
+    for store in (named, default, other):
+        store.close()
+
+
+@pytest.mark.parametrize("suffixes", [("",), ("", "-wal", "-shm")], ids=["file", "file+wal+shm"])
+def test_a_deleted_log_file_is_reported_and_started_again(
+    tmp_path: Path, log_records: list[dict[str, Any]], suffixes: tuple[str, ...]
+) -> None:
+    path = tmp_path / "events.sqlite3"
+    store = SQLiteEventStore(path, durability="buffered")
+    for n in range(1, 4):
+        store.append(attempt("before", n))
+    assert store.flush()
+    for suffix in suffixes:  # a WAL left behind must not leak old pages into the new file
+        Path(f"{path}{suffix}").unlink()
+    store.append(attempt("after", 1))
+    store.append(attempt("after", 2))
+    assert store.flush()
+    assert store.errors == 1
+    assert "deleted" in str(store.last_error)
+    lines = [str(r["message"]) for r in log_records if r["level"].name == "ERROR"]
+    assert any(str(path) in m and "deleted" in m and "3 event(s) are gone" in m for m in lines)
+    store.close()
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    reader = SQLiteEventStore(path, create=False)
+    assert [(e.call_id, e.seq) for e in reader.read()] == [("after", 1), ("after", 2)]
+    reader.close()
+
+
+def test_a_replaced_log_file_is_reported_and_written_to(
+    tmp_path: Path, log_records: list[dict[str, Any]]
+) -> None:
+    path = tmp_path / "events.sqlite3"
+    store = SQLiteEventStore(path, durability="buffered")
+    store.append(attempt("old"))
+    assert store.flush()
+    elsewhere = tmp_path / "restored.sqlite3"
+    with SQLiteEventStore(elsewhere, durability="buffered") as restored:
+        restored.append(attempt("restored"))
+    os.replace(elsewhere, path)  # e.g. a backup put back in place
+    store.append(attempt("new"))
+    assert store.flush()
+    assert store.errors == 1
+    assert any("replaced" in str(r["message"]) for r in log_records)
+    assert [e.call_id for e in store.read()] == ["restored", "new"]
+    store.close()

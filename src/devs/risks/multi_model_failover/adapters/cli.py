@@ -32,7 +32,7 @@ from ..core.events import EVENT_TYPES, Event, Maintenance, encode
 from ..core.health import HealthState
 from ..core.projections import AuditEntry, Metrics, Snapshot
 from ..core.scrub import scrub
-from ..storage._group_commit import GroupCommitStore
+from ..storage import GroupCommitStore
 from ..storage.sqlite import SQLiteEventStore
 from .exposition import prometheus_text
 from .facade import is_postgres_url

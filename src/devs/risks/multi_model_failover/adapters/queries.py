@@ -1,10 +1,12 @@
 """Indexed, streaming reads of an event log for the command line and the report.
 
-Every read goes through ``SQLiteEventStore.read`` (pages of rows, decoded one by one), with an
-SQL condition that lets SQLite use one index or a range of ``seq`` at a time: a condition that
-should not drive the query is written ``+column`` so SQLite does not pick its index. A reader
-pins the log's last ``seq`` when it starts, so a log that another process keeps appending to
-gives one consistent answer.
+Every read goes through the store's ``read`` (pages of rows, decoded one by one), with an SQL
+condition that lets the database use one index or a range of ``seq`` at a time. The SQL is the
+same for SQLite and PostgreSQL (``?`` placeholders); the two spots where they differ come from
+the store: ``store.unindexed(column)`` for a condition that should not drive the query (SQLite's
+``+column``) and ``store.json_field(key)`` for a field of the JSON body. A reader pins the
+log's last ``seq`` when it starts, so a log that other processes keep appending to gives one
+consistent answer.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from typing import Any, Final
 
 from ..core.events import EngineStarted, Event
 from ..core.projections import Snapshot, apply
-from ..storage.sqlite import SQLiteEventStore
+from ..storage import GroupCommitStore
 from .timeexpr import log_text
 
 STATE_TYPES: Final = ("engine_started", "state_changed", "maintenance")
@@ -39,13 +41,13 @@ class EventFilter:
     upto: int | None = None
 
 
-def scalar(store: SQLiteEventStore, sql: str, params: tuple[object, ...] = ()) -> Any:
+def scalar(store: GroupCommitStore, sql: str, params: tuple[object, ...] = ()) -> Any:
     """The first column of the first row of ``sql`` (None when there is no row)."""
     rows = store.query(sql, params)
     return rows[0][0] if rows else None
 
 
-def _seq_window(store: SQLiteEventStore, flt: EventFilter) -> tuple[int, int | None] | None:
+def _seq_window(store: GroupCommitStore, flt: EventFilter) -> tuple[int, int | None] | None:
     """The ``seq`` range that can hold events of the filter's time window; None if empty."""
     low = 0
     high = flt.upto
@@ -62,10 +64,13 @@ def _seq_window(store: SQLiteEventStore, flt: EventFilter) -> tuple[int, int | N
     return low, high
 
 
-def _condition(flt: EventFilter, high: int | None) -> tuple[str, tuple[object, ...]]:
+def _condition(
+    store: GroupCommitStore, flt: EventFilter, high: int | None
+) -> tuple[str, tuple[object, ...]]:
     """The SQL condition of ``flt`` and its parameters; one term at most uses an index."""
     terms: list[str] = []
     params: list[object] = []
+    plain = store.unindexed
     if flt.call_id is not None:
         terms.append("call_id = ?")
         params.append(flt.call_id)
@@ -74,19 +79,21 @@ def _condition(flt: EventFilter, high: int | None) -> tuple[str, tuple[object, .
         terms.append("type = ?")
         params.append(flt.types[0])
     elif flt.types:
-        terms.append(f"+type IN ({','.join('?' * len(flt.types))})")
+        terms.append(f"{plain('type')} IN ({','.join('?' * len(flt.types))})")
         params.extend(flt.types)
     if flt.model_id is not None:
+        # CASE, not AND: only a failover's body is parsed, whatever order the planner picks.
+        from_model, to_model = store.json_field("from_model"), store.json_field("to_model")
         terms.append(
-            "(+model_id = ? OR (+type = 'failover' AND (json_extract(body, '$.from_model') = ?"
-            " OR json_extract(body, '$.to_model') = ?)))"
+            f"({plain('model_id')} = ? OR CASE WHEN {plain('type')} = 'failover' "
+            f"THEN {from_model} = ? OR {to_model} = ? ELSE FALSE END)"
         )
         params.extend([flt.model_id] * 3)
     if flt.since is not None:
-        terms.append("+at >= ?")
+        terms.append(f"{plain('at')} >= ?")
         params.append(log_text(flt.since))
     if flt.until is not None:
-        terms.append("+at <= ?")
+        terms.append(f"{plain('at')} <= ?")
         params.append(log_text(flt.until))
     if high is not None:
         terms.append("seq <= ?")
@@ -94,23 +101,23 @@ def _condition(flt: EventFilter, high: int | None) -> tuple[str, tuple[object, .
     return " AND ".join(terms), tuple(params)
 
 
-def read_events(store: SQLiteEventStore, flt: EventFilter, *, after: int = 0) -> Iterator[Event]:
+def read_events(store: GroupCommitStore, flt: EventFilter, *, after: int = 0) -> Iterator[Event]:
     """The events matching ``flt`` with ``seq > after``, oldest first, streamed."""
     window = _seq_window(store, flt)
     if window is None:
         return
     low, high = window
-    where, params = _condition(flt, high)
+    where, params = _condition(store, flt, high)
     yield from store.read(after=max(after, low), where=where, params=params)
 
 
-def nth_last_seq(store: SQLiteEventStore, flt: EventFilter, count: int) -> int:
+def nth_last_seq(store: GroupCommitStore, flt: EventFilter, count: int) -> int:
     """The ``after`` that leaves only the last ``count`` events matching ``flt``."""
     window = _seq_window(store, flt)
     if window is None:
         return 0
     low, high = window
-    where, params = _condition(flt, high)
+    where, params = _condition(store, flt, high)
     sql = "SELECT seq FROM events WHERE seq > ?"
     sql += f" AND {where}" if where else ""
     sql += " ORDER BY seq DESC LIMIT 1 OFFSET ?"
@@ -118,7 +125,7 @@ def nth_last_seq(store: SQLiteEventStore, flt: EventFilter, count: int) -> int:
     return 0 if found is None else int(found) - 1
 
 
-def pinned(store: SQLiteEventStore, until: datetime | None = None, **kwargs: Any) -> EventFilter:
+def pinned(store: GroupCommitStore, until: datetime | None = None, **kwargs: Any) -> EventFilter:
     """A filter up to ``until`` over the log as it stands now (its last ``seq`` pinned)."""
     return EventFilter(until=until, upto=store.last_seq(), **kwargs)
 
@@ -131,7 +138,7 @@ def fold_into(snapshot: Snapshot, events: Iterable[Event]) -> Snapshot:
 
 
 def snapshot_at(
-    store: SQLiteEventStore, at: datetime | None = None, types: tuple[str, ...] = ()
+    store: GroupCommitStore, at: datetime | None = None, types: tuple[str, ...] = ()
 ) -> Snapshot:
     """The projection of the log up to ``at`` (default: all of it), as replay would fold it.
 
@@ -141,7 +148,7 @@ def snapshot_at(
     return fold_into(Snapshot(), read_events(store, pinned(store, at, types=types)))
 
 
-def first_seen(store: SQLiteEventStore, at: datetime | None = None) -> dict[str, datetime]:
+def first_seen(store: GroupCommitStore, at: datetime | None = None) -> dict[str, datetime]:
     """When each model was first configured (its first ``engine_started``), up to ``at``."""
     seen: dict[str, datetime] = {}
     for event in read_events(store, pinned(store, at, types=("engine_started",))):
@@ -151,7 +158,7 @@ def first_seen(store: SQLiteEventStore, at: datetime | None = None) -> dict[str,
     return seen
 
 
-def known_models(store: SQLiteEventStore) -> list[str]:
+def known_models(store: GroupCommitStore) -> list[str]:
     """Every model id the log knows: configured ones in order, then any other one seen."""
     models = dict.fromkeys(first_seen(store))
     rows = store.query(

@@ -20,7 +20,7 @@ from typing import Final
 from ..core.events import CallFailed, CallSucceeded, Event, Failover, Maintenance, StateChanged
 from ..core.health import HealthState
 from ..core.projections import AuditEntry, Metrics, ModelState, Snapshot, apply
-from ..storage._group_commit import GroupCommitStore
+from ..storage import GroupCommitStore
 from .queries import STATE_TYPES, pinned, read_events, snapshot_at
 from .render import clock_text, seconds_text
 

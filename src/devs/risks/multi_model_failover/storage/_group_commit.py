@@ -1,0 +1,547 @@
+"""What every event store backend shares: a bounded queue, a group-committing writer thread,
+tickets, loop-native waiters, retry with backoff, strict mode, and closing.
+
+``append`` only puts the event on a queue (no I/O, no thread hop). A writer thread drains the
+queue in batches and hands each batch to the backend's ``_write``, which stores it in one
+transaction, numbering the events with a global, gap-free ``seq``. A backend implements only
+what touches its database: opening, ``_write``, ``query``, ``read_others``, the SQL dialect
+bits readers need (``json_field``, ``unindexed``) and ``_close_connection``.
+
+A write that fails (disk full, locked, server down) never fails the model call: the batch is
+kept and retried with backoff, ``errors`` counts the failures and a loud log line says so;
+meanwhile ``wait_committed`` returns at once. The queue is bounded (``max_buffer``); what does
+not fit is counted in ``dropped`` and logged, never lost silently. ``strict=True`` raises
+``EventLogError`` instead (from ``append`` on overflow, from ``wait_committed`` while the log
+cannot be written).
+
+Waiting costs no thread: each event loop (asyncio or trio) registers its waiting tasks, and the
+writer wakes a loop with one thread-safe call per commit, never blocking on it.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import os
+import socket
+import sys
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from datetime import UTC, datetime
+from functools import partial
+from typing import Any, Final, Self
+
+import anyio
+import msgspec
+from loguru import logger
+
+from ..core.errors import EventLogError
+from ..core.events import EVENT_TYPES, Event, decode, encode
+from ..core.protocols import DURABILITIES, Durability
+
+PAGE: Final = 5_000
+INDEXED: Final = ("type", "call_id", "model_id", "at")
+_FIRST_RETRY: Final = 0.05
+_LAST_RETRY: Final = 5.0
+_HOST_CHARS: Final = 24
+
+# What a row needs from each event class: its tag, and whether it has a call_id / model_id.
+_SHAPES: Final = {
+    cls: (tag, "call_id" in cls.__struct_fields__, "model_id" in cls.__struct_fields__)
+    for tag, cls in EVENT_TYPES.items()
+}
+_datetime_encoder = msgspec.json.Encoder(enc_hook=lambda obj: obj.isoformat())
+
+# An event encoded and ready to insert, less its seq: type, at, call_id, model_id, and the
+# JSON body after its opening brace (the store splices ``{"seq":N,`` in front).
+Prepared = tuple[str, str, str | None, str | None, bytes]
+_Schedule = Callable[[Callable[[], object]], object]
+
+
+def validate_durability(durability: str) -> Durability:
+    """``durability`` if it is one of ``DURABILITIES``, else ``ValueError``."""
+    if durability not in DURABILITIES:
+        raise ValueError(f"durability must be one of {', '.join(DURABILITIES)}, got {durability!r}")
+    return durability  # type: ignore[return-value]
+
+
+def default_writer() -> str:
+    """This replica's name on its events: short host name, process id, a random suffix.
+
+    The suffix tells two stores of one process apart (and a reused pid after a restart).
+    """
+    host = socket.gethostname().split(".")[0][:_HOST_CHARS] or "host"
+    return f"{host}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+def at_text(at: datetime) -> str:
+    """``at.isoformat(timespec="microseconds")``, five times faster for UTC times."""
+    if type(at) is datetime and at.tzinfo is UTC:  # not a subclass (e.g. freezegun's)
+        # msgspec writes RFC 3339 ("...T00:00:00.123456Z", no fraction when it is zero).
+        raw = _datetime_encoder.encode(at)
+        if len(raw) == 29:
+            return raw[1:-2].decode() + "+00:00"
+        if len(raw) == 22:
+            return raw[1:-2].decode() + ".000000+00:00"
+    return at.isoformat(timespec="microseconds")
+
+
+def prepare(event: Event) -> Prepared:
+    """Everything a row needs but its seq, computed outside the write transaction."""
+    tag, has_call_id, has_model_id = _SHAPES[type(event)]
+    return (
+        tag,
+        at_text(event.at),
+        getattr(event, "call_id", None) if has_call_id else None,
+        getattr(event, "model_id", None) if has_model_id else None,
+        encode(event)[1:],
+    )
+
+
+def body_text(seq: int, tail: bytes) -> str:
+    """The stored JSON of an event: its ``seq`` spliced in front of the rest of its fields.
+
+    Splicing rather than copying the frozen struct keeps the body one encode.
+    """
+    return (b'{"seq":%d,%s' % (seq, tail)).decode()
+
+
+class _Waiter:
+    """One task in ``wait_committed``, woken when ``ticket`` is committed."""
+
+    __slots__ = ("event", "loop", "ticket")
+
+    def __init__(self, ticket: int, loop: _LoopWaiters) -> None:
+        self.ticket = ticket
+        self.loop = loop
+        self.event = anyio.Event()
+
+
+class _LoopWaiters:
+    """The waiting tasks of one event loop, and how to run a callback on that loop."""
+
+    __slots__ = ("key", "schedule", "scheduled", "waiters")
+
+    def __init__(self, key: object, schedule: _Schedule) -> None:
+        self.key = key
+        self.schedule = schedule
+        self.scheduled = False
+        self.waiters: set[_Waiter] = set()
+
+
+def _running_loop() -> tuple[object, _Schedule]:
+    """The running event loop and its thread-safe ``call soon``."""
+    if "trio" in sys.modules:  # trio (and sniffio, which trio needs) can only run if imported
+        import sniffio  # noqa: PLC0415
+        import trio  # noqa: PLC0415
+
+        if sniffio.current_async_library() == "trio":
+            token = trio.lowlevel.current_trio_token()
+            return token, token.run_sync_soon
+    loop = asyncio.get_running_loop()
+    return loop, loop.call_soon_threadsafe
+
+
+class GroupCommitStore(abc.ABC):
+    """The backend-independent half of an event store; see the module docstring.
+
+    ``durability``: ``"buffered"``, ``"process"`` (default) or ``"power"``; what each means on
+    disk is the backend's to say. ``writer``: this replica's name, stored with each event
+    (default: ``default_writer()``). ``max_buffer``: events that may wait in memory.
+    ``batch_size``: most events per transaction. ``lock_timeout``: seconds one write may wait
+    for another writer before it counts as failed (and is retried). ``close_timeout``: seconds
+    ``close`` keeps retrying a failing write before it gives the events up (counted in
+    ``dropped``).
+
+    Counters: ``errors`` (failed writes, unstorable events, other faults of the log),
+    ``dropped`` (events given up), ``skipped`` (rows a lenient read could not decode);
+    ``last_error`` describes the latest failure.
+    """
+
+    def __init__(
+        self,
+        *,
+        durability: Durability | str,
+        writer: str | None,
+        max_buffer: int,
+        batch_size: int,
+        strict: bool,
+        lock_timeout: float,
+        close_timeout: float,
+    ) -> None:
+        self.durability: Durability = validate_durability(durability)
+        self.writer = default_writer() if writer is None else writer
+        self.strict = strict
+        self.max_buffer = max_buffer
+        self.batch_size = batch_size
+        self.lock_timeout = lock_timeout
+        self.close_timeout = close_timeout
+        self.errors = 0
+        self.dropped = 0
+        self.skipped = 0
+        self.last_error: str | None = None
+        self._queue: deque[Event] = deque()
+        self._appended = 0
+        # Tickets up to here are done with: committed, or given up (counted in ``dropped``).
+        self._committed = 0
+        self._failing = False
+        self._closing = False
+        self._closed = False
+        self._progress = threading.Condition()  # guards the state above and the waiters
+        self._loops: dict[object, _LoopWaiters] = {}
+        self._wake = threading.Event()
+        self._retry_now = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._append_lock = threading.Lock()
+        self._close_lock = threading.Lock()
+
+    # -- what a backend implements -------------------------------------------------------
+
+    @property
+    @abc.abstractmethod
+    def location(self) -> str:
+        """Where the log is, for messages (never with a password in it)."""
+
+    @abc.abstractmethod
+    def _write(self, batch: list[Prepared]) -> None:
+        """Store ``batch`` in one transaction, numbered after the log's last ``seq``.
+
+        Called on the writer thread only; raises on failure (the batch is then retried).
+        """
+
+    @abc.abstractmethod
+    def query(self, sql: str, params: Sequence[object] = ()) -> list[tuple[Any, ...]]:
+        """The rows of one SQL query on the log (``?`` placeholders, tables ``events``/``meta``)."""
+
+    @abc.abstractmethod
+    def read_others(self, after: int) -> tuple[list[Event], int]:
+        """Events other writers stored with ``seq > after``, and the new cursor."""
+
+    @abc.abstractmethod
+    def json_field(self, key: str) -> str:
+        """An SQL expression for the text of top-level field ``key`` of an event's body."""
+
+    @abc.abstractmethod
+    def unindexed(self, column: str) -> str:
+        """``column`` written so that the query planner does not drive the query by its index."""
+
+    @abc.abstractmethod
+    def _close_connection(self) -> None:
+        """Release the database once the writer has stopped (reads may still follow)."""
+
+    # -- writing -------------------------------------------------------------------------
+
+    def append(self, event: Event) -> int:
+        """Queue ``event`` for the writer; returns its ticket. Never blocks on I/O."""
+        if self._closing:
+            raise EventLogError(f"event log {self.location} is closed")
+        with self._append_lock:  # a ticket is the event's place in the queue, even across threads
+            if len(self._queue) >= self.max_buffer:
+                self._overflow(event)
+                return self._appended
+            self._queue.append(event)
+            self._appended += 1
+            ticket = self._appended
+            if self._thread is None:
+                self._start_writer()
+        if not self._wake.is_set():
+            self._wake.set()
+        return ticket
+
+    def _count_dropped(self, count: int) -> None:
+        with self._progress:  # the writer thread and the callers both count
+            self.dropped += count
+
+    def _overflow(self, event: Event) -> None:
+        self._count_dropped(1)
+        message = (
+            f"event log buffer full ({self.max_buffer} events waiting for {self.location}); "
+            f"dropped a {event.type} event ({self.dropped} dropped so far)"
+        )
+        if self.strict:
+            raise EventLogError(message)
+        logger.error(message)
+
+    def _start_writer(self) -> None:
+        self._thread = threading.Thread(
+            target=self._writer_loop, name=f"failover-log-{self.writer}", daemon=True
+        )
+        self._thread.start()
+
+    def _writer_loop(self) -> None:
+        while True:
+            self._wake.wait()
+            self._wake.clear()
+            while self._queue:
+                events = [
+                    self._queue.popleft() for _ in range(min(self.batch_size, len(self._queue)))
+                ]
+                if not self._store(self._prepare_batch(events)):
+                    self._give_up(len(events))
+                    return
+                self._done(len(events))
+            if self._closing and not self._queue:
+                return
+
+    def _prepare_batch(self, events: list[Event]) -> list[Prepared]:
+        batch: list[Prepared] = []
+        for event in events:
+            try:
+                batch.append(prepare(event))
+            except Exception as exc:  # noqa: BLE001 - one unencodable event must not stop the log
+                self._count_dropped(1)
+                self.errors += 1
+                logger.error(
+                    "event log {}: dropped an event that cannot be stored ({}: {})",
+                    self.location,
+                    type(exc).__name__,
+                    exc,
+                )
+        return batch
+
+    def _store(self, batch: list[Prepared]) -> bool:
+        """Commit ``batch``, retrying with backoff; False when ``close`` gave up on it."""
+        retry_wait = _FIRST_RETRY
+        gave_up_at: float | None = None
+        while True:
+            try:
+                if batch:
+                    self._write(batch)
+            except Exception as exc:  # noqa: BLE001 - any failure keeps the events for a retry
+                self._write_failed(exc, len(batch))
+            else:
+                return True
+            if self._closing:
+                now = time.monotonic()
+                if gave_up_at is None:
+                    gave_up_at = now + self.close_timeout
+                if now >= gave_up_at:
+                    return False
+            # ``close`` cuts the current wait short, once, to try a last time at once.
+            if self._retry_now.wait(retry_wait):
+                self._retry_now.clear()
+            retry_wait = min(retry_wait * 2, _LAST_RETRY)
+
+    def _describe(self, exc: Exception) -> str:
+        """How a failure reads in ``last_error`` and the log (a backend may scrub it)."""
+        return f"{type(exc).__name__}: {exc}"
+
+    def _write_failed(self, exc: Exception, batch: int) -> None:
+        self.errors += 1
+        self.last_error = self._describe(exc)
+        logger.error(
+            "event log {} write failed ({}); {} event(s) kept in memory and retried",
+            self.location,
+            self.last_error,
+            batch + len(self._queue),
+        )
+        with self._progress:
+            self._failing = True
+            self._progress.notify_all()
+            due = self._due_loops()
+        self._wake_loops(due)
+
+    def _done(self, count: int) -> None:
+        with self._progress:
+            recovered, self._failing = self._failing, False
+            self._committed += count
+            self._progress.notify_all()
+            due = self._due_loops()
+        self._wake_loops(due)
+        if recovered:
+            logger.warning("event log {} writable again", self.location)
+
+    def _give_up(self, in_flight: int) -> None:
+        lost = in_flight + len(self._queue)
+        self._queue.clear()
+        self._count_dropped(lost)
+        logger.error(
+            "event log {} closed with {} event(s) unwritten: {}",
+            self.location,
+            lost,
+            self.last_error,
+        )
+
+    # -- waiting -------------------------------------------------------------------------
+
+    @property
+    def waiting(self) -> int:
+        """How many tasks are waiting in ``wait_committed`` (for diagnostics)."""
+        with self._progress:
+            return sum(len(loop.waiters) for loop in self._loops.values())
+
+    async def wait_committed(self, ticket: int) -> None:
+        """Wait until ``ticket`` is committed (``process``/``power``); at once if ``buffered``.
+
+        While the log cannot be written, or once it is closed with the event unwritten, it
+        returns without waiting (or raises ``EventLogError`` with ``strict=True``): a failing
+        log never holds up model answers.
+        """
+        if self.durability == "buffered":
+            return
+        while self._committed < ticket:
+            waiter = self._register(ticket)
+            if waiter is None:
+                return
+            try:
+                await waiter.event.wait()
+            finally:
+                self._unregister(waiter)
+
+    def _register(self, ticket: int) -> _Waiter | None:
+        """Enlist the calling task; None when it need not (or must not) wait."""
+        key, schedule = _running_loop()
+        with self._progress:
+            if self._committed >= ticket:
+                return None
+            if self._failing or self._closed:
+                if self.strict:
+                    raise EventLogError(f"event log {self.location} not written: {self.last_error}")
+                return None
+            loop = self._loops.get(key)
+            if loop is None:
+                loop = self._loops[key] = _LoopWaiters(key, schedule)
+            waiter = _Waiter(ticket, loop)
+            loop.waiters.add(waiter)
+            return waiter
+
+    def _unregister(self, waiter: _Waiter) -> None:
+        with self._progress:
+            self._forget(waiter)
+
+    def _forget(self, waiter: _Waiter) -> None:
+        loop = waiter.loop
+        loop.waiters.discard(waiter)
+        if not loop.waiters and self._loops.get(loop.key) is loop:
+            del self._loops[loop.key]
+
+    def _due_loops(self) -> list[_LoopWaiters]:
+        """The loops to wake after a change of state; the caller holds ``_progress``."""
+        due = [loop for loop in self._loops.values() if loop.waiters and not loop.scheduled]
+        for loop in due:
+            loop.scheduled = True
+        return due
+
+    def _wake_loops(self, due: list[_LoopWaiters]) -> None:
+        """Ask each loop to wake its waiters (outside ``_progress``: never blocks)."""
+        for loop in due:
+            try:
+                loop.schedule(partial(self._wake_waiters, loop))
+            except RuntimeError:  # the loop has ended: its waiters are gone with it
+                with self._progress:
+                    if self._loops.get(loop.key) is loop:
+                        del self._loops[loop.key]
+
+    def _wake_waiters(self, loop: _LoopWaiters) -> None:
+        """Runs on the waiters' own loop: wake those whose wait is over."""
+        with self._progress:
+            loop.scheduled = False
+            everyone = self._failing or self._closed
+            ready = [w for w in loop.waiters if everyone or w.ticket <= self._committed]
+            for waiter in ready:
+                self._forget(waiter)
+        for waiter in ready:
+            waiter.event.set()
+
+    def flush(self, timeout: float | None = 30.0) -> bool:
+        """Block until every appended event is committed; False on timeout or failure."""
+        if self._thread is None:
+            return True
+        target = self._appended
+        with self._progress:
+            return (
+                self._progress.wait_for(
+                    lambda: self._committed >= target or self._failing or self._closed, timeout
+                )
+                and self._committed >= target
+            )
+
+    # -- reading -------------------------------------------------------------------------
+
+    def _decode(self, seq: int, body: str, *, lenient: bool) -> Event | None:
+        try:
+            return decode(body)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            if lenient:
+                self.skipped += 1
+                return None
+            raise EventLogError(
+                f"event log {self.location}: row seq={seq} is not a valid event: {exc}"
+            ) from exc
+
+    def read(
+        self,
+        *,
+        after: int = 0,
+        where: str = "",
+        params: tuple[object, ...] = (),
+        lenient: bool = False,
+    ) -> Iterator[Event]:
+        """Stored events with ``seq > after``, oldest first, streamed page by page.
+
+        This store's own appends are flushed first. ``where`` is an extra SQL condition on
+        the ``events`` columns with ``?`` placeholders filled from ``params``. A row that does
+        not decode raises ``EventLogError`` naming its seq, or is skipped and counted in
+        ``skipped`` with ``lenient=True``.
+        """
+        self.flush()
+        condition = f"seq > ? AND ({where})" if where else "seq > ?"
+        sql = f"SELECT seq, body FROM events WHERE {condition} ORDER BY seq LIMIT {PAGE}"  # noqa: S608 - fixed columns; values are parameters
+        last = after
+        while True:
+            rows = self.query(sql, (last, *params))
+            for seq, body in rows:
+                event = self._decode(seq, body, lenient=lenient)
+                if event is not None:
+                    yield event
+            if len(rows) < PAGE:
+                return
+            last = rows[-1][0]
+
+    def last_seq(self) -> int:
+        """The highest stored ``seq``; 0 for an empty log. Does not wait for queued events."""
+        rows = self.query("SELECT coalesce(max(seq), 0) FROM events")
+        return int(rows[0][0])
+
+    def count(self) -> int:
+        """How many events are stored. Does not wait for queued events."""
+        rows = self.query("SELECT count(*) FROM events")
+        return int(rows[0][0])
+
+    # -- closing -------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Flush what is queued, stop the writer and release the database. Idempotent.
+
+        A failing log is retried for up to ``close_timeout`` seconds; what is still unwritten
+        then is logged and counted in ``dropped``. The log stays readable.
+        """
+        with self._close_lock:
+            if not self._closed:
+                self._close()
+
+    def _close(self) -> None:
+        self._closing = True
+        self._retry_now.set()
+        if self._thread is not None:
+            self._wake.set()
+            self._thread.join(timeout=self.close_timeout + self.lock_timeout + 30)
+        with self._progress:
+            self._closed = True
+            self._progress.notify_all()
+            due = self._due_loops()
+        self._wake_loops(due)
+        self._close_connection()
+
+    async def aclose(self) -> None:
+        """``close`` without blocking the event loop."""
+        await anyio.to_thread.run_sync(self.close)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
