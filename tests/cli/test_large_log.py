@@ -13,6 +13,7 @@ import pytest
 from typer.testing import Result
 
 from devs.risks.multi_model_failover import Metrics, SQLiteEventStore, replay
+from devs.risks.multi_model_failover.adapters.queries import STATE_TYPES, EventFilter, _condition
 
 Run = Callable[..., Result]
 BENCH = Path(__file__).parents[2] / "benchmarks" / "cli_bench.py"
@@ -85,3 +86,29 @@ def test_timeline_filters_use_the_indexes_and_agree_with_a_scan(
     assert len(got) > 100
     everything = run_cli("timeline", large_log)
     assert len(everything.stdout.splitlines()) == EVENTS
+
+
+@pytest.mark.parametrize(
+    ("types", "index"),
+    [
+        (STATE_TYPES, "events_type_rare"),  # `failover state` and `audit`: the partial index
+        (("failover",), "events_type_rare"),
+        (("attempt_started",), None),  # a hot-path type is not indexed: a scan
+    ],
+)
+def test_type_filters_use_the_partial_index_for_the_rarer_types(
+    large_log: Path, types: tuple[str, ...], index: str | None
+) -> None:
+    with SQLiteEventStore(large_log, create=False) as store:
+        where, params = _condition(store, EventFilter(types=types), None)
+        plan = " ".join(
+            str(row[-1])
+            for row in store.query(
+                f"EXPLAIN QUERY PLAN SELECT seq, body FROM events WHERE seq > ? AND {where}",  # noqa: S608
+                (0, *params),
+            )
+        )
+    if index is None:
+        assert "events_type_rare" not in plan
+    else:
+        assert index in plan, plan

@@ -158,9 +158,8 @@ def test_the_schema_has_the_sqlite_columns_indexes_and_version(pg_url: str) -> N
     assert [name for (name,) in indexes] == [
         "events_at",
         "events_call_id",
-        "events_model_id",
         "events_pkey",
-        "events_type",
+        "events_type_rare",
     ]
     assert int(version) == SCHEMA_VERSION
 

@@ -18,7 +18,7 @@ from typing import Any, Final
 
 from ..core.events import EngineStarted, Event
 from ..core.projections import Snapshot, apply
-from ..storage import GroupCommitStore
+from ..storage import HOT_TYPES, NOT_HOT, GroupCommitStore
 from .timeexpr import log_text
 
 STATE_TYPES: Final = ("engine_started", "state_changed", "maintenance")
@@ -74,13 +74,18 @@ def _condition(
     if flt.call_id is not None:
         terms.append("call_id = ?")
         params.append(flt.call_id)
-    single_type = len(flt.types) == 1 and flt.call_id is None
-    if single_type:
-        terms.append("type = ?")
+    # Types outside the hot path have a partial index; NOT_HOT, repeated word for word, is
+    # what lets the database use it. A call id, when given, drives the query instead.
+    by_type = bool(flt.types) and flt.call_id is None and not set(flt.types) & set(HOT_TYPES)
+    if len(flt.types) == 1:
+        terms.append("type = ?" if by_type else f"{plain('type')} = ?")
         params.append(flt.types[0])
     elif flt.types:
-        terms.append(f"{plain('type')} IN ({','.join('?' * len(flt.types))})")
+        column = "type" if by_type else plain("type")
+        terms.append(f"{column} IN ({','.join('?' * len(flt.types))})")
         params.extend(flt.types)
+    if by_type:
+        terms.append(NOT_HOT)
     if flt.model_id is not None:
         # CASE, not AND: only a failover's body is parsed, whatever order the planner picks.
         from_model, to_model = store.json_field("from_model"), store.json_field("to_model")
@@ -161,8 +166,11 @@ def first_seen(store: GroupCommitStore, at: datetime | None = None) -> dict[str,
 def known_models(store: GroupCommitStore) -> list[str]:
     """Every model id the log knows: configured ones in order, then any other one seen."""
     models = dict.fromkeys(first_seen(store))
+    # Every model an engine used is in its engine_started; the others (a log written by other
+    # means) show up in the indexed, rarer events: state changes, probes, failures.
     rows = store.query(
-        "SELECT DISTINCT model_id FROM events WHERE model_id IS NOT NULL ORDER BY model_id"
+        f"SELECT DISTINCT model_id FROM events WHERE model_id IS NOT NULL AND {NOT_HOT} "  # noqa: S608 - constants only
+        "ORDER BY model_id"
     )
     models.update(dict.fromkeys(row[0] for row in rows))
     return list(models)

@@ -5,7 +5,7 @@ from its module: psycopg is the optional ``postgres`` extra) share ``GroupCommit
 queue, the group-committing writer thread, the waiters and the retries.
 """
 
-from ._group_commit import GroupCommitStore
+from ._group_commit import HOT_TYPES, NOT_HOT, GroupCommitStore
 from .sqlite import SQLiteEventStore
 
-__all__ = ["GroupCommitStore", "SQLiteEventStore"]
+__all__ = ["HOT_TYPES", "NOT_HOT", "GroupCommitStore", "SQLiteEventStore"]

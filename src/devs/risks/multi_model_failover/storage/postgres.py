@@ -53,7 +53,7 @@ from ..core.errors import EventLogError, SchemaVersionError
 from ..core.events import SCHEMA_VERSION, Event
 from ..core.protocols import Durability
 from ..core.scrub import scrub
-from ._group_commit import INDEXED, GroupCommitStore, Prepared, body_text
+from ._group_commit import INDEXED, TYPE_INDEX, GroupCommitStore, Prepared, body_text
 
 _SCHEMA_NAME: Final = re.compile(r"[a-z_][a-z0-9_]{0,47}")
 _SYNCHRONOUS_COMMIT: Final = {"buffered": "off", "process": "off", "power": "on"}
@@ -345,6 +345,7 @@ class PostgresEventStore(GroupCommitStore):
                     sql.Identifier(f"events_{column}"), sql.Identifier(column)
                 )
             )
+        conn.execute(TYPE_INDEX)
 
     # -- writing -------------------------------------------------------------------------
 
