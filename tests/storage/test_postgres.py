@@ -638,3 +638,13 @@ def test_an_unparsable_url_is_refused_without_echoing_it() -> None:
     with pytest.raises(EventLogError, match="not a valid PostgreSQL URL") as caught:
         PostgresEventStore("host=db password=hunter2-secret junk")
     assert "hunter2" not in str(caught.value)
+
+
+def test_a_replica_name_in_use_by_a_live_process_is_refused(pg_url: str) -> None:
+    with PostgresEventStore(pg_url, writer="api-1") as first:
+        with pytest.raises(EventLogError, match="replica name 'api-1' is in use"):
+            PostgresEventStore(pg_url, writer="api-1")
+        assert first.writer == "api-1"
+    # Once the first one has closed (or died: its connection goes), the name is free again.
+    with PostgresEventStore(pg_url, writer="api-1") as again:
+        assert again.writer == "api-1"

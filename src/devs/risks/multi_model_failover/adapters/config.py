@@ -87,7 +87,7 @@ class FailoverConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     # PGPASSWORD and ~/.pgpass work too); never the password itself.
     event_log_password_env: str | None = None
     durability: Durability = "process"
-    # This replica's name in a shared log (default: host-pid-random).
+    # This replica's name in a shared log, unique among live processes (default: host-pid-id).
     replica: str | None = None
     # Seconds between reads of the other replicas' events (default: the store's own).
     follow_interval: float | None = None

@@ -221,9 +221,26 @@ class PostgresEventStore(GroupCommitStore):
         self._writer_conn = self._connect("write", autocommit=True)
         try:
             self._last_written = self._open_log(self._writer_conn, create=create)
+            self._claim_writer(self._writer_conn)
         except BaseException:
             self._writer_conn.close()
             raise
+
+    def _claim_writer(self, conn: psycopg.Connection[Any]) -> None:
+        """Hold a session lock on this writer's name for as long as ``conn`` lives.
+
+        Two live processes with one name would not see each other's events (``read_others``
+        skips the name) and would confuse the lost-commit check; a crashed one's lock goes
+        with its connection. Raises ``EventLogError`` when another process holds the name.
+        """
+        key = _lock_key(f"{self.schema}/writer/{self.writer}")
+        row = conn.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()
+        if not (row and row[0]):
+            raise EventLogError(
+                f"replica name {self.writer!r} is in use by another process on "
+                f"{self.location}: each replica needs a name of its own (leave it unset "
+                "for host-pid-id)"
+            )
 
     def __repr__(self) -> str:
         return (
@@ -354,6 +371,10 @@ class PostgresEventStore(GroupCommitStore):
         if conn is None or conn.closed or conn.broken:
             self._drop_writer_connection()
             conn = self._writer_conn = self._connect("write", autocommit=True)
+            try:
+                self._claim_writer(conn)
+            except EventLogError as exc:  # taken while we were away: say so, keep writing
+                logger.error("event log {}: {}", self.location, exc)
             if self._in_doubt and self._landed(conn, batch):
                 return
         try:
