@@ -349,8 +349,9 @@ these figures are made of.
 - **Sustained appends (300,000/s).** One writer thread: 0.75 us to prepare an event, 0.5 us
   to build its row, about 1.7 us to insert it with no index and about 1.5 us more for the
   call_id and at indexes that the incident commands need (with no secondary index at all,
-  5 s runs reached 210,000 to 320,000 events/s, depending on the machine's other load). Over 60 s the indexes outgrow
-  SQLite's page cache, which is why the long run is slower than a 10 s one.
+  5 s runs reached 210,000 to 320,000 events/s, depending on the machine's other load).
+  Over 60 s the indexes outgrow SQLite's page cache, which is why the long run is slower
+  than a 10 s one.
 - **Rerun.** `pip install -e '.[dev,bench]' && just bench` (about two minutes); add
   `pip install litellm` (best in a virtual environment of its own, then
   `PYTHON=that/venv/bin/python just bench`) for the LiteLLM rows; `just bench --long`;

@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 from loguru import logger
 
+from storage.pg_server import Cluster, ClusterUnavailable, fresh_database, shared_cluster
+
 PACKAGE = "devs.risks.multi_model_failover"
 VERIFY_LOG_VAR = "MULTI_MODEL_FAILOVER_TEST_LOG"
 
@@ -43,3 +45,22 @@ def log_records() -> Iterator[list[dict[str, object]]]:
     finally:
         logger.remove(handler)
         logger.disable(PACKAGE)
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Cluster:
+    """The test process's throwaway PostgreSQL server (started once, removed at exit).
+
+    Tests that need it skip, saying why, where no server can be started (no binaries, no
+    psycopg, no ``postgres`` user under root); see ``storage/pg_server.py``.
+    """
+    try:
+        return shared_cluster()
+    except ClusterUnavailable as exc:
+        pytest.skip(f"no PostgreSQL server for these tests: {exc}")
+
+
+@pytest.fixture
+def pg_url(pg_cluster: Cluster) -> str:
+    """The superuser URL of a new, empty database."""
+    return fresh_database(pg_cluster)

@@ -174,7 +174,8 @@ def test_event_log_password_env_must_be_set_and_a_variable_name() -> None:
     with pytest.raises(ConfigError, match="NAME of an environment variable"):
         load_config(env={ENV_VAR: json.dumps(document(**{key: "pa ss"}))})
     config = load_config(env={ENV_VAR: json.dumps(document(**{key: "FAILOVER_PG_PASSWORD"}))})
-    with pytest.raises(ConfigError, match="FAILOVER_PG_PASSWORD, which is not set"):
+    unset = r"FAILOVER_PG_PASSWORD \(event_log_password_env\) is not set"
+    with pytest.raises(ConfigError, match=unset):
         config.event_log_password({})
     assert config.event_log_password({"FAILOVER_PG_PASSWORD": "s3cret"}) == "s3cret"
 

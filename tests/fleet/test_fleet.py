@@ -35,20 +35,11 @@ import pytest
 from devs.risks.multi_model_failover import replay
 from devs.risks.multi_model_failover.core.projections import Metrics
 from devs.risks.multi_model_failover.storage.postgres import PostgresEventStore
-from storage.pg_server import Cluster, ClusterUnavailable, fresh_database, shared_cluster
 
 WORKER = Path(__file__).with_name("fleet_worker.py")
 REPLICAS = ("replica-a", "replica-b", "replica-c")
 WITHIN = 1.0  # seconds: the promise of the issue
 GUARD = 30.0  # seconds: a hang guard, not a timing
-
-
-@pytest.fixture(scope="module")
-def cluster() -> Cluster:
-    try:
-        return shared_cluster()
-    except ClusterUnavailable as exc:
-        pytest.skip(f"no PostgreSQL server: {exc}")
 
 
 class Replica:
@@ -109,8 +100,8 @@ class Replica:
 
 
 @pytest.fixture
-def fleet(cluster: Cluster, tmp_path: Path) -> Iterator[tuple[str, Path, list[Replica]]]:
-    url = fresh_database(cluster)
+def fleet(pg_url: str, tmp_path: Path) -> Iterator[tuple[str, Path, list[Replica]]]:
+    url = pg_url
     PostgresEventStore(url).close()  # the schema, before three replicas race to create it
     control = tmp_path / "control"
     control.mkdir()

@@ -4,21 +4,8 @@ The server listens on a free port of 127.0.0.1 only, with its unix socket in the
 Under root (here and in CI) the server commands run as the ``postgres`` user (PostgreSQL
 refuses to run as root), in a folder that user owns.
 
-From any test folder (``tests/`` is on ``sys.path`` through ``tests/conftest.py``)::
-
-    from storage.pg_server import ClusterUnavailable, fresh_database, shared_cluster
-
-    @pytest.fixture(scope="session")
-    def pg_cluster():
-        try:
-            return shared_cluster()  # one per test process, stopped at exit
-        except ClusterUnavailable as exc:
-            pytest.skip(str(exc))
-
-    def test_something(pg_cluster):
-        url = fresh_database(pg_cluster)  # postgresql://postgres@127.0.0.1:PORT/test_N
-
-(``tests/storage/conftest.py`` has these as the ``pg_cluster`` and ``pg_url`` fixtures.)
+Tests take it through the ``pg_cluster`` (session) and ``pg_url`` (a new, empty database)
+fixtures of ``tests/conftest.py``. Other code (the benchmarks) imports this module.
 ``start_cluster()`` starts a private one instead; ``Cluster.stop``/``start`` stop and
 restart a server under a running test, on the same port and data. ``ClusterUnavailable`` says
 why no server could run (no binaries, no psycopg, no ``postgres`` user, a start that failed):

@@ -123,15 +123,7 @@ class FailoverConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
 
     def event_log_password(self, env: Mapping[str, str] | None = None) -> str | None:
         """The PostgreSQL password from ``event_log_password_env``; ConfigError when unset."""
-        if self.event_log_password_env is None:
-            return None
-        environ = os.environ if env is None else env
-        value = environ.get(self.event_log_password_env)
-        if not value:
-            raise ConfigError(
-                f"event_log_password_env names {self.event_log_password_env}, which is not set"
-            )
-        return value
+        return _secret_from(self.event_log_password_env, env, "event_log_password_env")
 
 
 class _Document(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -209,15 +201,21 @@ def load_config(
     return parse_config(content, source=str(file))
 
 
-def resolve_api_key(client: ClientConfig, env: Mapping[str, str] | None = None) -> str | None:
-    """The API key of ``client`` from its environment variable; ConfigError when unset."""
-    if client.api_key_env is None:
+def _secret_from(name: str | None, env: Mapping[str, str] | None, key: str) -> str | None:
+    """The value of the environment variable ``name`` (None when no variable is named);
+    ConfigError naming the variable and the ``key`` that names it when it is unset or empty."""
+    if name is None:
         return None
     environ = os.environ if env is None else env
-    value = environ.get(client.api_key_env)
+    value = environ.get(name)
     if not value:
-        raise ConfigError(
-            f"client {client.id!r}: environment variable {client.api_key_env} "
-            f"(api_key_env) is not set"
-        )
+        raise ConfigError(f"environment variable {name} ({key}) is not set")
     return value
+
+
+def resolve_api_key(client: ClientConfig, env: Mapping[str, str] | None = None) -> str | None:
+    """The API key of ``client`` from its environment variable; ConfigError when unset."""
+    try:
+        return _secret_from(client.api_key_env, env, "api_key_env")
+    except ConfigError as exc:
+        raise ConfigError(f"client {client.id!r}: {exc}") from None
