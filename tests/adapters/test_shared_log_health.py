@@ -13,7 +13,10 @@ import anyio
 import pytest
 
 from devs.risks.multi_model_failover import HealthState, MultiModelFailover, replay
+from devs.risks.multi_model_failover.core.errors import EventLogError
+from devs.risks.multi_model_failover.core.events import Event
 from devs.risks.multi_model_failover.core.policies import HealthPolicy
+from devs.risks.multi_model_failover.storage import SQLiteEventStore
 
 pytestmark = pytest.mark.anyio
 
@@ -115,3 +118,46 @@ async def test_concurrent_follows_fold_each_event_once(tmp_path: Path) -> None:
 def test_an_unknown_health_scope_is_refused() -> None:
     with pytest.raises(ValueError, match="scope must be one of fleet, replica"):
         HealthPolicy(scope="galaxy")  # type: ignore[arg-type]
+
+
+class FlakyFollowStore(SQLiteEventStore):
+    """A shared log that cannot be read while ``down`` is set (a database outage)."""
+
+    down = False
+
+    def read_others(self, after: int) -> tuple[list[Event], int]:
+        if self.down:
+            raise EventLogError("could not connect to server: Connection refused")
+        return super().read_others(after)
+
+
+async def test_an_unreadable_shared_log_leaves_health_local_and_says_so_once(
+    tmp_path: Path, log_records: list[dict[str, object]]
+) -> None:
+    path = tmp_path / "shared.sqlite3"
+    primary, backup = Provider(), Provider()
+    store = FlakyFollowStore(path)
+    async with (
+        replica(path, primary, backup, "fleet") as other,
+        MultiModelFailover(
+            {"primary": primary, "backup": backup},
+            event_store=store,
+            health_check_interval=3600,
+            follow_interval=0.01,
+        ) as fo,
+    ):
+        store.down = True
+        await anyio.sleep(0.1)  # about ten failed reads
+        primary.up = False
+        await other.check_health()  # the other replica sees the outage; fo cannot read it
+        await anyio.sleep(0.1)
+        assert fo.states["primary"] is HealthState.HEALTHY  # local health: its own view
+        assert await fo.call("still served") == "answer to still served"
+        await fo.check_health()  # its own probe still moves its own rotation
+        assert fo.rotation == ["backup"]
+        store.down = False
+        await eventually(lambda: fo.metrics() == replay(path).metrics)
+    errors = [r for r in log_records if r["level"].name == "ERROR"]  # type: ignore[attr-defined]
+    assert len(errors) == 1  # once per outage, not once per read
+    assert "health is local until it is back" in str(errors[0]["message"])
+    assert any("readable again" in str(r["message"]) for r in log_records)

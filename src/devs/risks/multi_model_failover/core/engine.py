@@ -788,7 +788,7 @@ class FailoverEngine:
 
     async def check_health(self) -> dict[str, HealthState]:
         """Probe every client not in maintenance now; returns the states afterwards."""
-        await self.follow()
+        await self._try_follow()
         async with anyio.create_task_group() as group:
             for model_id in self._by_id:
                 if self._health.state_of(model_id).state is not HealthState.MAINTENANCE:
@@ -841,22 +841,30 @@ class FailoverEngine:
             self._sync_machines()
         return folded
 
+    async def _try_follow(self) -> None:
+        """``follow()``, where a log that cannot be read leaves health local for a while.
+
+        Probes and calls go on from this engine's own view; the outage is logged once, and
+        its end once, however often the loops try.
+        """
+        try:
+            await self.follow()
+        except Exception as exc:  # noqa: BLE001 - the log being away must not stop health
+            if not self._follow_failing:
+                logger.error(
+                    "cannot read the shared event log ({}); health is local until it is back",
+                    describe_exception(exc),
+                )
+            self._follow_failing = True
+        else:
+            if self._follow_failing:
+                logger.warning("the shared event log is readable again")
+            self._follow_failing = False
+
     async def _follow_loop(self, interval: float) -> None:
         """Fold in the other replicas' events every ``interval`` seconds (a shared log)."""
         while True:
-            try:
-                await self.follow()
-            except Exception as exc:  # noqa: BLE001 - the log being away must not end the loop
-                if not self._follow_failing:  # once per outage, not ten lines a second
-                    logger.error(
-                        "cannot read the shared event log ({}); health is local until it is back",
-                        describe_exception(exc),
-                    )
-                self._follow_failing = True
-            else:
-                if self._follow_failing:
-                    logger.warning("the shared event log is readable again")
-                self._follow_failing = False
+            await self._try_follow()
             await anyio.sleep(interval)
 
     async def _health_loop(self) -> None:
