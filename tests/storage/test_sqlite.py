@@ -456,8 +456,8 @@ def test_each_event_carries_the_writer_name(tmp_path: Path) -> None:
     assert re.fullmatch(rf"{re.escape(host[:24])}-{os.getpid()}-[0-9a-f]{{6}}", default.writer)
     assert other.writer != default.writer  # two stores of one process tell apart
     named.append(attempt("c"))
+    assert named.flush()  # before the other appends: two writer threads race otherwise
     default.append(attempt("c"))
-    assert named.flush()
     assert default.flush()
     assert named.query("SELECT writer FROM events ORDER BY seq") == [
         ("replica-a",),
@@ -509,3 +509,20 @@ def test_a_replaced_log_file_is_reported_and_written_to(
     assert any("replaced" in str(r["message"]) for r in log_records)
     assert [e.call_id for e in store.read()] == ["restored", "new"]
     store.close()
+
+
+@pytest.mark.parametrize("create", [True, False], ids=["writer", "reader"])
+def test_someone_elses_database_is_refused_and_left_as_it_was(
+    tmp_path: Path, create: bool
+) -> None:
+    path = tmp_path / "app.db"
+    with contextlib.closing(connect(path)) as conn:
+        conn.execute("CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT)")
+        conn.execute("INSERT INTO users (name) VALUES ('ada')")
+    before = path.read_bytes()
+    with pytest.raises(EventLogError, match="an SQLite database but not a failover event log"):
+        SQLiteEventStore(path, create=create)
+    assert path.read_bytes() == before
+    assert not Path(f"{path}-wal").exists()
+    with contextlib.closing(connect(path)) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone() == ("delete",)

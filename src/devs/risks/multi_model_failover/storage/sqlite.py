@@ -196,11 +196,12 @@ class SQLiteEventStore(GroupCommitStore):
     def _open(self, *, create: bool) -> sqlite3.Connection:
         conn = _connect(self.path, create=create)
         try:
+            db = sqlite_utils.Database(conn)
+            # First: someone else's database is refused before anything in it changes.
+            _ensure_schema(db, self.path, create=create)
             if self.path != MEMORY:
                 conn.execute("PRAGMA journal_mode = WAL")
                 conn.execute(f"PRAGMA synchronous = {_SYNCHRONOUS[self.durability]}")
-            db = sqlite_utils.Database(conn)
-            _ensure_schema(db, self.path, create=create)
             conn.execute(f"PRAGMA busy_timeout = {int(self.lock_timeout * 1000)}")
         except sqlite3.Error as exc:
             conn.close()
