@@ -129,6 +129,11 @@ def test_follow_prints_events_as_they_are_committed(live_log: Path) -> None:
         assert later["seq"] > first["seq"] + 50  # appended after the follower started
     finally:
         follower.send_signal(signal.SIGINT)
-        _, errors = follower.communicate(timeout=30)
+        follower.wait(timeout=30)
+        reader.join(timeout=30)  # it owns stdout until the end: no communicate() beside it
+        assert follower.stderr is not None
+        errors = follower.stderr.read()
+        follower.stdout.close()
+        follower.stderr.close()
     assert follower.returncode == 0, errors
     assert "Traceback" not in errors
