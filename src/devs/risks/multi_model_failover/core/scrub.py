@@ -95,6 +95,7 @@ def describe_exception(exc: BaseException, *, limit: int = 500) -> str:
 PROMPT_REDACTED = "[prompt]"
 # Shorter fragments are too likely to be ordinary words of the provider's own message.
 _MIN_PROMPT_FRAGMENT = 8
+_ESCAPED = re.compile(r"[\"'\\]")
 
 
 def _prompt_texts(prompt: object) -> list[str]:
@@ -118,7 +119,14 @@ def without_prompt(message: str, prompt: object) -> str:
         # Every escaped form is at least as long as the text: a longer one cannot be quoted.
         if not _MIN_PROMPT_FRAGMENT <= len(text) <= len(message):
             continue
-        for form in {text, repr(text)[1:-1], json.dumps(text)[1:-1]}:
+        for form in _quoted_forms(text):
             if form in message:
                 message = message.replace(form, PROMPT_REDACTED)
     return message
+
+
+def _quoted_forms(text: str) -> set[str] | tuple[str]:
+    """``text`` as written, and as ``repr`` and JSON would escape it inside quotes."""
+    if text.isascii() and text.isprintable() and not _ESCAPED.search(text):
+        return (text,)  # nothing to escape: every form is the text itself (the common case)
+    return {text, repr(text)[1:-1], json.dumps(text)[1:-1]}
