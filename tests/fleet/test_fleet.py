@@ -32,6 +32,8 @@ from typing import Any
 import msgspec
 import pytest
 
+pytest.importorskip("psycopg", reason="psycopg is not installed (the postgres extra)")
+
 from devs.risks.multi_model_failover import replay
 from devs.risks.multi_model_failover.core.projections import Metrics
 from devs.risks.multi_model_failover.storage.postgres import PostgresEventStore
