@@ -339,9 +339,11 @@ these figures are made of.
   per call (cached), `loguru.bind` per line, the fold's pattern match (a dict), one
   coroutine level per attempt. The no-op store row shows the engine alone; `buffered` adds
   the queue and the writer thread, which shares the GIL with the event loop.
-- **Failover vs tenacity.** Equal within noise: tenacity makes no events and keeps no time
-  limit; each of our failovers writes 7 events and runs each attempt under a timeout.
-- **1,000 concurrent calls, `process`/`power`.** A call returns after the writer has
+- **Failover vs tenacity.** Equal within noise (runs of the same code put either ahead by
+  a few percent): tenacity makes no events and keeps no time limit; each of our failovers
+  writes 7 events and runs each attempt under a timeout.
+- **1,000 concurrent calls, `process`/`power`.** Within a few percent of the target, on one
+  side or the other from run to run. A call returns after the writer has
   committed its 4 events, so the writer's time per event (encode 0.3 us, row 0.5 us, insert
   with its indexes about 3 us) adds to the loop's, both holding one GIL. Already removed: one
   GIL hand-off per row (rows now go 500 per INSERT), half the index upkeep (a partial type
