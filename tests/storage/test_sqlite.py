@@ -512,9 +512,7 @@ def test_a_replaced_log_file_is_reported_and_written_to(
 
 
 @pytest.mark.parametrize("create", [True, False], ids=["writer", "reader"])
-def test_someone_elses_database_is_refused_and_left_as_it_was(
-    tmp_path: Path, create: bool
-) -> None:
+def test_someone_elses_database_is_refused_and_left_as_it_was(tmp_path: Path, create: bool) -> None:
     path = tmp_path / "app.db"
     with contextlib.closing(connect(path)) as conn:
         conn.execute("CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT)")
