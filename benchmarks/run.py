@@ -130,7 +130,7 @@ def run_postgres(runner: pyperf.Runner, report: reporting.Report, workdir: Path)
     from storage.pg_server import ClusterUnavailable, start_cluster  # noqa: PLC0415
 
     try:
-        cluster = start_cluster()
+        cluster = start_cluster(durable=True)  # fsync on, as a production server
     except ClusterUnavailable as exc:
         print(f"skipping PostgreSQL: {exc}", file=sys.stderr)
         report.skipped.append(f"PostgreSQL: {exc}")

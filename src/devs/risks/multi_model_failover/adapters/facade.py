@@ -160,13 +160,20 @@ class MultiModelFailover(FailoverEngine):
             "follow_interval": config.follow_interval,
         }
         password = config.event_log_password(env)
+        opened: EventStore | None = None
         if password is not None and "event_store" not in overrides:
             register_secret(password)
-            options["event_store"] = open_store(
+            opened = open_store(
                 config.event_log, config.durability, replica=config.replica, password=password
             )
+            options["event_store"] = opened
         options.update(overrides)
-        engine = cls(clients, config.retry_policy, config.health_check_interval, **options)
+        try:
+            engine = cls(clients, config.retry_policy, config.health_check_interval, **options)
+        except BaseException:
+            if opened is not None:  # ours, not the caller's: close it with the failed engine
+                opened.close()
+            raise
         engine._owned_clients = list(clients.values())
         return engine
 
