@@ -9,7 +9,7 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 
 import anyio
@@ -24,6 +24,7 @@ from devs.risks.multi_model_failover import (
     MultiModelFailover,
 )
 from devs.risks.multi_model_failover.adapters.cli import app
+from devs.risks.multi_model_failover.adapters.demo import VirtualClock
 
 START = datetime(2024, 5, 1, 3, 0, tzinfo=UTC)
 MODELS = ("primary", "secondary", "tertiary")
@@ -34,24 +35,6 @@ RATE_LIMITED = (30.0, 60.0)
 PRIMARY_DOWN = (60.0, 180.0)
 ALL_DOWN = (115.0, 135.0)
 MAINTENANCE_CALLS = (25, 32)  # the secondary is in maintenance between these calls
-
-
-class VirtualClock:
-    """Seconds that move only when the engine or a fake model sleeps."""
-
-    def __init__(self, start: datetime) -> None:
-        self.start = start
-        self.now = 0.0
-
-    def monotonic(self) -> float:
-        return self.now
-
-    def wall(self) -> datetime:
-        return self.start + timedelta(seconds=self.now)
-
-    async def sleep(self, seconds: float) -> None:
-        self.now += max(0.0, seconds)
-        await anyio.lowlevel.checkpoint()
 
 
 Script = Callable[[float], Exception | None]

@@ -45,7 +45,15 @@ from .queries import (
     read_events,
     snapshot_at,
 )
-from .render import STATE_STYLES, Output, clock_text, describe, seconds_text
+from .render import (
+    MODEL_HEADERS,
+    STATE_STYLES,
+    Output,
+    clock_text,
+    describe,
+    model_rows,
+    seconds_text,
+)
 from .timeexpr import TimeExpressionError, parse_time
 
 app = typer.Typer(
@@ -367,7 +375,7 @@ def print_metrics(out: Output, snap: Snapshot) -> None:
     """The metrics as tables: totals, per model, failures by kind."""
     m = snap.metrics
     out.table("totals", ["figure", "value"], _totals(m))
-    out.table("per model", _MODEL_HEADERS, [_model_row(m, mid) for mid in sorted(m.by_model)])
+    out.table("per model", MODEL_HEADERS, model_rows(m))
     if m.failures_by_kind:
         kinds = sorted(m.failures_by_kind.items(), key=lambda kv: (-kv[1], kv[0]))
         out.table(
@@ -391,26 +399,6 @@ def _totals(m: Metrics) -> list[list[str]]:
         ("state changes", m.state_changes),
     ]
     return [[name, str(value)] for name, value in figures]
-
-
-_MODEL_HEADERS: Final = [
-    "model", "attempts", "ok", "failed", "calls served", "p50", "p95", "mean", "max",
-]  # fmt: skip
-
-
-def _model_row(m: Metrics, model_id: str) -> list[str]:
-    f = m.by_model[model_id]
-    return [
-        model_id,
-        str(f.attempts),
-        str(f.successes),
-        str(f.failures),
-        str(f.calls_served),
-        seconds_text(f.latency_quantile(0.5)),
-        seconds_text(f.latency_quantile(0.95)),
-        seconds_text(f.latency_mean),
-        seconds_text(f.latency_max) if f.latency_count else "-",
-    ]
 
 
 # -- audit ---------------------------------------------------------------------------------

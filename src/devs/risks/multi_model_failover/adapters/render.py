@@ -36,6 +36,7 @@ from ..core.events import (
     StateChanged,
 )
 from ..core.health import HealthState
+from ..core.projections import Metrics
 
 TONES: Final = {
     "ok": "green",
@@ -86,6 +87,29 @@ def seconds_text(value: float | None) -> str:
     if value < 60:
         return f"{value:.2f}s"
     return f"{value:.1f}s"
+
+
+MODEL_HEADERS: Final = (
+    "model", "attempts", "ok", "failed", "calls served", "p50", "p95", "mean", "max",
+)  # fmt: skip
+
+
+def model_rows(m: Metrics) -> list[list[str]]:
+    """One row per model under ``MODEL_HEADERS`` (the CLI's table and the HTML report)."""
+    return [
+        [
+            model_id,
+            str(f.attempts),
+            str(f.successes),
+            str(f.failures),
+            str(f.calls_served),
+            seconds_text(f.latency_quantile(0.5)),
+            seconds_text(f.latency_quantile(0.95)),
+            seconds_text(f.latency_mean),
+            seconds_text(f.latency_max) if f.latency_count else "-",
+        ]
+        for model_id, f in sorted(m.by_model.items())
+    ]
 
 
 def _took(latency: float) -> str:

@@ -22,7 +22,7 @@ from ..core.health import HealthState
 from ..core.projections import AuditEntry, Metrics, ModelState, Snapshot, apply
 from ..storage import GroupCommitStore
 from .queries import STATE_TYPES, pinned, read_events, snapshot_at
-from .render import clock_text, seconds_text
+from .render import MODEL_HEADERS, clock_text, model_rows, seconds_text
 
 COLOURS: Final = {
     HealthState.HEALTHY: "#2f9e5b",
@@ -335,25 +335,6 @@ def _legend() -> str:
     return f'<div class="legend">{"".join(items)}</div>'
 
 
-def _model_rows(m: Metrics) -> list[list[str]]:
-    rows = []
-    for model_id, f in sorted(m.by_model.items()):
-        rows.append(
-            [
-                model_id,
-                str(f.attempts),
-                str(f.successes),
-                str(f.failures),
-                str(f.calls_served),
-                seconds_text(f.latency_quantile(0.5)),
-                seconds_text(f.latency_quantile(0.95)),
-                seconds_text(f.latency_mean),
-                seconds_text(f.latency_max) if f.latency_count else "-",
-            ]
-        )
-    return rows
-
-
 def _call_row(event: CallSucceeded | CallFailed) -> list[str]:
     if isinstance(event, CallFailed):
         outcome = f"failed ({event.reason}, {event.error_kind.value})"
@@ -407,8 +388,8 @@ def render_page(incident: Incident, title: str) -> str:
         f'<div class="panel">{health_svg(incident)}{_legend()}</div>',
         "<h2>Metrics per model</h2>",
         _table(
-            ["model", "attempts", "ok", "failed", "calls served", "p50", "p95", "mean", "max"],
-            _model_rows(m),
+            MODEL_HEADERS,
+            model_rows(m),
             {1, 2, 3, 4, 5, 6, 7, 8},
         ),
         "<h2>Failed attempts by error kind</h2>",

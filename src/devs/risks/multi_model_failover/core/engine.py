@@ -415,6 +415,26 @@ class FailoverEngine:
 
     async def call_with_outcome(self, prompt: Any, *, timeout: float | None = None) -> CallOutcome:
         """As ``call``, but returns the response with the serving model, counts and call id."""
+        call, order = self._begin_call(prompt, timeout)
+        terminal = False
+        try:
+            outcome = await self._through_order(call, order, self._serve)
+            terminal = True
+        except ModelError:
+            terminal = True
+            await self.event_store.wait_committed(self._ticket)
+            raise
+        finally:
+            if not terminal:
+                self._cancelled(call)
+        await self.event_store.wait_committed(self._ticket)
+        return outcome
+
+    def _begin_call(self, prompt: Any, timeout: float | None) -> tuple[_Call, tuple[str, ...]]:
+        """Check the arguments, record ``call_started``; the call and its order of clients.
+
+        Shared by calls and streams.
+        """
         _check_prompt(prompt)
         budget = self.retry_policy.call_budget
         if timeout is not None:
@@ -426,27 +446,19 @@ class FailoverEngine:
         order, last_resort = self._plan()
         self._emit(self._call_started(call, order, last_resort, prompt))
         self._budget.record_call()
-        terminal = False
-        try:
-            outcome = await self._through_order(call, order, self._serve)
-            terminal = True
-        except ModelError:
-            terminal = True
-            await self.event_store.wait_committed(self._ticket)
-            raise
-        finally:
-            if not terminal:
-                self._emit(
-                    CallCancelled(
-                        at=self._now(),
-                        call_id=call.call_id,
-                        model_id=call.model_id,
-                        attempts=call.attempts,
-                        latency=self._clock() - call.start,
-                    )
-                )
-        await self.event_store.wait_committed(self._ticket)
-        return outcome
+        return call, order
+
+    def _cancelled(self, call: _Call) -> None:
+        """Record that the caller cancelled ``call`` (its terminal event)."""
+        self._emit(
+            CallCancelled(
+                at=self._now(),
+                call_id=call.call_id,
+                model_id=call.model_id,
+                attempts=call.attempts,
+                latency=self._clock() - call.start,
+            )
+        )
 
     def _call_started(
         self, call: _Call, order: tuple[str, ...], last_resort: bool, prompt: Any
@@ -643,6 +655,34 @@ class FailoverEngine:
             return "deadline"
         return None
 
+    def _attempt_failed(
+        self,
+        call: _Call,
+        model_id: str,
+        attempt: int,
+        started: float,
+        kind: ErrorKind,
+        message: str,
+        final: bool,
+    ) -> None:
+        """Record a failed attempt: in the call's records and as ``attempt_failed``."""
+        call.records.append(
+            AttemptRecord(model_id=model_id, attempt=attempt, error_kind=kind, message=message)
+        )
+        self._emit(
+            AttemptFailed(
+                at=self._now(),
+                call_id=call.call_id,
+                model_id=model_id,
+                attempt=attempt,
+                latency=self._clock() - started,
+                error_kind=kind,
+                message=message,
+                final=final,
+                counts=kind.counts_against_health,
+            )
+        )
+
     def _attempt_limit(self, remaining: float) -> tuple[float, bool]:
         """How long the next attempt may take, and whether ``attempt_timeout`` is the bound."""
         attempt_timeout = self.retry_policy.attempt_timeout
@@ -689,26 +729,7 @@ class FailoverEngine:
         """Record a failed attempt; return the backoff delay, or raise ``_GaveUp``."""
         kind = failure.kind
         delay = self._retry_delay(call, model_id, attempt, failure, previous_delay)
-        final = delay is None
-        counts = kind.counts_against_health
-        call.records.append(
-            AttemptRecord(
-                model_id=model_id, attempt=attempt, error_kind=kind, message=failure.message
-            )
-        )
-        self._emit(
-            AttemptFailed(
-                at=self._now(),
-                call_id=call.call_id,
-                model_id=model_id,
-                attempt=attempt,
-                latency=self._clock() - started,
-                error_kind=kind,
-                message=failure.message,
-                final=final,
-                counts=counts,
-            )
-        )
+        self._attempt_failed(call, model_id, attempt, started, kind, failure.message, delay is None)
         logger.info(
             "attempt {} on {} failed: {}",
             attempt,

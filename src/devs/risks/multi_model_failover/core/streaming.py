@@ -29,15 +29,13 @@ from loguru import logger
 from .engine import (
     FailoverEngine,
     _Call,
-    _check_positive,
-    _check_prompt,
     _Client,
     _Failure,
     _failure,
     _timed_out,
 )
-from .errors import AttemptRecord, ErrorKind, ModelError
-from .events import AttemptFailed, CallCancelled, CallFailed
+from .errors import ErrorKind, ModelError
+from .events import CallFailed
 
 INTERRUPTED: Final = "stream_interrupted"
 
@@ -175,22 +173,7 @@ def _interrupted(
         f"stream from {model_id} broke after {chunks} chunk(s), {chars} char(s) delivered; "
         f"not failed over: {cause}"
     )
-    call.records.append(
-        AttemptRecord(model_id=model_id, attempt=opened.attempt, error_kind=kind, message=message)
-    )
-    engine._emit(
-        AttemptFailed(
-            at=engine._now(),
-            call_id=call.call_id,
-            model_id=model_id,
-            attempt=opened.attempt,
-            latency=engine._clock() - opened.started,
-            error_kind=kind,
-            message=message,
-            final=True,
-            counts=kind.counts_against_health,
-        )
-    )
+    engine._attempt_failed(call, model_id, opened.attempt, opened.started, kind, message, True)
     engine._gave_up_on(model_id, kind, message)
     engine._emit(
         CallFailed(
@@ -226,17 +209,7 @@ async def stream_with_failover(
     iteration (or cancelling) records ``call_cancelled``; close it with
     ``contextlib.aclosing`` to release the connection at once.
     """
-    _check_prompt(prompt)
-    budget = engine.retry_policy.call_budget
-    if timeout is not None:
-        budget = min(budget, _check_positive("timeout", timeout))
-    if engine._closed:
-        raise RuntimeError("this MultiModelFailover is closed")
-    start = engine._clock()
-    call = _Call(next(engine._call_ids), start, start + budget, prompt)
-    order, last_resort = engine._plan()
-    engine._emit(engine._call_started(call, order, last_resort, prompt))
-    engine._budget.record_call()
+    call, order = engine._begin_call(prompt, timeout)
     terminal = False
     opened: _Opened | None = None
     try:
@@ -265,15 +238,7 @@ async def stream_with_failover(
         if opened is not None:
             await _close(opened.chunks)
         if not terminal and not engine._closed:
-            engine._emit(
-                CallCancelled(
-                    at=engine._now(),
-                    call_id=call.call_id,
-                    model_id=call.model_id,
-                    attempts=call.attempts,
-                    latency=engine._clock() - call.start,
-                )
-            )
+            engine._cancelled(call)
 
 
 __all__ = ["INTERRUPTED", "StreamInterruptedError", "stream_with_failover"]
