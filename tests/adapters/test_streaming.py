@@ -20,7 +20,6 @@ from devs.risks.multi_model_failover import (
 from devs.risks.multi_model_failover.adapters.clients import CallableClient, HTTPModelClient
 from devs.risks.multi_model_failover.core.streaming import (
     StreamInterruptedError,
-    stream_with_failover,
 )
 
 pytestmark = pytest.mark.anyio
@@ -193,7 +192,7 @@ async def test_the_stream_fails_over_before_its_first_chunk(wire: Wire, engine: 
     fo, primary, fallback = engine
     primary.script(wire.chat, then=Reply(503, "unavailable"))
     fallback.script(ANTHROPIC.chat, Reply(events=ANTHROPIC.events(CHUNKS)))
-    assert await collect(stream_with_failover(fo, "hi")) == CHUNKS
+    assert await collect(fo.stream("hi")) == CHUNKS
     assert event_types(fo)[1:] == [
         "call_started",
         "attempt_started",
@@ -219,7 +218,7 @@ async def test_a_failure_after_the_first_chunk_is_raised_not_failed_over(
     primary.script(wire.chat, Reply(events=wire.events(CHUNKS[:2], done=False), drop=True))
     got: list[str] = []
     with pytest.raises(StreamInterruptedError) as caught:
-        await collect(stream_with_failover(fo, "hi"), got)
+        await collect(fo.stream("hi"), got)
     assert got == CHUNKS[:2]
     error = caught.value
     assert (error.kind, error.model_id, error.chunks, error.chars) == (
@@ -243,7 +242,7 @@ async def test_a_failure_after_the_first_chunk_is_raised_not_failed_over(
 async def test_stopping_early_cancels_the_call_without_blame(wire: Wire, engine: Engine) -> None:
     fo, primary, _ = engine
     primary.script(wire.chat, Reply(events=wire.events(CHUNKS)))
-    async with aclosing(stream_with_failover(fo, "hi")) as chunks:
+    async with aclosing(fo.stream("hi")) as chunks:
         async for chunk in chunks:
             assert chunk == CHUNKS[0]
             break
@@ -255,7 +254,7 @@ async def test_a_bad_request_fails_the_stream_fast(wire: Wire, engine: Engine) -
     fo, primary, fallback = engine
     primary.script(wire.chat, Reply(400, openai_error("bad 'temperature'")))
     with pytest.raises(ModelError) as caught:
-        await collect(stream_with_failover(fo, "hi"))
+        await collect(fo.stream("hi"))
     assert caught.value.kind is ErrorKind.BAD_REQUEST
     assert fallback.requests == []
 
@@ -265,7 +264,7 @@ async def test_nobody_streaming_fails_like_a_call(wire: Wire, engine: Engine) ->
     primary.script(wire.chat, then=Reply(401, openai_error("bad key")))
     fallback.script(ANTHROPIC.chat, then=Reply(events=ANTHROPIC.events([], done=False)))
     with pytest.raises(AllModelsFailedError) as caught:
-        await collect(stream_with_failover(fo, "hi"))
+        await collect(fo.stream("hi"))
     assert [(a.model_id, a.error_kind) for a in caught.value.attempts] == [
         ("primary", ErrorKind.AUTH),
         ("fallback", ErrorKind.SERVER),
@@ -280,9 +279,9 @@ async def test_a_client_that_cannot_stream_answers_in_one_chunk() -> None:
 
     fo = MultiModelFailover([CallableClient(answer, model_id="local")])
     try:
-        assert await collect(stream_with_failover(fo, "hi")) == ["echo: hi"]
+        assert await collect(fo.stream("hi")) == ["echo: hi"]
         with pytest.raises(TypeError, match="prompt must be"):
-            await collect(stream_with_failover(fo, 3))
+            await collect(fo.stream(3))
     finally:
         await fo.aclose()
     assert event_types(fo)[-2] == "call_succeeded"

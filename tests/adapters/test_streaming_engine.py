@@ -1,4 +1,4 @@
-"""``stream_with_failover`` with scripted in-process streams: deadlines, odd clients, limits."""
+"""``fo.stream`` with scripted in-process streams: deadlines, odd clients, limits."""
 
 from __future__ import annotations
 
@@ -20,7 +20,6 @@ from devs.risks.multi_model_failover import (
 )
 from devs.risks.multi_model_failover.core.streaming import (
     StreamInterruptedError,
-    stream_with_failover,
 )
 
 pytestmark = pytest.mark.anyio
@@ -76,7 +75,7 @@ async def test_a_slow_first_chunk_is_an_attempt_timeout_then_a_failover() -> Non
     slow = ScriptedStream("slow", [10.0, "never"])
     fo = engine(slow, ScriptedStream("quick", ["a", "b"]), attempt_timeout=0.05)
     try:
-        assert await collect(stream_with_failover(fo, "hi")) == ["a", "b"]
+        assert await collect(fo.stream("hi")) == ["a", "b"]
     finally:
         await fo.aclose()
     kinds = [(e.model_id, e.error_kind) for e in events_of(fo, "attempt_failed")]
@@ -87,22 +86,22 @@ async def test_the_call_timeout_bounds_the_wait_for_the_first_chunk() -> None:
     fo = engine(ScriptedStream("slow", [10.0]))
     try:
         with pytest.raises(DeadlineExceededError):
-            await collect(stream_with_failover(fo, "hi", timeout=0.05))
+            await collect(fo.stream("hi", timeout=0.05))
         with pytest.raises(ValueError, match="timeout"):
-            await collect(stream_with_failover(fo, "hi", timeout=0))
+            await collect(fo.stream("hi", timeout=0))
     finally:
         await fo.aclose()
     assert events_of(fo, "attempt_failed")[0].error_kind is ErrorKind.DEADLINE
     assert fo.states["slow"] is HealthState.HEALTHY  # the caller's deadline blames no model
     with pytest.raises(RuntimeError, match="closed"):
-        await collect(stream_with_failover(fo, "hi"))
+        await collect(fo.stream("hi"))
 
 
 async def test_any_exception_before_the_first_chunk_is_retried() -> None:
     flaky = AwaitedStream("flaky", [RuntimeError("socket gone")], ["ok"])
     fo = engine(flaky)
     try:
-        assert await collect(stream_with_failover(fo, "hi")) == ["ok"]
+        assert await collect(fo.stream("hi")) == ["ok"]
     finally:
         await fo.aclose()
     (failed,) = events_of(fo, "attempt_failed")
@@ -115,7 +114,7 @@ async def test_a_timeout_mid_stream_keeps_its_kind() -> None:
     fo = engine(ScriptedStream("m", ["par", "tial", TimeoutError("read timed out")]))
     try:
         with pytest.raises(StreamInterruptedError) as caught:
-            await collect(stream_with_failover(fo, "hi"))
+            await collect(fo.stream("hi"))
     finally:
         await fo.aclose()
     assert (caught.value.kind, caught.value.chunks, caught.value.chars) == (ErrorKind.TIMEOUT, 2, 7)
@@ -127,7 +126,7 @@ async def test_the_attempt_cap_stops_before_a_failover() -> None:
     )
     try:
         with pytest.raises(AllModelsFailedError):
-            await collect(stream_with_failover(fo, "hi"))
+            await collect(fo.stream("hi"))
     finally:
         await fo.aclose()
     assert events_of(fo, "failover") == []
@@ -149,7 +148,7 @@ async def test_clients_that_cannot_stream_answer_in_one_chunk() -> None:
     for answer, chunks in [(response, ["from a response"]), (42, ["42"]), ("", [])]:
         fo = engine(Answers("plain", answer))
         try:
-            assert await collect(stream_with_failover(fo, "hi")) == chunks
+            assert await collect(fo.stream("hi")) == chunks
         finally:
             await fo.aclose()
         assert "call_succeeded" in event_types(fo)
@@ -160,7 +159,7 @@ async def test_cancelling_mid_stream_blames_no_model() -> None:
     got: list[str] = []
     try:
         with anyio.move_on_after(0.05):
-            async with aclosing(stream_with_failover(fo, "hi")) as chunks:
+            async with aclosing(fo.stream("hi")) as chunks:
                 async for chunk in chunks:
                     got.append(chunk)
     finally:

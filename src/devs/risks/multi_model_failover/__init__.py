@@ -11,13 +11,15 @@ Exceptions::
     ConfigError (ValueError)
     EventLogError (ValueError)
      +-- SchemaVersionError
+    EngineClosedError (RuntimeError)
 """
 
 from loguru import logger as _logger
 
 from .adapters.config import ClientConfig, FailoverConfig, load_config
 from .adapters.facade import MultiModelFailover, replay
-from .core.engine import CallOutcome
+from .core.calls import CallOutcome, EngineClosedError
+from .core.clock import VirtualClock
 from .core.errors import (
     AllModelsFailedError,
     AttemptRecord,
@@ -47,6 +49,7 @@ __all__ = [
     "ClientConfig",
     "ConfigError",
     "DeadlineExceededError",
+    "EngineClosedError",
     "ErrorKind",
     "Event",
     "EventLogError",
@@ -66,6 +69,7 @@ __all__ = [
     "SchemaVersionError",
     "Snapshot",
     "Usage",
+    "VirtualClock",
     "load_config",
     "replay",
 ]

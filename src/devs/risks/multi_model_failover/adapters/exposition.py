@@ -31,7 +31,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from itertools import accumulate
-from typing import Any
+from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import (
@@ -42,9 +42,18 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from ..core.engine import FailoverEngine
 from ..core.health import HealthState
 from ..core.projections import LATENCY_BUCKETS, Metrics, Snapshot
+
+
+class LiveSource(Protocol):
+    """What live exposition reads: an engine, or the facade around one."""
+
+    def snapshot(self) -> Snapshot:
+        """A copy of the live projection."""
+
+    def log_status(self) -> dict[str, Any]:
+        """The event log's own health."""
 
 
 def _le(bound: float) -> str:
@@ -168,7 +177,7 @@ class LiveCollector(Collector):
     """A ``prometheus_client`` collector over a running engine: its live snapshot and the
     health of its event log. Register it with your registry to serve ``/metrics``."""
 
-    def __init__(self, engine: FailoverEngine) -> None:
+    def __init__(self, engine: LiveSource) -> None:
         self.engine = engine
 
     def collect(self) -> Iterator[Metric]:
@@ -188,6 +197,6 @@ def prometheus_text(snapshot: Snapshot) -> str:
     return _exposition(SnapshotCollector(snapshot))
 
 
-def live_prometheus_text(engine: FailoverEngine) -> str:
+def live_prometheus_text(engine: LiveSource) -> str:
     """A running engine's metrics, its event log's health included, in the text format."""
     return _exposition(LiveCollector(engine))

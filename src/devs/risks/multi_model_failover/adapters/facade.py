@@ -7,19 +7,28 @@ private ``random.Random``.
 
 from __future__ import annotations
 
+import itertools
 import os
 import random
+import secrets
 import time
-from collections.abc import Iterable, Mapping, Sequence
+import uuid
+from collections.abc import AsyncGenerator, Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from types import TracebackType
+from typing import Any, Self
 
 import anyio
 
-from ..core.engine import FailoverEngine, WallClock
+from ..core.calls import CallOutcome
+from ..core.clock import LoopTime
+from ..core.engine import DEFAULT_GRACE, FailoverEngine
 from ..core.events import Event
+from ..core.fingerprint import fingerprinter
+from ..core.health import HealthState
+from ..core.livelog import WallClock
 from ..core.policies import HealthPolicy, RetryPolicy
-from ..core.projections import Snapshot, fold
+from ..core.projections import Metrics, Snapshot, fold
 from ..core.protocols import Clock, EventStore, Sleep
 from ..core.scrub import register_secret
 from ..storage.sqlite import SQLiteEventStore
@@ -67,11 +76,41 @@ def open_store(
     return event_store
 
 
-class MultiModelFailover(FailoverEngine):
+def _random_call_ids() -> Callable[[], str]:
+    """Call ids ``<8 random hex>-<n>``: unique across processes, ordered within one."""
+    prefix = uuid.uuid4().hex[:8]
+    counter = itertools.count(1)
+    return lambda: f"{prefix}-{next(counter)}"
+
+
+def _time_seams(
+    clock: Clock | None, sleep: Sleep | None, wall_clock: WallClock | None
+) -> dict[str, Any]:
+    """The engine's clock, sleep, timer and wall clock from what the caller gave.
+
+    A clock with its own ``sleep`` and ``move_on_after`` (a ``VirtualClock``) runs every wait
+    and every timeout on its own time, and stamps events with its ``utc()``. A plain clock
+    callable is read for every deadline while timeouts run on the event loop's timer: give one
+    that runs at real speed.
+    """
+    full = clock is not None and callable(getattr(clock, "move_on_after", None))
+    return {
+        "clock": clock if clock is not None else time.monotonic,
+        "sleep": sleep if sleep is not None else (clock.sleep if full else anyio.sleep),  # type: ignore[union-attr]
+        "timer": clock if full else LoopTime(),
+        "wall_clock": wall_clock
+        if wall_clock is not None
+        else (clock.utc if full and hasattr(clock, "utc") else utc_now),  # type: ignore[union-attr]
+    }
+
+
+class MultiModelFailover:
     """Ordered multi-model failover with retries, health checks and a replayable event log.
 
     ``clients``: a sequence or a mapping of model clients (``call(prompt)`` and
-    ``health_check()``, sync or async). See the package docs for every keyword.
+    ``health_check()``, sync or async). See the package docs for every keyword. ``clock`` may
+    be a ``VirtualClock`` (the test mode): its ``sleep``, timeouts and UTC time are then used
+    too. ``call_ids`` makes call ids (default: a random prefix and a counter).
     """
 
     def __init__(
@@ -90,21 +129,21 @@ class MultiModelFailover(FailoverEngine):
         fingerprint_prompts: bool = False,
         replica: str | None = None,
         follow_interval: float | None = None,
+        call_ids: Callable[[], str] | None = None,
     ) -> None:
         store = open_store(event_store, durability, replica=replica)
         try:
-            super().__init__(
+            self._engine = FailoverEngine(
                 clients,
                 retry_policy,
                 health_check_interval,
                 health_policy=health_policy,
                 event_store=store,
-                sleep=sleep if sleep is not None else anyio.sleep,
-                clock=clock if clock is not None else time.monotonic,
-                wall_clock=wall_clock if wall_clock is not None else utc_now,
-                rng=rng if rng is not None else random.Random(),  # noqa: S311 - jitter, not crypto
-                fingerprint_prompts=fingerprint_prompts,
                 follow_interval=follow_interval,
+                rng=rng if rng is not None else random.Random(),  # noqa: S311 - jitter, not crypto
+                call_ids=call_ids if call_ids is not None else _random_call_ids(),
+                fingerprint=fingerprinter(secrets.token_bytes(16)) if fingerprint_prompts else None,
+                **_time_seams(clock, sleep, wall_clock),
             )
         except BaseException:
             if store is not event_store:
@@ -112,14 +151,130 @@ class MultiModelFailover(FailoverEngine):
             raise
         self._owned_clients: list[Any] = []
 
-    async def aclose(self) -> None:
-        """Stop the health loop, flush and close the log, close clients built from config."""
-        await super().aclose()
+    # -- the engine's surface ------------------------------------------------------------
+
+    @property
+    def engine(self) -> FailoverEngine:
+        """The engine behind this facade (its rooms: registry, runner, monitor, log)."""
+        return self._engine
+
+    @property
+    def event_store(self) -> EventStore:
+        """The event log."""
+        return self._engine.event_store
+
+    @property
+    def retry_policy(self) -> RetryPolicy:
+        """The retry policy in force."""
+        return self._engine.retry_policy
+
+    @property
+    def health_policy(self) -> HealthPolicy:
+        """The health policy in force."""
+        return self._engine.health_policy
+
+    @property
+    def health_check_interval(self) -> float:
+        """Seconds between probe rounds."""
+        return self._engine.health_check_interval
+
+    @property
+    def follow_interval(self) -> float | None:
+        """Seconds between reads of a shared log (None: in each probe round)."""
+        return self._engine.follow_interval
+
+    @property
+    def model_ids(self) -> tuple[str, ...]:
+        """The configured model ids, in configured order."""
+        return self._engine.model_ids
+
+    @property
+    def states(self) -> dict[str, HealthState]:
+        """Each configured model's health state now."""
+        return self._engine.states
+
+    @property
+    def rotation(self) -> list[str]:
+        """The model ids the next call would try, in order."""
+        return self._engine.rotation
+
+    @property
+    def closed(self) -> bool:
+        """Whether closing has begun: no new call is accepted."""
+        return self._engine.closed
+
+    def metrics(self) -> Metrics:
+        """A copy of the live metrics; always equal to ``replay(event_store).metrics``."""
+        return self._engine.metrics()
+
+    def snapshot(self) -> Snapshot:
+        """A copy of the whole live projection (metrics, states, audit trail)."""
+        return self._engine.snapshot()
+
+    def log_status(self) -> dict[str, Any]:
+        """The event log's own health: write errors, dropped events, the last error."""
+        return self._engine.log_status()
+
+    def events(self) -> Iterator[Event]:
+        """The stored events, oldest first."""
+        return self._engine.events()
+
+    async def call(self, prompt: Any, timeout: float | None = None) -> Any:
+        """The first successful client's response, as is (see ``FailoverEngine.call``)."""
+        return (await self._engine.call_with_outcome(prompt, timeout=timeout)).response
+
+    async def call_with_outcome(self, prompt: Any, *, timeout: float | None = None) -> CallOutcome:
+        """As ``call``, with the serving model, counts and call id."""
+        return await self._engine.call_with_outcome(prompt, timeout=timeout)
+
+    def stream(self, prompt: Any, *, timeout: float | None = None) -> AsyncGenerator[str, None]:
+        """The answer as text chunks; failover only until the first chunk."""
+        return self._engine.stream(prompt, timeout=timeout)
+
+    async def check_health(self) -> dict[str, HealthState]:
+        """Probe every client not in maintenance now; returns the states afterwards."""
+        return await self._engine.check_health()
+
+    async def follow(self) -> int:
+        """Fold in what other processes appended to a shared log; returns how many."""
+        return await self._engine.follow()
+
+    async def set_maintenance(
+        self, model_id: str, on: bool, *, reason: str = "", by: str = "api"
+    ) -> None:
+        """Take ``model_id`` out of rotation (``on=True``) or put it back (``on=False``)."""
+        await self._engine.set_maintenance(model_id, on, reason=reason, by=by)
+
+    async def __aenter__(self) -> Self:
+        await self._engine.__aenter__()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        try:
+            await self._engine.__aexit__(exc_type, exc, tb)
+        finally:
+            await self._close_clients()
+
+    async def aclose(self, *, grace: float = DEFAULT_GRACE) -> None:
+        """Close the engine (calls in flight get ``grace`` seconds), flush and close the log,
+        close clients built from config."""
+        try:
+            await self._engine.aclose(grace=grace)
+        finally:
+            await self._close_clients()
+
+    async def _close_clients(self) -> None:
         owned, self._owned_clients = self._owned_clients, []
         for client in owned:
             close = getattr(client, "aclose", None)
             if close is not None:
-                await close()
+                with anyio.CancelScope(shield=True):
+                    await close()
 
     def prometheus_text(self) -> str:
         """Live metrics in the Prometheus text format, with ``failover_event_log_errors_total``

@@ -100,6 +100,8 @@ class AttemptRecord(msgspec.Struct, frozen=True, kw_only=True):
     attempt: int
     error_kind: ErrorKind
     message: str
+    # What the client raised, its text scrubbed; None for the engine's own timeouts.
+    error: BaseException | None = None
 
 
 class AllModelsFailedError(ModelError):

@@ -134,12 +134,14 @@ class CallFailed(_Event, tag="call_failed", frozen=True):
 
 
 class CallCancelled(_Event, tag="call_cancelled", frozen=True):
-    """The caller cancelled the call; nothing is held against any model."""
+    """The call ended without an outcome: its caller cancelled it, or (``reason`` is
+    ``engine_closed``) the engine closed under it. Nothing is held against any model."""
 
     call_id: str
     model_id: str | None = None
     attempts: int = 0
     latency: float = 0.0
+    reason: str = ""
 
 
 class HealthProbe(_Event, tag="health_probe", frozen=True):

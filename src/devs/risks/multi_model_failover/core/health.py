@@ -1,9 +1,9 @@
 """Each client's health as a plain ``transitions.Machine`` with an explicit transition table.
 
-The machine only decides: the engine fires a trigger, reads where the machine went and records
-that as a ``state_changed`` event. State itself lives in the projection (the fold of the log);
-after the log changes a state by other means (an operator, another process) the machine is
-moved there with ``sync``. Replay never runs the machine.
+The machine only decides: the monitor asks it where a trigger takes a client from the state the
+projection holds, and records the answer as a ``state_changed`` event. State itself lives only
+in the projection (the fold of the log), so an operator's or another process's event needs no
+syncing. Replay never runs the machine.
 """
 
 from __future__ import annotations
@@ -39,12 +39,17 @@ TRANSITIONS: tuple[tuple[str, tuple[str, ...], str], ...] = (
 )
 
 
-class HealthMachine:
-    """The health state machine of one client."""
+class HealthRules:
+    """The transition rules, as one ``transitions.Machine`` with no state of its own.
+
+    A client's state lives in the projection (the fold of the log) and nowhere else: ``next``
+    puts the machine in that state, fires the trigger and reports where it went. The engine
+    records the answer as a ``state_changed`` event, which the fold then applies.
+    """
 
     state: str
 
-    def __init__(self, initial: HealthState = HealthState.HEALTHY) -> None:
+    def __init__(self) -> None:
         self._machine = Machine(
             model=self,
             states=[s.value for s in HealthState],
@@ -52,32 +57,19 @@ class HealthMachine:
                 {"trigger": name, "source": list(sources), "dest": dest}
                 for name, sources, dest in TRANSITIONS
             ],
-            initial=initial.value,
+            initial=_H,
             auto_transitions=False,
             ignore_invalid_triggers=False,
             model_attribute="state",
         )
 
-    @property
-    def current(self) -> HealthState:
-        """The machine's state."""
-        return HealthState(self.state)
-
-    def can(self, trigger: str) -> bool:
-        """Whether ``trigger`` is valid from the current state."""
-        return trigger in self._machine.get_triggers(self.state)
-
-    def fire(self, trigger: str) -> HealthState | None:
-        """Fire ``trigger`` if valid; return the new state, or None when it does not apply."""
-        if not self.can(trigger):
+    def next(self, current: HealthState, trigger: str) -> HealthState | None:
+        """Where ``trigger`` takes a client in ``current``, or None when it does not apply."""
+        self._machine.set_state(current.value, model=self)
+        if trigger not in self._machine.get_triggers(self.state):
             return None
         try:
             self._machine.events[trigger].trigger(self)
-        except MachineError:  # pragma: no cover - guarded by ``can`` above
+        except MachineError:  # pragma: no cover - guarded by get_triggers above
             return None
-        return self.current
-
-    def sync(self, state: HealthState) -> None:
-        """Move to ``state`` without a transition (the log already recorded how)."""
-        if self.state != state.value:
-            self._machine.set_state(state.value, model=self)
+        return HealthState(self.state)

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterator
+from contextlib import AbstractContextManager
 from typing import Any, Literal, Protocol, TypeAlias, runtime_checkable
+
+import anyio
 
 from .events import Event
 
@@ -12,6 +15,14 @@ DURABILITIES: tuple[str, ...] = ("buffered", "process", "power")
 
 Clock: TypeAlias = Callable[[], float]
 Sleep: TypeAlias = Callable[[float], Awaitable[Any]]
+
+
+class Timer(Protocol):
+    """Enforces timeouts on the same time as the clock reads (``clock.LoopTime``,
+    ``clock.VirtualClock``)."""
+
+    def move_on_after(self, seconds: float) -> AbstractContextManager[anyio.CancelScope]:
+        """A cancel scope cancelled ``seconds`` from now."""
 
 
 @runtime_checkable

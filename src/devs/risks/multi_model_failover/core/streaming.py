@@ -17,27 +17,29 @@ it, each chunk is bounded by the client's own read timeout, so a long answer is 
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncGenerator, AsyncIterator
-from functools import partial
 from typing import Any, Final
 
 import anyio
 from loguru import logger
 
-# The engine's own helpers, so that a stream attempts, backs off, fails over and records
-# exactly as a call does. The engine imports this module lazily (inside ``stream``).
-from .engine import (
-    FailoverEngine,
-    _Call,
-    _Client,
-    _Failure,
-    _failure,
-    _timed_out,
+from .calls import (
+    Call,
+    EngineClosedError,
+    FailReason,
+    Failure,
+    failure,
+    foreign_cancel_failure,
+    timed_out,
 )
+from .cancellation import is_foreign_cancel
 from .errors import ErrorKind, ModelError
-from .events import CallFailed
+from .livelog import LiveLog
+from .registry import RegisteredClient
+from .runner import CallRunner
 
-INTERRUPTED: Final = "stream_interrupted"
+INTERRUPTED: Final = FailReason.STREAM_INTERRUPTED
 
 
 class StreamInterruptedError(ModelError):
@@ -62,26 +64,6 @@ class _End:
 _END: Final = _End()
 
 
-class _Opened:
-    """A stream that delivered its first chunk (or ended without any)."""
-
-    __slots__ = ("attempt", "chunks", "first", "model_id", "started")
-
-    def __init__(
-        self,
-        model_id: str,
-        attempt: int,
-        started: float,
-        first: str | _End,
-        chunks: AsyncIterator[str],
-    ) -> None:
-        self.model_id = model_id
-        self.attempt = attempt
-        self.started = started
-        self.first = first
-        self.chunks = chunks
-
-
 def _text_of(response: Any) -> str:
     if isinstance(response, str):
         return response
@@ -89,14 +71,14 @@ def _text_of(response: Any) -> str:
     return text if isinstance(text, str) else str(response)
 
 
-async def _whole_answer(client: _Client, prompt: Any) -> AsyncGenerator[str, None]:
+async def _whole_answer(client: RegisteredClient, prompt: Any) -> AsyncGenerator[str, None]:
     """A client that cannot stream answers in one chunk."""
     text = _text_of(await client.call(prompt))
     if text:
         yield text
 
 
-async def _open(client: _Client, prompt: Any) -> AsyncIterator[str]:
+async def _open(client: RegisteredClient, prompt: Any) -> AsyncIterator[str]:
     stream = getattr(client.client, "stream", None)
     if not callable(stream):
         return _whole_answer(client, prompt)
@@ -108,9 +90,12 @@ async def _open(client: _Client, prompt: Any) -> AsyncIterator[str]:
 
 async def _next(chunks: AsyncIterator[str]) -> str | _End:
     try:
-        return await chunks.__anext__()
+        chunk = await chunks.__anext__()
     except StopAsyncIteration:
         return _END
+    if not isinstance(chunk, str):
+        raise TypeError(f"the client's stream yielded {type(chunk).__name__}, not text")
+    return chunk
 
 
 async def _close(chunks: AsyncIterator[str] | None) -> None:
@@ -120,87 +105,90 @@ async def _close(chunks: AsyncIterator[str] | None) -> None:
             await close()
 
 
-async def _first_chunk(
-    engine: FailoverEngine, client: _Client, prompt: Any, remaining: float
-) -> tuple[AsyncIterator[str], str | _End] | _Failure:
-    """Open a stream and wait for its first chunk, as ``engine._attempt`` waits for a call."""
-    limit, by_attempt = engine._attempt_limit(remaining)
-    chunks: AsyncIterator[str] | None = None
-    try:
-        with anyio.move_on_after(limit):
-            chunks = await _open(client, prompt)
-            return chunks, await _next(chunks)
-    except Exception as exc:  # noqa: BLE001 - any client failure is a failed attempt
+class _Streamer:
+    """One stream's attempts (to its first chunk) and its chunks after that."""
+
+    def __init__(self, runner: CallRunner, log: LiveLog, call: Call) -> None:
+        self.runner = runner
+        self.log = log
+        self.call = call
+        self.chunks: AsyncIterator[str] | None = None
+
+    async def first_chunk(
+        self, client: RegisteredClient, prompt: Any, remaining: float, call: Call
+    ) -> str | _End | Failure:
+        """Open a stream and wait for its first chunk, as ``runner.attempt`` waits for a call."""
+        limit, by_attempt = self.runner.attempt_limit(remaining)
+        chunks: AsyncIterator[str] | None = None
+        try:
+            with self.runner.timer.move_on_after(limit) as scope:
+                call.cut = scope
+                chunks = await _open(client, prompt)
+                first = await _next(chunks)
+                self.chunks = chunks
+                return first
+        except Exception as exc:  # noqa: BLE001 - any client failure is a failed attempt
+            await _close(chunks)
+            return failure(exc, prompt)
+        except asyncio.CancelledError as exc:
+            await _close(chunks)
+            return foreign_cancel_failure(exc, prompt)
+        finally:
+            call.cut = None
         await _close(chunks)
-        return _failure(exc, prompt)
-    await _close(chunks)
-    return _timed_out(limit, by_attempt, "no first chunk within")
+        return timed_out(limit, by_attempt, "no first chunk within")
 
+    async def next_chunk(self) -> str | _End:
+        """The next chunk; an engine closing meanwhile cuts the wait short."""
+        assert self.chunks is not None  # noqa: S101 - only after first_chunk succeeded
+        call = self.call
+        chunk: str | _End = _END
+        with anyio.CancelScope() as scope:
+            call.cut = scope
+            chunk = await _next(self.chunks)
+        call.cut = None
+        if call.closed:
+            raise self.runner.ledger.closed_during(call)
+        return chunk
 
-async def _open_any(
-    engine: FailoverEngine, call: _Call, order: tuple[str, ...], prompt: Any
-) -> _Opened:
-    """The first client in ``order`` that delivers a first chunk; fails over like a call."""
-
-    async def attempt(call: _Call, model_id: str) -> _Opened:
-        (chunks, first), attempt, started = await engine._attempts(
-            call, model_id, partial(_first_chunk, engine)
+    def interrupted(
+        self, exc: BaseException, prompt: Any, chunks: int, chars: int
+    ) -> StreamInterruptedError:
+        """Record a stream that broke after delivering text; the error to raise."""
+        runner, call = self.runner, self.call
+        failed = failure(exc, prompt)
+        kind, cause = failed.kind, failed.message
+        model_id = call.model_id or ""
+        message = (
+            f"stream from {model_id} broke after {chunks} chunk(s), {chars} char(s) delivered; "
+            f"not failed over: {cause}"
         )
-        return _Opened(model_id, attempt, started, first, chunks)
-
-    return await engine._through_order(call, order, attempt)
-
-
-def _finish(engine: FailoverEngine, call: _Call, opened: _Opened) -> None:
-    engine._attempt_succeeded(call, opened.model_id, opened.attempt, opened.started)
-    engine._succeeded(call, opened.model_id, None)
-
-
-def _interrupted(
-    engine: FailoverEngine,
-    call: _Call,
-    opened: _Opened,
-    exc: Exception,
-    prompt: Any,
-    chunks: int,
-    chars: int,
-) -> StreamInterruptedError:
-    """Record a stream that broke after delivering text; the error to raise."""
-    failure = _failure(exc, prompt)
-    kind, cause = failure.kind, failure.message
-    model_id = opened.model_id
-    message = (
-        f"stream from {model_id} broke after {chunks} chunk(s), {chars} char(s) delivered; "
-        f"not failed over: {cause}"
-    )
-    engine._attempt_failed(call, model_id, opened.attempt, opened.started, kind, message, True)
-    engine._gave_up_on(model_id, kind, message)
-    engine._emit(
-        CallFailed(
-            at=engine._now(),
+        failed.message = message
+        runner.ledger.attempt_failed(call, model_id, failed, True)
+        runner.monitor.gave_up_on(model_id, kind, message)
+        runner.ledger.record_failed(call, INTERRUPTED, kind)
+        logger.warning(
+            "stream from {} broke after {} char(s); not failing over mid-answer",
+            model_id,
+            chars,
             call_id=call.call_id,
-            reason=INTERRUPTED,
-            error_kind=kind,
-            attempts=call.attempts,
-            failovers=call.failovers,
-            latency=engine._clock() - call.start,
+            model_id=model_id,
+            error_kind=kind.value,
         )
-    )
-    logger.warning(
-        "stream from {} broke after {} char(s); not failing over mid-answer",
-        model_id,
-        chars,
-        call_id=call.call_id,
-        model_id=model_id,
-        error_kind=kind.value,
-    )
-    return StreamInterruptedError(
-        message, kind=kind, model_id=model_id, call_id=call.call_id, chunks=chunks, chars=chars
-    )
+        error = StreamInterruptedError(
+            message,
+            kind=kind,
+            model_id=model_id,
+            call_id=call.call_id,
+            chunks=chunks,
+            chars=chars,
+        )
+        error.__cause__ = failed.error
+        return error
 
 
 async def stream_with_failover(
-    engine: FailoverEngine, prompt: Any, *, timeout: float | None = None
+    runner: CallRunner, log: LiveLog, prompt: Any, *, timeout: float | None = None
 ) -> AsyncGenerator[str, None]:
     """Stream the answer to ``prompt`` as text chunks, failing over until the first chunk.
 
@@ -209,36 +197,36 @@ async def stream_with_failover(
     iteration (or cancelling) records ``call_cancelled``; close it with
     ``contextlib.aclosing`` to release the connection at once.
     """
-    call, order = engine._begin_call(prompt, timeout)
-    terminal = False
-    opened: _Opened | None = None
+    call, order = runner.begin(prompt, timeout)
+    streamer = _Streamer(runner, log, call)
     try:
         try:
-            opened = await _open_any(engine, call, order, prompt)
-        except ModelError:
-            terminal = True
-            await engine.event_store.wait_committed(engine._ticket)
+            chunk: str | _End = await runner.run(call, order, streamer.first_chunk)
+        except (ModelError, EngineClosedError):
+            await log.commit()
             raise
         chunks = chars = 0
-        chunk = opened.first
         while not isinstance(chunk, _End):
             yield chunk
+            if call.closed:
+                raise runner.ledger.closed_during(call)
             chunks, chars = chunks + 1, chars + len(chunk)
             try:
-                chunk = await _next(opened.chunks)
-            except Exception as exc:  # noqa: BLE001 - any failure after the first chunk
-                terminal = True
-                error = _interrupted(engine, call, opened, exc, prompt, chunks, chars)
-                await engine.event_store.wait_committed(engine._ticket)
-                raise error from None
-        terminal = True
-        _finish(engine, call, opened)
-        await engine.event_store.wait_committed(engine._ticket)
+                chunk = await streamer.next_chunk()
+            except EngineClosedError:
+                raise
+            except (Exception, asyncio.CancelledError) as exc:  # any failure after the first chunk
+                if isinstance(exc, asyncio.CancelledError) and not is_foreign_cancel(exc):
+                    raise
+                error = streamer.interrupted(exc, prompt, chunks, chars)
+                await log.commit()
+                raise error from error.__cause__
+        runner.ledger.succeeded(call, runner.attempt_succeeded(call), None)
+        await log.commit()
     finally:
-        if opened is not None:
-            await _close(opened.chunks)
-        if not terminal and not engine._closed:
-            engine._cancelled(call)
+        await _close(streamer.chunks)
+        if not call.ended:
+            runner.ledger.cancelled(call)
 
 
 __all__ = ["INTERRUPTED", "StreamInterruptedError", "stream_with_failover"]

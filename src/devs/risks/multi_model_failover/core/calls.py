@@ -1,0 +1,191 @@
+"""What one call is while it runs, what it returns, and how a failed attempt is described."""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import anyio
+import msgspec
+
+from .cancellation import is_foreign_cancel
+from .errors import AttemptRecord, ErrorKind, ModelError
+from .scrub import describe_exception, scrub, without_prompt
+
+
+class FailReason(enum.StrEnum):
+    """Why a call failed (``call_failed.reason``)."""
+
+    EXHAUSTED = "exhausted"  # every client of the order gave up
+    DEADLINE = "deadline"  # the call's timeout or call_budget ran out
+    BAD_REQUEST = "bad_request"  # a request no model could serve: failed fast
+    MAX_TOTAL_ATTEMPTS = "max_total_attempts"  # the policy's cap on attempts in one call
+    NO_CLIENTS = "no_clients"  # every client was in maintenance
+    STREAM_INTERRUPTED = "stream_interrupted"  # a stream broke after delivering text
+
+
+class GaveUp(Exception):
+    """A client is exhausted for this call; ``stop`` ends the whole call."""
+
+    def __init__(
+        self,
+        kind: ErrorKind,
+        message: str,
+        stop: FailReason | None = None,
+        error: BaseException | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+        self.stop = stop
+        self.error = error
+
+
+class EngineClosedError(RuntimeError):
+    """The engine is closed (or closed while the call was in flight): no answer."""
+
+
+class CallOutcome(msgspec.Struct, frozen=True, kw_only=True):
+    """A successful call: the response unchanged, who served it and what it took."""
+
+    response: Any
+    model_id: str
+    call_id: str
+    attempts: int
+    failovers: int
+    latency: float
+
+
+class Call:
+    """The running state of one call (or stream)."""
+
+    __slots__ = (
+        "attempt",
+        "attempt_started",
+        "attempts",
+        "call_id",
+        "closed",
+        "cut",
+        "deadline",
+        "ended",
+        "failovers",
+        "last_error",
+        "model_id",
+        "prompt",
+        "records",
+        "start",
+    )
+
+    def __init__(self, call_id: str, start: float, deadline: float, prompt: Any) -> None:
+        self.call_id = call_id
+        self.prompt = prompt
+        self.start = start
+        self.deadline = deadline
+        self.attempts = 0
+        self.attempt = 0
+        self.attempt_started = start
+        self.failovers = 0
+        self.model_id: str | None = None
+        self.records: list[AttemptRecord] = []
+        self.last_error: BaseException | None = None
+        # Set while the call waits (an attempt or a backoff): what ``interrupt`` fires.
+        self.cut: asyncio.Timeout | anyio.CancelScope | None = None
+        self.closed = False  # the engine closed under it
+        self.ended = False  # its terminal event is recorded
+
+    def interrupt(self) -> None:
+        """The engine is closing: cut the current wait short (the call then records it)."""
+        self.closed = True
+        cut = self.cut
+        if isinstance(cut, asyncio.Timeout):
+            cut.reschedule(asyncio.get_running_loop().time())
+        elif cut is not None:
+            cut.cancel()
+
+
+class Failure:
+    """One failed attempt, classified and scrubbed; ``error`` is what the client raised."""
+
+    __slots__ = ("error", "kind", "message", "retry_after")
+
+    def __init__(
+        self,
+        kind: ErrorKind,
+        message: str,
+        retry_after: float | None = None,
+        error: BaseException | None = None,
+    ) -> None:
+        self.kind = kind
+        self.message = message
+        self.retry_after = retry_after
+        self.error = error
+
+
+def failure(exc: BaseException, prompt: Any) -> Failure:
+    """Classify what a client raised. Its text, and the exception itself with those it was
+    chained from, are cleaned of secrets and of the prompt, so that it can be kept on
+    ``AllModelsFailedError.attempts`` and as its ``__cause__``."""
+    _clean_chain(exc, prompt)
+    if isinstance(exc, ModelError):
+        # ``deadline`` is the engine's word for its own deadline; from a client it is a timeout.
+        kind = ErrorKind.TIMEOUT if exc.kind is ErrorKind.DEADLINE else exc.kind
+        return Failure(kind, exc.message, exc.retry_after, exc)
+    kind = ErrorKind.TIMEOUT if isinstance(exc, TimeoutError) else ErrorKind.UNKNOWN
+    return Failure(kind, without_prompt(describe_exception(exc), prompt), error=exc)
+
+
+def _clean_chain(exc: BaseException, prompt: Any) -> None:
+    """Scrub ``exc`` and the exceptions it was chained from, in place (what a traceback,
+    ``str`` or ``repr`` of them would show)."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, ModelError):
+            current.message = without_prompt(current.message, prompt)
+        texts = [a if isinstance(a, str) else str(a) for a in current.args]
+        clean = [without_prompt(scrub(text), prompt) for text in texts]
+        if clean != texts:
+            current.args = tuple(clean)
+        current = current.__cause__ or current.__context__
+
+
+def check_prompt(prompt: object) -> None:
+    """``TypeError`` unless ``prompt`` is a str or a list of chat messages (mappings)."""
+    if isinstance(prompt, str):
+        return
+    if isinstance(prompt, list | tuple) and all(isinstance(m, Mapping) for m in prompt):
+        return
+    raise TypeError(
+        f"prompt must be a str or a list of chat messages (dicts), got {type(prompt).__name__}"
+    )
+
+
+def check_positive(name: str, value: object) -> float:
+    """``value`` as seconds, or ``ValueError`` naming ``name`` unless it is finite and > 0."""
+    if (
+        not isinstance(value, int | float)
+        or isinstance(value, bool)
+        or not math.isfinite(value)
+        or value <= 0
+    ):
+        raise ValueError(f"{name} must be a number of seconds > 0, got {value!r}")
+    return float(value)
+
+
+def timed_out(limit: float, by_attempt: bool, what: str) -> Failure:
+    """The attempt's own timeout (``what``, a timeout) or the call's deadline ran out."""
+    if by_attempt:
+        return Failure(ErrorKind.TIMEOUT, f"{what} {limit:g}s")
+    return Failure(ErrorKind.DEADLINE, f"call deadline reached after {limit:g}s")
+
+
+def foreign_cancel_failure(exc: asyncio.CancelledError, prompt: Any) -> Failure:
+    """A ``CancelledError`` out of a client: re-raised if the caller (or our timer) cancelled,
+    else the client's failure (it awaited something another task cancelled)."""
+    if not is_foreign_cancel(exc):
+        raise exc
+    return failure(exc, prompt)

@@ -1,0 +1,261 @@
+"""The ledger of calls: each call's life in the log, and the calls in flight.
+
+Every call records ``call_started``, its attempts, backoffs and failovers, and exactly one
+terminal event (``call_succeeded``, ``call_failed`` or ``call_cancelled``), whichever way it
+ends: the terminal event is what its caller saw. Calls in flight are known, so that closing
+the engine can wait for them and cut them short.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+from loguru import logger
+
+from .calls import Call, CallOutcome, EngineClosedError, FailReason, Failure, GaveUp
+from .errors import (
+    AllModelsFailedError,
+    AttemptRecord,
+    DeadlineExceededError,
+    ErrorKind,
+    ModelError,
+)
+from .events import (
+    AttemptFailed,
+    AttemptStarted,
+    AttemptSucceeded,
+    Backoff,
+    CallCancelled,
+    CallFailed,
+    CallStarted,
+    CallSucceeded,
+    Failover,
+)
+from .livelog import LiveLog, WallClock
+from .protocols import Clock
+
+Fingerprint = Callable[[Any], tuple[int, str]]
+
+
+class CallLedger:
+    """Records calls in the live log; see the module docstring."""
+
+    def __init__(
+        self, log: LiveLog, *, clock: Clock, now: WallClock, fingerprint: Fingerprint | None
+    ) -> None:
+        self._log = log
+        self._clock = clock
+        self._now = now
+        self._fingerprint = fingerprint
+        self.in_flight: set[Call] = set()
+        self.closing = False  # no new calls: the engine is closing
+        self.on_idle: Callable[[], None] = lambda: None  # the last call in flight ended
+
+    def now(self) -> datetime:
+        """The wall-clock time stamped on events."""
+        return self._now()
+
+    # -- the start and the steps ---------------------------------------------------------
+
+    def started(self, call: Call, order: tuple[str, ...], last_resort: bool) -> None:
+        """Record ``call_started``; the call is in flight."""
+        if self.closing:
+            raise EngineClosedError("this MultiModelFailover is closed")
+        event = CallStarted(
+            at=self._now(), call_id=call.call_id, order=order, last_resort=last_resort
+        )
+        if self._fingerprint is not None:
+            chars, digest = self._fingerprint(call.prompt)
+            event = CallStarted(
+                at=event.at,
+                call_id=call.call_id,
+                order=order,
+                last_resort=last_resort,
+                prompt_chars=chars,
+                prompt_hash=digest,
+            )
+        self._log.emit(event)
+        self.in_flight.add(call)
+
+    def attempt_started(self, call: Call, model_id: str, attempt: int) -> None:
+        """Record ``attempt_started``."""
+        self._log.emit(
+            AttemptStarted(at=self._now(), call_id=call.call_id, model_id=model_id, attempt=attempt)
+        )
+
+    def attempt_succeeded(self, call: Call, model_id: str) -> None:
+        """Record ``attempt_succeeded`` for the call's current attempt."""
+        self._log.emit(
+            AttemptSucceeded(
+                at=self._now(),
+                call_id=call.call_id,
+                model_id=model_id,
+                attempt=call.attempt,
+                latency=self._clock() - call.attempt_started,
+            )
+        )
+
+    def attempt_failed(self, call: Call, model_id: str, failure: Failure, final: bool) -> None:
+        """Record the call's current attempt as failed: in its records and as
+        ``attempt_failed``."""
+        kind = failure.kind
+        call.records.append(
+            AttemptRecord(
+                model_id=model_id,
+                attempt=call.attempt,
+                error_kind=kind,
+                message=failure.message,
+                error=failure.error,
+            )
+        )
+        if failure.error is not None:
+            call.last_error = failure.error
+        self._log.emit(
+            AttemptFailed(
+                at=self._now(),
+                call_id=call.call_id,
+                model_id=model_id,
+                attempt=call.attempt,
+                latency=self._clock() - call.attempt_started,
+                error_kind=kind,
+                message=failure.message,
+                final=final,
+                counts=kind.counts_against_health,
+            )
+        )
+
+    def backoff(self, call: Call, model_id: str, delay: float, retry_after: float | None) -> None:
+        """Record the wait before the next attempt on ``model_id``."""
+        self._log.emit(
+            Backoff(
+                at=self._now(),
+                call_id=call.call_id,
+                model_id=model_id,
+                attempt=call.attempt,
+                delay=delay,
+                retry_after=retry_after,
+            )
+        )
+
+    def failover(self, call: Call, to_model: str, reason: ErrorKind) -> None:
+        """Record (and log at WARNING) the move to the next client."""
+        from_model = call.model_id or ""
+        call.failovers += 1
+        self._log.emit(
+            Failover(
+                at=self._now(),
+                call_id=call.call_id,
+                from_model=from_model,
+                to_model=to_model,
+                reason=reason,
+            )
+        )
+        logger.warning(
+            "failover {} -> {} ({})",
+            from_model,
+            to_model,
+            reason.value,
+            call_id=call.call_id,
+            from_model=from_model,
+            to_model=to_model,
+            reason=reason.value,
+        )
+
+    # -- the end -------------------------------------------------------------------------
+
+    def succeeded(self, call: Call, model_id: str, response: Any) -> CallOutcome:
+        """Record ``call_succeeded``; the outcome to return."""
+        latency = self._clock() - call.start
+        try:
+            self._log.emit(
+                CallSucceeded(
+                    at=self._now(),
+                    call_id=call.call_id,
+                    model_id=model_id,
+                    attempts=call.attempts,
+                    failovers=call.failovers,
+                    latency=latency,
+                )
+            )
+        finally:
+            self._end(call)
+        return CallOutcome(
+            response=response,
+            model_id=model_id,
+            call_id=call.call_id,
+            attempts=call.attempts,
+            failovers=call.failovers,
+            latency=latency,
+        )
+
+    def failed(self, call: Call, last: GaveUp) -> ModelError:
+        """Record ``call_failed``; the error to raise, the last client error as its cause."""
+        reason = last.stop or FailReason.EXHAUSTED
+        self.record_failed(call, reason, last.kind)
+        if reason is FailReason.BAD_REQUEST:
+            if isinstance(last.error, ModelError):
+                if last.error.model_id is None:
+                    last.error.model_id = call.model_id
+                return last.error  # the client's own error, as it raised it (scrubbed)
+            return ModelError(last.message, kind=ErrorKind.BAD_REQUEST, model_id=call.model_id)
+        summary = "; ".join(f"{r.model_id}#{r.attempt}: {r.error_kind.value}" for r in call.records)
+        error_type = (
+            DeadlineExceededError if reason is FailReason.DEADLINE else AllModelsFailedError
+        )
+        error = error_type(
+            f"call {call.call_id} failed ({reason}) after {call.attempts} attempt(s): {summary}",
+            attempts=call.records,
+            call_id=call.call_id,
+            kind=last.kind,
+        )
+        error.__cause__ = call.last_error
+        return error
+
+    def record_failed(self, call: Call, reason: FailReason, kind: ErrorKind) -> None:
+        """Record ``call_failed`` (the call's terminal event)."""
+        try:
+            self._log.emit(
+                CallFailed(
+                    at=self._now(),
+                    call_id=call.call_id,
+                    reason=reason,
+                    error_kind=kind,
+                    attempts=call.attempts,
+                    failovers=call.failovers,
+                    latency=self._clock() - call.start,
+                )
+            )
+        finally:
+            self._end(call)
+
+    def cancelled(self, call: Call, reason: str = "") -> None:
+        """Record that ``call`` ended without an outcome for its caller, unless its end is
+        recorded already."""
+        if call.ended:
+            return
+        try:
+            self._log.emit(
+                CallCancelled(
+                    at=self._now(),
+                    call_id=call.call_id,
+                    model_id=call.model_id,
+                    attempts=call.attempts,
+                    latency=self._clock() - call.start,
+                    reason=reason,
+                )
+            )
+        finally:
+            self._end(call)
+
+    def closed_during(self, call: Call) -> EngineClosedError:
+        """Record that the engine closed while ``call`` was in flight; the error to raise."""
+        self.cancelled(call, "engine_closed")
+        return EngineClosedError(f"call {call.call_id}: the engine closed while it was in flight")
+
+    def _end(self, call: Call) -> None:
+        call.ended = True
+        self.in_flight.discard(call)
+        if self.closing and not self.in_flight:
+            self.on_idle()

@@ -1,0 +1,213 @@
+"""The health monitor: judges clients from calls and probes, runs the probe and follow loops.
+
+Every judgement goes through ``HealthRules`` (the ``transitions`` table) from the state the
+live fold holds, and becomes a ``state_changed`` event; the fold applies it. Nothing else keeps
+a client's state.
+
+All waiting and time reading go through the injected ``sleep`` and ``clock``.
+"""
+
+from __future__ import annotations
+
+import anyio
+from loguru import logger
+
+from .cancellation import is_foreign_cancel
+from .errors import ErrorKind, ModelError
+from .events import HealthProbe, StateChanged
+from .health import HealthRules, HealthState
+from .livelog import LiveLog, WallClock
+from .policies import HealthPolicy
+from .protocols import Clock, Sleep, Timer
+from .registry import ClientRegistry, RegisteredClient
+from .scrub import describe_exception
+
+_NEEDS_RECOVERY = (HealthState.DEGRADED, HealthState.UNHEALTHY)
+
+
+class HealthMonitor:
+    """Judges health from calls and probes; see the module docstring."""
+
+    def __init__(
+        self,
+        registry: ClientRegistry,
+        log: LiveLog,
+        policy: HealthPolicy,
+        *,
+        clock: Clock,
+        sleep: Sleep,
+        timer: Timer,
+        now: WallClock,
+        interval: float,
+        follow_interval: float | None,
+    ) -> None:
+        self._registry = registry
+        self._log = log
+        self._policy = policy
+        self._clock = clock
+        self._sleep = sleep
+        self._timer = timer
+        self._now = now
+        self.interval = interval
+        self.follow_interval = follow_interval
+        self._rules = HealthRules()
+        self._follow_failing = False
+        self.closed = False
+
+    def state(self, model_id: str) -> HealthState:
+        """The state that decides ``model_id``'s place in the rotation."""
+        return self._log.health.state_of(model_id).state
+
+    def change(self, model_id: str, trigger: str, reason: str) -> None:
+        """Fire ``trigger`` on ``model_id``'s current state; record the move, if any."""
+        before = self.state(model_id)
+        after = self._rules.next(before, trigger)
+        if after is None:
+            return
+        self._log.emit(
+            StateChanged(
+                at=self._now(), model_id=model_id, from_state=before, to_state=after, reason=reason
+            )
+        )
+        logger.info(
+            "model {} is now {} ({})",
+            model_id,
+            after.value,
+            reason,
+            model_id=model_id,
+            from_state=before.value,
+            to_state=after.value,
+        )
+
+    # -- judging from calls --------------------------------------------------------------
+
+    def succeeded(self, model_id: str) -> None:
+        """A call succeeded on ``model_id``: a degraded or unhealthy client recovers."""
+        if self.state(model_id) in _NEEDS_RECOVERY:
+            self.change(model_id, "recover", "a call succeeded")
+
+    def gave_up_on(self, model_id: str, kind: ErrorKind, message: str) -> None:
+        """A call gave up on ``model_id`` after an error of ``kind``."""
+        if kind is ErrorKind.AUTH:
+            self.change(model_id, "fail", f"auth error: {message}")
+            return
+        if not kind.counts_against_health:
+            return
+        streak = self._log.health.state_of(model_id).streak
+        policy = self._policy
+        if streak >= policy.unhealthy_after:
+            self.change(model_id, "fail", f"{streak} failed call(s) in a row")
+        elif streak >= policy.degraded_after:
+            self.change(model_id, "degrade", f"{streak} failed call(s) in a row")
+
+    # -- probes --------------------------------------------------------------------------
+
+    async def check_health(self) -> dict[str, HealthState]:
+        """Probe every client not in maintenance now; returns the states afterwards."""
+        await self.try_follow()
+        async with anyio.create_task_group() as group:
+            for model_id in self._registry.ids:
+                if self.state(model_id) is not HealthState.MAINTENANCE:
+                    group.start_soon(self._probe, self._registry[model_id])
+        return {mid: self.state(mid) for mid in self._registry.ids}
+
+    async def _probe(self, client: RegisteredClient) -> None:
+        model_id = client.model_id
+        started = self._clock()
+        kind: ErrorKind | None
+        if client.probe_stuck:
+            # A sync probe stuck in its thread: never start a second one beside it.
+            ok, kind, message = False, ErrorKind.TIMEOUT, "the previous probe has not returned"
+        else:
+            ok, kind, message = await self._run_probe(client)
+        if self.closed:
+            return
+        self._log.emit(
+            HealthProbe(
+                at=self._now(),
+                model_id=model_id,
+                ok=ok,
+                latency=self._clock() - started,
+                error_kind=kind,
+                message=message,
+            )
+        )
+        if not ok:
+            self.change(model_id, "fail", f"probe failed: {message}")
+        elif self.state(model_id) in _NEEDS_RECOVERY:
+            self.change(model_id, "recover", "probe succeeded")
+
+    async def _run_probe(self, client: RegisteredClient) -> tuple[bool, ErrorKind | None, str]:
+        """Probe ``client`` within ``probe_timeout``: (healthy, error kind, why not)."""
+        limit = self._policy.probe_timeout
+        try:
+            with self._timer.move_on_after(limit) as scope:
+                answer = await client.health_check()
+        except ModelError as exc:
+            return False, exc.kind, exc.message
+        except Exception as exc:  # noqa: BLE001 - any probe failure marks the client unhealthy
+            return False, ErrorKind.UNKNOWN, describe_exception(exc)
+        except BaseException as exc:
+            if not is_foreign_cancel(exc):
+                raise
+            return False, ErrorKind.UNKNOWN, f"health_check() raised {type(exc).__name__}"
+        if scope.cancelled_caught:
+            return False, ErrorKind.TIMEOUT, f"probe timed out after {limit:g}s"
+        if answer is not True:
+            return False, ErrorKind.UNKNOWN, f"health_check() returned {answer!r}, not True"
+        return True, None, ""
+
+    # -- following a shared log ----------------------------------------------------------
+
+    async def try_follow(self) -> None:
+        """Follow the shared log; a log that cannot be read leaves health local for a while.
+
+        Probes and calls go on from this engine's own view; the outage is logged once, and
+        its end once, however often the loops try.
+        """
+        try:
+            await self._log.follow()
+        except Exception as exc:  # noqa: BLE001 - the log being away must not stop health
+            if not self._follow_failing:
+                logger.error(
+                    "cannot read the shared event log ({}); health is local until it is back",
+                    describe_exception(exc),
+                )
+            self._follow_failing = True
+        else:
+            if self._follow_failing:
+                logger.warning("the shared event log is readable again")
+            self._follow_failing = False
+
+    # -- the loops -----------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """The probe loop, and the follow loop beside it on a shared log; until cancelled."""
+        if self.follow_interval is None:
+            await self._health_loop()
+            return
+        async with anyio.create_task_group() as loops:
+            loops.start_soon(self._follow_loop, self.follow_interval)
+            await self._health_loop()
+
+    async def _follow_loop(self, interval: float) -> None:
+        while True:
+            await self.try_follow()
+            await self._sleep(interval)
+
+    async def _health_loop(self) -> None:
+        interval = self.interval
+        next_round = self._clock()
+        while True:
+            try:
+                await self.check_health()
+            except Exception as exc:  # noqa: BLE001 - a broken round must not end the loop
+                logger.opt(exception=False).error(
+                    "health check round failed: {}", describe_exception(exc)
+                )
+            # Keep the schedule: a slow round shortens the next wait instead of shifting it.
+            next_round += interval
+            now = self._clock()
+            if next_round < now:
+                next_round = now + interval
+            await self._sleep(next_round - now)
