@@ -11,20 +11,27 @@ its backoffs, probes and timeouts, runs in milliseconds (as trio's ``MockClock``
         await fo.call("hi")
         await clock.sleep(600)      # ten minutes of probe rounds, at once
 
-A thread (a sync client) counts as waiting: virtual time may jump while one runs.
+A task waiting on a thread (a sync client, the event log's writer) looks idle too: autojump
+waits ``threshold`` seconds of real time (2 ms by default) with every task idle before it
+jumps, which is enough for the log's own thread hops; a sync client slower than that may see
+virtual time jump while it runs.
 """
 
 from __future__ import annotations
 
+import asyncio
 import heapq
 import itertools
+import math
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from datetime import UTC, datetime, timedelta
-from typing import Final
+from typing import Any, Final
 
 import anyio
 import anyio.lowlevel
+
+from .cancellation import on_asyncio
 
 EPOCH: Final = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -36,12 +43,14 @@ class VirtualClock:
     ``utc()`` is the wall-clock time on it (``EPOCH`` plus the virtual seconds).
     """
 
-    def __init__(self, start: float = 0.0) -> None:
+    def __init__(self, start: float = 0.0, *, threshold: float = 0.002) -> None:
         self._now = float(start)
+        self.threshold = threshold
         self._order = itertools.count()
         # [when, order, callback]; a cancelled entry's callback is None (removed lazily).
         self._timers: list[list[object]] = []
         self._scheduled: anyio.Event | None = None  # made on the loop, by autojump()
+        self._changes = 0  # timers set so far: a task that ran while we looked away set one
 
     def __call__(self) -> float:
         return self._now
@@ -51,6 +60,7 @@ class VirtualClock:
         return EPOCH + timedelta(seconds=self._now)
 
     def _schedule(self, when: float, callback: Callable[[], object]) -> list[object]:
+        self._changes += 1
         entry: list[object] = [when, next(self._order), callback]
         heapq.heappush(self._timers, entry)
         if self._scheduled is not None:
@@ -90,6 +100,9 @@ class VirtualClock:
     def move_on_after(self, seconds: float) -> Iterator[anyio.CancelScope]:
         """A cancel scope that this clock cancels ``seconds`` from now."""
         with anyio.CancelScope() as scope:
+            if math.isinf(seconds):
+                yield scope
+                return
             entry = self._schedule(self._now + seconds, scope.cancel)
             try:
                 yield scope
@@ -109,13 +122,41 @@ class VirtualClock:
     async def _jump(self) -> None:
         self._scheduled = anyio.Event()
         while True:
-            await anyio.wait_all_tasks_blocked()
+            await self._all_idle()
             due = self._next_due()
             if due is None:
                 await self._scheduled.wait()
                 self._scheduled = anyio.Event()
                 continue
             self.advance(max(0.0, due - self._now))
+
+    async def _all_idle(self) -> None:
+        """Return once every other task has waited ``threshold`` real seconds in a row."""
+        while True:
+            await _all_tasks_waiting()
+            before = self._changes
+            await anyio.sleep(self.threshold)  # real time: what a thread hop needs
+            await _all_tasks_waiting()
+            if self._changes == before:
+                return
+
+
+async def _all_tasks_waiting() -> None:
+    """Return once every other task of the loop waits on something."""
+    if not on_asyncio():
+        await anyio.wait_all_tasks_blocked()  # exact on trio
+        return
+    # anyio's version for asyncio naps 0.1 s whenever a task is busy: far too slow here.
+    this = asyncio.current_task()
+    while True:
+        await asyncio.sleep(0)
+        if all(t is this or _waiting(t) for t in asyncio.all_tasks()):
+            return
+
+
+def _waiting(task: asyncio.Task[Any]) -> bool:
+    waiter = task._fut_waiter  # type: ignore[attr-defined]  # as anyio's own check reads it
+    return waiter is not None and not waiter.done()
 
 
 class LoopTime:

@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import math
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
+import anyio
 from loguru import logger
 
 from .backoff import backoff_delay
@@ -187,7 +187,7 @@ class CallRunner:
             except TimeoutError:
                 pass  # cut short by ``Call.interrupt``
         else:
-            with self._timer.move_on_after(math.inf) as scope:
+            with anyio.CancelScope() as scope:
                 call.cut = scope
                 await self._sleep(delay)
         call.cut = None
