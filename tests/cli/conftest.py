@@ -23,8 +23,8 @@ from devs.risks.multi_model_failover import (
     ModelError,
     MultiModelFailover,
 )
-from devs.risks.multi_model_failover.adapters.cli import app
-from devs.risks.multi_model_failover.adapters.demo import VirtualClock
+from devs.risks.multi_model_failover.adapters.cli.commands import app
+from devs.risks.multi_model_failover.adapters.cli.demo import VirtualClock
 
 START = datetime(2024, 5, 1, 3, 0, tzinfo=UTC)
 MODELS = ("primary", "secondary", "tertiary")

@@ -12,8 +12,8 @@ from rich.console import Console
 from typer.testing import Result
 
 from devs.risks.multi_model_failover import HealthState, SQLiteEventStore, replay
-from devs.risks.multi_model_failover.adapters.demo import DURATION, play
-from devs.risks.multi_model_failover.adapters.render import Output
+from devs.risks.multi_model_failover.adapters.cli.demo import DURATION, play
+from devs.risks.multi_model_failover.adapters.cli.render import Output
 from devs.risks.multi_model_failover.core.events import EngineStarted, Maintenance
 
 Run = Callable[..., Result]

@@ -13,7 +13,11 @@ import pytest
 from typer.testing import Result
 
 from devs.risks.multi_model_failover import Metrics, SQLiteEventStore, replay
-from devs.risks.multi_model_failover.adapters.queries import STATE_TYPES, EventFilter, _condition
+from devs.risks.multi_model_failover.adapters.cli.queries import (
+    STATE_TYPES,
+    EventFilter,
+    _condition,
+)
 
 Run = Callable[..., Result]
 BENCH = Path(__file__).parents[2] / "benchmarks" / "cli_bench.py"

@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
-from devs.risks.multi_model_failover.adapters.timeexpr import (
+from devs.risks.multi_model_failover.adapters.cli.timeexpr import (
     TimeExpressionError,
     log_text,
     parse_time,

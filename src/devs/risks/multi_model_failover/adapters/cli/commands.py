@@ -27,33 +27,17 @@ from typing import Annotated, Final, TypeVar
 import msgspec
 import typer
 
-from ..core.errors import EventLogError
-from ..core.events import EVENT_TYPES, Event, Maintenance, encode
-from ..core.health import HealthState
-from ..core.projections import AuditEntry, Metrics, Snapshot
-from ..core.scrub import scrub
-from ..storage import GroupCommitStore
-from ..storage.sqlite import SQLiteEventStore
-from .exposition import prometheus_text
-from .facade import is_postgres_url
-from .queries import (
-    STATE_TYPES,
-    EventFilter,
-    first_seen,
-    known_models,
-    nth_last_seq,
-    read_events,
-    snapshot_at,
-)
-from .render import (
-    MODEL_HEADERS,
-    STATE_STYLES,
-    Output,
-    clock_text,
-    describe,
-    model_rows,
-    seconds_text,
-)
+from ...core.errors import EventLogError
+from ...core.events import EVENT_TYPES, Event, Maintenance, encode
+from ...core.health import HealthState
+from ...core.scrub import scrub
+from ...storage import GroupCommitStore
+from ...storage.sqlite import SQLiteEventStore
+from ..exposition import prometheus_text
+from ..facade import is_postgres_url
+from .queries import STATE_TYPES, EventFilter, known_models, nth_last_seq, read_events, snapshot_at
+from .render import STATE_STYLES, Output, clock_text, describe
+from .tables import print_metrics, print_states, state_rows
 from .timeexpr import TimeExpressionError, parse_time
 
 app = typer.Typer(
@@ -124,7 +108,7 @@ def open_log(target: str) -> GroupCommitStore:
     try:
         if is_postgres_url(target):
             try:
-                from ..storage.postgres import PostgresEventStore  # noqa: PLC0415 - optional
+                from ...storage.postgres import PostgresEventStore  # noqa: PLC0415 - optional
             except ImportError as exc:
                 raise fail(
                     f"a postgresql:// log needs psycopg: pip install "
@@ -238,98 +222,17 @@ def _follow(out: Output, store: GroupCommitStore, flt: EventFilter, *, as_json: 
 # -- state ---------------------------------------------------------------------------------
 
 
-def _duration(seconds: float) -> str:
-    seconds = max(0, int(seconds))
-    days, rest = divmod(seconds, 86_400)
-    hours, rest = divmod(rest, 3_600)
-    minutes, secs = divmod(rest, 60)
-    parts = [(days, "d"), (hours, "h"), (minutes, "m"), (secs, "s")]
-    shown = [f"{value}{unit}" for value, unit in parts if value][:2]
-    return " ".join(shown) or "0s"
-
-
-def _model_order(snap: Snapshot) -> list[str]:
-    return list(dict.fromkeys([*snap.models, *snap.states]))
-
-
-def _last_audit(snap: Snapshot, model_id: str) -> AuditEntry | None:
-    for entry in reversed(snap.audit):
-        if entry.model_id == model_id:
-            return entry
-    return None
-
-
-class _StateRow(msgspec.Struct, kw_only=True):
-    model: str
-    state: HealthState
-    in_rotation: bool
-    since: datetime | None
-    reason: str
-    cause: str
-    by: str
-
-
-def _state_rows(store: GroupCommitStore, at: datetime | None) -> list[_StateRow]:
-    snap = snapshot_at(store, at, STATE_TYPES)
-    seen = first_seen(store, at)
-    rows = []
-    for model_id in _model_order(snap):
-        state = snap.states[model_id]
-        entry = _last_audit(snap, model_id)
-        rows.append(
-            _StateRow(
-                model=model_id,
-                state=state.state,
-                in_rotation=state.state.in_rotation,
-                since=state.since or seen.get(model_id),
-                reason=state.reason or ("configured" if state.since is None else ""),
-                cause=state.cause or ("engine_started" if model_id in seen else ""),
-                by=entry.by if entry is not None and entry.to_state is state.state else "",
-            )
-        )
-    return rows
-
-
 @app.command()
 def state(log: LogArg, at: AtOpt = None, as_json: JsonOpt = False) -> None:
     """Each model's health state at an instant (default: now), since when and why."""
     with open_log(log) as store:
         instant = _time("--at", at)
         if as_json:
-            rows = _state_rows(store, instant)
+            rows = state_rows(store, instant)
             document = {"at": instant, "models": {row.model: row for row in rows}}
             typer.echo(msgspec.json.encode(document).decode())
             return
         print_states(Output(), store, instant)
-
-
-def print_states(out: Output, store: GroupCommitStore, instant: datetime | None) -> None:
-    """The table of each model's state at ``instant`` (None: the end of the log)."""
-    rows = _state_rows(store, instant)
-    when = clock_text(instant) if instant is not None else "the end of the log"
-    if not rows:
-        out.text(f"{store.location} names no model at {when}")
-        return
-    reference = instant or datetime.now(UTC)
-    table = [
-        [
-            row.model,
-            row.state.value,
-            "yes" if row.in_rotation else "no",
-            clock_text(row.since),
-            _duration((reference - row.since).total_seconds()) if row.since else "-",
-            _why(row),
-        ]
-        for row in rows
-    ]
-    styles = [STATE_STYLES[row.state] for row in rows]
-    headers = ["model", "state", "in rotation", "since (UTC)", "for", "why"]
-    out.table(f"model states at {when}", headers, table, styles)
-
-
-def _why(row: _StateRow) -> str:
-    why = f"{row.reason} [{row.cause}]" if row.cause else row.reason
-    return f"{why} by {row.by}" if row.by else why
 
 
 # -- metrics -------------------------------------------------------------------------------
@@ -369,36 +272,6 @@ def metrics(
         sys.stdout.write(prometheus_text(snap))
     else:
         print_metrics(Output(), snap)
-
-
-def print_metrics(out: Output, snap: Snapshot) -> None:
-    """The metrics as tables: totals, per model, failures by kind."""
-    m = snap.metrics
-    out.table("totals", ["figure", "value"], _totals(m))
-    out.table("per model", MODEL_HEADERS, model_rows(m))
-    if m.failures_by_kind:
-        kinds = sorted(m.failures_by_kind.items(), key=lambda kv: (-kv[1], kv[0]))
-        out.table(
-            "failed attempts by error kind", ["kind", "count"], [[k, str(n)] for k, n in kinds]
-        )
-
-
-def _totals(m: Metrics) -> list[list[str]]:
-    figures: list[tuple[str, object]] = [
-        ("calls", m.calls),
-        ("calls succeeded", m.calls_succeeded),
-        ("calls failed", m.calls_failed),
-        ("calls cancelled", m.calls_cancelled),
-        ("attempts", m.attempts),
-        ("failed attempts", m.attempt_failures),
-        ("retries", m.retries),
-        ("failovers", m.failovers),
-        ("backoffs", f"{m.backoffs} ({seconds_text(m.backoff_seconds)} in all)"),
-        ("retry budget exhausted", m.retry_budget_exhausted),
-        ("health probes", f"{m.probes} ({m.probe_failures} failed)"),
-        ("state changes", m.state_changes),
-    ]
-    return [[name, str(value)] for name, value in figures]
 
 
 # -- audit ---------------------------------------------------------------------------------
@@ -598,7 +471,3 @@ def main() -> None:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         sys.exit(0)
-
-
-if __name__ == "__main__":  # pragma: no cover
-    main()

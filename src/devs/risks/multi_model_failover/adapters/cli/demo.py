@@ -22,12 +22,13 @@ import anyio.lowlevel
 from rich.progress import BarColumn, Progress, TaskID, TextColumn
 from rich.text import Text
 
-from ..core.errors import AllModelsFailedError, ErrorKind, EventLogError, ModelError
-from ..core.responses import ModelResponse, Usage
-from ..storage.sqlite import SQLiteEventStore
-from .facade import MultiModelFailover
+from ...core.errors import AllModelsFailedError, ErrorKind, EventLogError, ModelError
+from ...core.responses import ModelResponse, Usage
+from ...storage.sqlite import SQLiteEventStore
+from ..facade import MultiModelFailover
 from .queries import known_models, pinned, read_events, snapshot_at
 from .render import Output, clock_text, describe
+from .tables import print_metrics, print_states
 
 DURATION: Final = 20 * 60.0
 CALL_GAP: Final = 6.0
@@ -303,8 +304,6 @@ def run_demo(path: Path, *, seed: int, out: Output) -> None:
 
 def summarise(store: SQLiteEventStore, out: Output) -> None:
     """The timeline summary (state changes, operator actions, failovers), states, metrics."""
-    from .cli import print_metrics, print_states  # noqa: PLC0415 - the CLI imports this module
-
     out.heading("What happened (state changes and operator actions)")
     out.lines(
         describe(e)

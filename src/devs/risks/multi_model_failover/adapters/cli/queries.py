@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final
 
-from ..core.events import EngineStarted, Event
-from ..core.projections import Snapshot, apply
-from ..storage import HOT_TYPES, NOT_HOT, GroupCommitStore
+from ...core.events import EngineStarted, Event
+from ...core.projections import Snapshot, apply
+from ...storage import HOT_TYPES, NOT_HOT, GroupCommitStore
 from .timeexpr import log_text
 
 STATE_TYPES: Final = ("engine_started", "state_changed", "maintenance")

@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from ..core.events import (
+from ...core.events import (
     AttemptFailed,
     AttemptStarted,
     AttemptSucceeded,
@@ -35,8 +35,8 @@ from ..core.events import (
     RetryBudgetExhausted,
     StateChanged,
 )
-from ..core.health import HealthState
-from ..core.projections import Metrics
+from ...core.health import HealthState
+from ...core.projections import Metrics
 
 TONES: Final = {
     "ok": "green",

@@ -17,10 +17,10 @@ from datetime import UTC, datetime, timedelta
 from html import escape
 from typing import Final
 
-from ..core.events import CallFailed, CallSucceeded, Event, Failover, Maintenance, StateChanged
-from ..core.health import HealthState
-from ..core.projections import AuditEntry, Metrics, ModelState, Snapshot, apply
-from ..storage import GroupCommitStore
+from ...core.events import CallFailed, CallSucceeded, Event, Failover, Maintenance, StateChanged
+from ...core.health import HealthState
+from ...core.projections import AuditEntry, Metrics, ModelState, Snapshot, apply
+from ...storage import GroupCommitStore
 from .queries import STATE_TYPES, pinned, read_events, snapshot_at
 from .render import MODEL_HEADERS, clock_text, model_rows, seconds_text
 
