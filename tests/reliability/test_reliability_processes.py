@@ -58,10 +58,11 @@ def run_writers(log: Path) -> list[tuple[str, int]]:
 
 def test_three_processes_append_to_one_log_without_loss_or_duplicates(tmp_path: Path) -> None:
     log = tmp_path / "shared.sqlite3"
-    MultiModelFailover(
+    creator = MultiModelFailover(  # create the log before the race
         {"erratic": ScriptedClient("erratic"), "steady": ScriptedClient("steady")},
         event_store=log,
-    ).event_store.close()  # create the log before the race
+    )
+    creator.event_store.close()
 
     reports = run_writers(log)
 

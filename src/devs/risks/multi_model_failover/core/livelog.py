@@ -7,11 +7,21 @@ replicas of a fleet, an operator's command line) appended to a shared log.
 Two views: ``snap`` is the whole log (what ``replay`` gives); ``health`` decides the rotation.
 With the ``fleet`` scope they are one object; with the ``replica`` scope ``health`` holds this
 engine's own events and everyone's maintenance.
+
+In a shared log the live view is the fold of the log read so far, in ``seq`` order, plus this
+engine's own events not yet read back, in the order they were emitted. Another writer's events
+may land before some of ours in ``seq`` order, and the fold depends on order (a transition whose
+premise no longer holds has no effect). So once the log shows another writer, ``follow`` reads
+everything past a checkpoint (ours included, each flagged), folds it into the checkpoint in
+``seq`` order, and rebuilds the live view as that plus our events still unread. The live view
+then equals ``replay`` of the log as soon as our own events are read back.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
+from collections import deque
 from collections.abc import Callable, Coroutine, Iterable
 from datetime import datetime
 from typing import Any
@@ -27,6 +37,11 @@ from .protocols import EventStore
 
 WallClock = Callable[[], datetime]
 
+# Our events unread past this many: read the log back even if nobody else wrote (bounds memory).
+_MOST_UNREAD = 10_000
+# How far into our unread events a read-back event is looked for (past dropped ones).
+_LOOK_AHEAD = 64
+
 # The events after which the rotation must be worked out again.
 _CHANGES_ROTATION: frozenset[type[Event]] = frozenset({StateChanged, Maintenance, EngineStarted})
 
@@ -40,12 +55,19 @@ class LiveLog:
         self.health = self.snap if shared_health else Snapshot()
         self.cursor = 0
         self.ticket = 0
+        # Once another writer shows up: the fold of the log up to ``_base_cursor`` in seq
+        # order, and our own events emitted since the first re-fold began, not yet read back.
+        self._base: tuple[Snapshot, Snapshot | None] | None = None
+        self._base_cursor = 0
+        self._unread: deque[Event] | None = None
         # Called after an event that may change the rotation (the engine drops its plan).
         self.on_rotation_change: Callable[[], None] = lambda: None
 
     def load(self) -> None:
         """Fold in everything the store already holds (at start-up)."""
         self.fold_others(self.store.read())
+        self._base_cursor = self.cursor
+        self._base = (_copy(self.snap), None if self.health is self.snap else _copy(self.health))
 
     def emit(self, event: Event) -> None:
         """Append ``event`` to the store and fold it into the live views."""
@@ -53,6 +75,8 @@ class LiveLog:
         apply(self.snap, event)
         if self.health is not self.snap:
             apply(self.health, event)
+        if self._unread is not None:
+            self._unread.append(event)
         if type(event) in _CHANGES_ROTATION:
             self.on_rotation_change()
 
@@ -94,9 +118,56 @@ class LiveLog:
     async def follow(self) -> int:
         """Fold in what other writers appended since the last follow; returns how many."""
         events, cursor = await anyio.to_thread.run_sync(self.store.read_others, self.cursor)
-        folded = self.fold_others(events)
-        self.cursor = max(self.cursor, cursor)
-        return folded
+        read_since = getattr(self.store, "read_since", None)
+        busy = self._unread is not None and len(self._unread) > _MOST_UNREAD
+        if (not events and not busy) or not callable(read_since):
+            folded = self.fold_others(events)  # nothing to reorder, or a store that cannot
+            self.cursor = max(self.cursor, cursor)
+            return folded
+        return await self._refold(read_since)
+
+    async def _refold(
+        self, read_since: Callable[[int], tuple[list[tuple[Event, bool]], int]]
+    ) -> int:
+        """Fold the log past the checkpoint in seq order; rebuild the live views from it."""
+        if self._unread is None:
+            self._unread = deque()  # ours from now on; older ones are in the read below
+        rows, cursor = await anyio.to_thread.run_sync(read_since, self._base_cursor)
+        assert self._base is not None  # noqa: S101 - set by load()
+        whole, local = self._base
+        others = 0
+        for event, mine in rows:
+            if event.seq <= self._base_cursor:  # a concurrent follow folded it already
+                continue
+            self._base_cursor = event.seq
+            if mine:
+                self._read_back(event)
+            elif event.seq > self.cursor:
+                others += 1
+            apply(whole, event)
+            if local is not None and (mine or type(event) is Maintenance):
+                apply(local, event)  # replica scope: our events and everyone's maintenance
+        self._base_cursor = max(self._base_cursor, cursor)
+        self.cursor = max(self.cursor, self._base_cursor)
+        self.snap = _copy(whole)
+        self.health = self.snap if local is None else _copy(local)
+        for event in self._unread:
+            apply(self.snap, event)
+            if self.health is not self.snap:
+                apply(self.health, event)
+        self.on_rotation_change()
+        return others
+
+    def _read_back(self, event: Event) -> None:
+        """One of our events came back from the log: it is no longer unread."""
+        unread = self._unread
+        assert unread is not None  # noqa: S101 - set by _refold
+        mine = msgspec.structs.replace(event, seq=0)
+        for index, candidate in enumerate(itertools.islice(unread, _LOOK_AHEAD)):
+            if candidate == mine:
+                for _ in range(index + 1):  # any before it never reached the log (dropped)
+                    unread.popleft()
+                return
 
     def metrics(self) -> Metrics:
         """A copy of the live metrics."""
@@ -104,7 +175,7 @@ class LiveLog:
 
     def snapshot(self) -> Snapshot:
         """A copy of the whole live projection."""
-        return msgspec.msgpack.decode(msgspec.msgpack.encode(self.snap), type=Snapshot)
+        return _copy(self.snap)
 
     def status(self) -> dict[str, Any]:
         """The event log's own health: write errors, dropped events, the last error."""
@@ -134,3 +205,7 @@ async def _shielded_on_asyncio(wait: Coroutine[Any, Any, None]) -> None:
                     current.uncancel()
                 continue
             return
+
+
+def _copy(snap: Snapshot) -> Snapshot:
+    return msgspec.msgpack.decode(msgspec.msgpack.encode(snap), type=Snapshot)

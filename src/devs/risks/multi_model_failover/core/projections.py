@@ -2,6 +2,9 @@
 
 ``apply(snapshot, event)`` is the one fold. The engine calls it on every event it appends, and
 ``replay`` calls it on every stored event, so the live view and the replayed view cannot drift.
+The fold is a pure function of the log in ``seq`` order: a ``state_changed`` whose premise
+(``from_state``) does not hold at its place in the log has no effect, and only ``maintenance``
+events move a model into or out of maintenance.
 For speed the fold updates ``snapshot`` in place and returns it; it reads nothing but its two
 arguments and never looks at ``seq``.
 """
@@ -173,6 +176,13 @@ def _apply_attempt_failed(snap: Snapshot, event: AttemptFailed) -> None:
 
 
 def _apply_state_changed(snap: Snapshot, event: StateChanged) -> None:
+    # A transition records its premise. In a shared log a replica may have judged from a view
+    # that another writer's event (earlier in seq order) has since changed: such a transition
+    # has no effect. Maintenance is an operator's: only maintenance events enter or leave it.
+    if snap.state_of(event.model_id).state is not event.from_state or (
+        HealthState.MAINTENANCE in (event.from_state, event.to_state)
+    ):
+        return
     snap.metrics.state_changes += 1
     _set_state(snap, event.model_id, event.to_state, event.at, event.reason, event.type)
     snap.audit.append(
