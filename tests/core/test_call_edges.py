@@ -12,7 +12,9 @@ import pytest
 
 from devs.risks.multi_model_failover import (
     AllModelsFailedError,
+    DeadlineExceededError,
     ErrorKind,
+    FailReason,
     HealthState,
     ModelError,
     MultiModelFailover,
@@ -290,3 +292,38 @@ async def test_a_stuck_sync_probe_is_not_started_again_and_counts_as_failed() ->
             assert await fo.call("hi") == "sync answer"
     finally:
         stuck.release.set()
+
+
+# -- the words of a failed call ---------------------------------------------------------------
+
+
+async def test_a_deadline_message_names_the_calls_own_timeout() -> None:
+    async def slow(prompt: str) -> str:
+        await anyio.sleep_forever()
+        return "never"
+
+    async with engine([FakeModelClient(slow, model_id="slow")]) as fo:
+        with pytest.raises(DeadlineExceededError) as caught:
+            await fo.call("hi", timeout=0.05)
+    message = str(caught.value)
+    assert "its deadline (0.05s) ran out after 1 attempt(s): slow#1 deadline" in message
+    assert caught.value.attempts[0].message == "cut short by the call's deadline (0.05s)"
+
+
+async def test_every_model_in_maintenance_says_so_without_a_dangling_list() -> None:
+    async with engine([FakeModelClient(model_id="m")]) as fo:
+        await fo.set_maintenance("m", True)
+        with pytest.raises(AllModelsFailedError) as caught:
+            await fo.call("hi")
+    message = str(caught.value)
+    assert message.endswith("no model could be tried: every model is in maintenance")
+    failed = next(e for e in fo.event_store.read() if e.type == "call_failed")
+    assert failed.reason == FailReason.NO_CLIENTS  # type: ignore[attr-defined]
+
+
+def test_every_reason_a_call_can_fail_for_is_documented() -> None:
+    from pathlib import Path  # noqa: PLC0415
+
+    docs = (Path(__file__).parents[2] / "docs/risks/multi_model_failover.md").read_text()
+    for reason in FailReason:
+        assert f"`{reason.value}`" in docs, reason

@@ -18,7 +18,7 @@ from loguru import logger as _logger
 
 from .adapters.config import ClientConfig, FailoverConfig, load_config
 from .adapters.facade import MultiModelFailover, replay
-from .core.calls import CallOutcome, EngineClosedError
+from .core.calls import CallOutcome, EngineClosedError, FailReason
 from .core.clock import VirtualClock
 from .core.errors import (
     AllModelsFailedError,
@@ -53,6 +53,7 @@ __all__ = [
     "ErrorKind",
     "Event",
     "EventLogError",
+    "FailReason",
     "EventStore",
     "FailoverConfig",
     "HealthPolicy",

@@ -17,7 +17,7 @@ from .scrub import describe_exception, scrub, without_prompt
 
 
 class FailReason(enum.StrEnum):
-    """Why a call failed (``call_failed.reason``)."""
+    """Why a call failed: ``call_failed.reason``, and the reason in the error's message."""
 
     EXHAUSTED = "exhausted"  # every client of the order gave up
     DEADLINE = "deadline"  # the call's timeout or call_budget ran out
@@ -176,11 +176,12 @@ def check_positive(name: str, value: object) -> float:
     return float(value)
 
 
-def timed_out(limit: float, by_attempt: bool, what: str) -> Failure:
+def timed_out(limit: float, by_attempt: bool, what: str, call: Call) -> Failure:
     """The attempt's own timeout (``what``, a timeout) or the call's deadline ran out."""
     if by_attempt:
         return Failure(ErrorKind.TIMEOUT, f"{what} {limit:g}s")
-    return Failure(ErrorKind.DEADLINE, f"call deadline reached after {limit:g}s")
+    budget = call.deadline - call.start
+    return Failure(ErrorKind.DEADLINE, f"cut short by the call's deadline ({budget:g}s)")
 
 
 def foreign_cancel_failure(exc: asyncio.CancelledError, prompt: Any) -> Failure:

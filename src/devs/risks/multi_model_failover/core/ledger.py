@@ -200,12 +200,11 @@ class CallLedger:
                     last.error.model_id = call.model_id
                 return last.error  # the client's own error, as it raised it (scrubbed)
             return ModelError(last.message, kind=ErrorKind.BAD_REQUEST, model_id=call.model_id)
-        summary = "; ".join(f"{r.model_id}#{r.attempt}: {r.error_kind.value}" for r in call.records)
         error_type = (
             DeadlineExceededError if reason is FailReason.DEADLINE else AllModelsFailedError
         )
         error = error_type(
-            f"call {call.call_id} failed ({reason}) after {call.attempts} attempt(s): {summary}",
+            f"call {call.call_id} failed: {_what_happened(call, reason)}",
             attempts=call.records,
             call_id=call.call_id,
             kind=last.kind,
@@ -259,3 +258,19 @@ class CallLedger:
         self.in_flight.discard(call)
         if self.closing and not self.in_flight:
             self.on_idle()
+
+
+def _what_happened(call: Call, reason: FailReason) -> str:
+    """Why the call failed, in the caller's words, with each attempt's outcome."""
+    tried = "; ".join(f"{r.model_id}#{r.attempt} {r.error_kind.value}" for r in call.records)
+    attempts = f"{call.attempts} attempt(s): {tried}" if tried else f"{call.attempts} attempt(s)"
+    match reason:
+        case FailReason.NO_CLIENTS:
+            return "no model could be tried: every model is in maintenance"
+        case FailReason.DEADLINE:
+            budget = call.deadline - call.start
+            return f"its deadline ({budget:g}s) ran out after {attempts}"
+        case FailReason.MAX_TOTAL_ATTEMPTS:
+            return f"it reached the policy's max_total_attempts after {attempts}"
+        case _:
+            return f"every model it tried failed ({attempts})"

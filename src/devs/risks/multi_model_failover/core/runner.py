@@ -234,7 +234,7 @@ class CallRunner:
             return foreign_cancel_failure(exc, prompt)
         finally:
             call.cut = None
-        return timed_out(limit, by_attempt, "attempt timed out after")
+        return timed_out(limit, by_attempt, "attempt timed out after", call)
 
     def _after_failure(
         self,

@@ -136,7 +136,7 @@ class _Streamer:
         finally:
             call.cut = None
         await _close(chunks)
-        return timed_out(limit, by_attempt, "no first chunk within")
+        return timed_out(limit, by_attempt, "no first chunk within", call)
 
     async def next_chunk(self) -> str | _End:
         """The next chunk; an engine closing meanwhile cuts the wait short."""
