@@ -90,12 +90,18 @@ class LiveLog:
         """
         if self.store.durability == "buffered":
             return
-        wait = self.store.wait_committed(self.ticket)
-        if on_asyncio():
-            await _shielded_on_asyncio(wait)
+        ticket = self.ticket
+        if not on_asyncio():
+            with anyio.CancelScope(shield=True):  # a trio scope: cheap
+                await self.store.wait_committed(ticket)
             return
-        with anyio.CancelScope(shield=True):
-            await wait
+        try:
+            await self.store.wait_committed(ticket)  # nobody cancels: no shield to pay for
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if current is not None:
+                current.uncancel()
+            await _shielded_on_asyncio(self.store.wait_committed(ticket))
 
     def fold_others(self, events: Iterable[Event]) -> int:
         """Fold in events other writers stored, once each; returns how many."""
