@@ -179,6 +179,18 @@ def test_imports_flow_one_way(graph: Graph, layer: str) -> None:
 # -- the checker itself, on small made-up packages ----------------------------------------------
 
 
+# A room of one size: a core module that outgrows this is two concerns in one file.
+CORE_MOST_LINES = 400
+
+
+def test_no_core_module_outgrows_its_room() -> None:
+    core = SOURCE / PACKAGE.replace(".", "/") / "core"
+    sizes = {path.name: len(path.read_text().splitlines()) for path in core.glob("*.py")}
+    assert sizes  # the folder is where the test thinks it is
+    too_big = {name: lines for name, lines in sizes.items() if lines > CORE_MOST_LINES}
+    assert not too_big, f"core modules over {CORE_MOST_LINES} lines: {too_big}"
+
+
 def test_a_cycle_is_found_and_shown_as_a_path() -> None:
     graph = {"a": {"b": 1}, "b": {"c": 2}, "c": {"a": 3, "d": 4}, "d": {}, "e": {"e": 5}}
     assert import_cycles(graph) == [["a", "b", "c", "a"], ["e", "e"]]
