@@ -203,3 +203,74 @@ def test_replica_settings_reach_the_engine(tmp_path: Path) -> None:
 def test_follow_interval_must_be_positive(value: float) -> None:
     with pytest.raises(ConfigError, match="follow_interval must be > 0"):
         load_config(env={ENV_VAR: json.dumps(document(follow_interval=value))})
+
+
+# -- hostile values (issue: one clean line naming the key and the source) ---------------------
+
+
+@pytest.mark.parametrize("key", ["health_check_interval", "follow_interval"])
+@pytest.mark.parametrize("value", [".inf", "-.inf", ".nan"])
+def test_an_infinite_interval_is_refused_naming_the_key_and_the_file(
+    tmp_path: Path, key: str, value: str
+) -> None:
+    path = write_yaml(
+        tmp_path,
+        f"multi_model_failover:\n  clients: [{{id: a, kind: callable, target: '{TARGET}'}}]\n"
+        f"  {key}: {value}\n",
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, env={})
+    message = str(caught.value)
+    assert key in message
+    assert str(path) in message
+
+
+def test_an_infinite_client_timeout_is_refused(tmp_path: Path) -> None:
+    path = write_yaml(
+        tmp_path,
+        "multi_model_failover:\n"
+        f"  clients: [{{id: a, kind: callable, target: '{TARGET}', timeout: .inf}}]\n",
+    )
+    with pytest.raises(ConfigError, match="timeout must be > 0 seconds and finite"):
+        load_config(path, env={})
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://u@h/db?password=hunter2",
+        "postgresql://u@h/db?sslmode=require&password=hunter2",
+        "postgres://u@h/db?PASSWORD=hunter2",
+    ],
+)
+def test_a_password_in_the_urls_query_is_refused(url: str) -> None:
+    with pytest.raises(ConfigError, match="event_log") as caught:
+        load_config(env={ENV_VAR: json.dumps(document(event_log=url))})
+    assert "hunter2" not in str(caught.value)
+
+
+def test_duplicate_yaml_keys_are_refused_naming_the_key_and_the_line(tmp_path: Path) -> None:
+    path = write_yaml(
+        tmp_path,
+        "multi_model_failover:\n"
+        f"  clients: [{{id: a, kind: callable, target: '{TARGET}'}}]\n"
+        "  health_check_interval: 30\n"
+        "  health_check_interval: 5\n",
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, env={})
+    message = str(caught.value)
+    assert "health_check_interval" in message
+    assert "duplicate" in message
+    assert str(path) in message
+    assert "line 4" in message
+
+
+def test_duplicate_keys_nested_in_a_client_are_refused(tmp_path: Path) -> None:
+    path = write_yaml(
+        tmp_path,
+        "multi_model_failover:\n  clients:\n"
+        f"    - {{id: a, kind: callable, target: '{TARGET}', id: b}}\n",
+    )
+    with pytest.raises(ConfigError, match="duplicate key 'id'"):
+        load_config(path, env={})

@@ -8,6 +8,7 @@ variable that holds one.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Mapping
@@ -27,8 +28,34 @@ ROOT_KEY: Final = "multi_model_failover"
 
 ClientKind = Literal["openai", "anthropic", "callable"]
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-# postgresql://user:password@host/...: a literal password in the document.
+# postgresql://user:password@host/... or ...?password=...: a literal password in the document.
 _URL_PASSWORD = re.compile(r"^postgres(?:ql)?://[^/@:]*:[^/@]+@", re.IGNORECASE)
+_QUERY_PASSWORD = re.compile(r"[?&]password=", re.IGNORECASE)
+
+
+def _check_seconds(name: str, value: float | None) -> None:
+    """ValueError naming ``name`` unless ``value`` (seconds) is None or finite and > 0."""
+    if value is not None and not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{name} must be > 0 seconds and finite, got {value!r}")
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, but a key given twice in one mapping is an error, not last-wins."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None,
+                    None,
+                    f"duplicate key {key!r} (line {key_node.start_mark.line + 1}): "
+                    "a key may be given once",
+                    key_node.start_mark,
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
 
 
 class ClientConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -58,8 +85,7 @@ class ClientConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
                 "api_key_env must be the NAME of an environment variable (letters, digits, _), "
                 "not the key itself"
             )
-        if not self.timeout > 0:
-            raise ValueError(f"timeout must be > 0 seconds, got {self.timeout!r}")
+        _check_seconds("timeout", self.timeout)
         if self.kind == "callable" and not self.target:
             raise ValueError("target is required for kind=callable ('package.module:function')")
         if self.kind in ("openai", "anthropic") and not self.model:
@@ -96,16 +122,12 @@ class FailoverConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
         if not self.clients:
             raise ValueError("clients must list at least one client")
         self._check_event_log()
-        if self.follow_interval is not None and not self.follow_interval > 0:
-            raise ValueError(f"follow_interval must be > 0 seconds, got {self.follow_interval!r}")
+        _check_seconds("follow_interval", self.follow_interval)
         ids = [c.id for c in self.clients]
         duplicates = sorted({i for i in ids if ids.count(i) > 1})
         if duplicates:
             raise ValueError(f"duplicate client id(s): {', '.join(duplicates)}")
-        if not self.health_check_interval > 0:
-            raise ValueError(
-                f"health_check_interval must be > 0 seconds, got {self.health_check_interval!r}"
-            )
+        _check_seconds("health_check_interval", self.health_check_interval)
 
     def _check_event_log(self) -> None:
         if self.event_log_password_env is not None and not _ENV_NAME.match(
@@ -115,7 +137,13 @@ class FailoverConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
                 "event_log_password_env must be the NAME of an environment variable "
                 "(letters, digits, _), not the password itself"
             )
-        if self.event_log is not None and _URL_PASSWORD.match(self.event_log):
+        if self.event_log is not None and (
+            _URL_PASSWORD.match(self.event_log)
+            or (
+                self.event_log.lower().startswith("postgres")
+                and _QUERY_PASSWORD.search(self.event_log)
+            )
+        ):
             raise ValueError(
                 "event_log: a password in the URL is refused (config files end up in "
                 "repositories and logs); name its environment variable in event_log_password_env"
@@ -147,7 +175,7 @@ def parse_config(
     """Validate a configuration document (a mapping, JSON text or YAML text)."""
     try:
         if isinstance(data, str | bytes):
-            data = yaml.safe_load(data) if data else None  # type: ignore[assignment]
+            data = yaml.load(data, Loader=_UniqueKeyLoader) if data else None  # noqa: S506 - a SafeLoader
     except yaml.YAMLError as exc:
         raise ConfigError(
             f"invalid configuration in {source}: not valid YAML/JSON ({exc})"
