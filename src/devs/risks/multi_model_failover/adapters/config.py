@@ -45,7 +45,7 @@ class _UniqueKeyLoader(yaml.SafeLoader):
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen: set[Any] = set()
         for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
+            key = self.construct_object(key_node, deep=deep)
             if key in seen:
                 raise yaml.constructor.ConstructorError(
                     None,
@@ -175,7 +175,7 @@ def parse_config(
     """Validate a configuration document (a mapping, JSON text or YAML text)."""
     try:
         if isinstance(data, str | bytes):
-            data = yaml.load(data, Loader=_UniqueKeyLoader) if data else None  # noqa: S506 - a SafeLoader
+            data = yaml.load(data, Loader=_UniqueKeyLoader) if data else None  # type: ignore[assignment]  # noqa: S506 - a SafeLoader
     except yaml.YAMLError as exc:
         raise ConfigError(
             f"invalid configuration in {source}: not valid YAML/JSON ({exc})"
