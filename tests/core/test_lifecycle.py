@@ -24,6 +24,7 @@ from devs.risks.multi_model_failover import (
     ModelError,
     MultiModelFailover,
     SQLiteEventStore,
+    replay,
 )
 from devs.risks.multi_model_failover.core.events import Event
 
@@ -284,9 +285,9 @@ async def test_a_cancel_scope_during_the_commit_wait_gets_what_the_log_records(
         await anyio.wait_all_tasks_blocked()
         store.release.set()
     await fo.aclose()
-    outcome = terminals(read(log))
-    (call,) = outcome.values()
-    assert call == (["call_succeeded"] if got == ["answer"] else ["call_cancelled"])
+    (call,) = terminals(read(log)).values()
+    assert call[-1] == ("call_succeeded" if got == ["answer"] else "call_cancelled")
+    assert fo.metrics() == replay(log).metrics
 
 
 @pytest.mark.parametrize("anyio_backend", ["asyncio"])
@@ -307,7 +308,67 @@ async def test_a_task_cancel_during_the_commit_wait_gets_what_the_log_records(
         got = "cancelled"
     await fo.aclose()
     (call,) = terminals(read(log)).values()
-    assert call == (["call_succeeded"] if got == "answer" else ["call_cancelled"])
+    assert call[-1] == ("call_succeeded" if got == "answer" else "call_cancelled")
+    assert replay(log).metrics.calls_cancelled == (0 if got == "answer" else 1)
+
+
+class Instant:
+    """An async client whose answer never yields to the event loop (no await inside)."""
+
+    async def call(self, prompt: str) -> str:
+        return "instant"
+
+    async def health_check(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize("durability", ["process", "power"])
+async def test_a_cancel_scope_stops_a_loop_of_calls_to_a_client_that_never_yields(
+    tmp_path: Path, durability: str
+) -> None:
+    log = tmp_path / "events.sqlite3"
+    fo = MultiModelFailover({"i": Instant()}, event_store=log, durability=durability)
+    with anyio.fail_after(GUARD), anyio.move_on_after(0.2) as scope:
+        while True:
+            await fo.call("hi")
+    assert scope.cancelled_caught
+    await fo.aclose()
+    events = read(log)
+    assert replay(log).metrics == fo.metrics()
+    outcomes = terminals(events)
+    assert all(t[-1] in ("call_succeeded", "call_cancelled") for t in outcomes.values())
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_a_task_cancel_is_never_swallowed_by_a_loop_of_calls(tmp_path: Path) -> None:
+    fo = MultiModelFailover(
+        {"i": Instant()}, event_store=tmp_path / "e.sqlite3", durability="power"
+    )
+
+    async def loop() -> None:
+        while True:
+            await fo.call("hi")
+
+    task = asyncio.ensure_future(loop())
+    await asyncio.sleep(0.05)
+    task.cancel()
+    with anyio.fail_after(GUARD), pytest.raises(asyncio.CancelledError):
+        await task
+    await fo.aclose()
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_an_asyncio_timeout_around_a_loop_of_calls_fires(tmp_path: Path) -> None:
+    fo = MultiModelFailover({"i": Instant()}, event_store=tmp_path / "e.sqlite3")
+
+    async def loop() -> None:
+        async with asyncio.timeout(0.1):
+            while True:
+                await fo.call("hi")
+
+    with anyio.fail_after(GUARD), pytest.raises(TimeoutError):
+        await loop()
+    await fo.aclose()
 
 
 # -- an engine nobody closed ------------------------------------------------------------------

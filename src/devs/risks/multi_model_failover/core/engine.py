@@ -172,13 +172,16 @@ class FailoverEngine:
         try:
             response = await runner.run(call, order, runner.attempt)
             outcome = runner.ledger.succeeded(call, runner.attempt_succeeded(call), response)
-        except (ModelError, EngineClosedError):
+        except ModelError:
+            await runner.ledger.commit(call, "call_failed")
+            raise
+        except EngineClosedError:
             await self.log.commit()
             raise
         finally:
             if not call.ended:  # the caller cancelled: the only way out without an outcome
                 runner.ledger.cancelled(call)
-        await self.log.commit()
+        await runner.ledger.commit(call, "call_succeeded")
         return outcome
 
     def stream(self, prompt: Any, *, timeout: float | None = None) -> AsyncGenerator[str, None]:

@@ -135,13 +135,18 @@ class CallFailed(_Event, tag="call_failed", frozen=True):
 
 class CallCancelled(_Event, tag="call_cancelled", frozen=True):
     """The call ended without an outcome: its caller cancelled it, or (``reason`` is
-    ``engine_closed``) the engine closed under it. Nothing is held against any model."""
+    ``engine_closed``) the engine closed under it. Nothing is held against any model.
+
+    ``supersedes`` names the terminal event recorded just before (``call_succeeded`` or
+    ``call_failed``) when the caller was cancelled while that outcome was being committed:
+    the caller never saw it, so this event is the call's outcome."""
 
     call_id: str
     model_id: str | None = None
     attempts: int = 0
     latency: float = 0.0
     reason: str = ""
+    supersedes: str | None = None
 
 
 class HealthProbe(_Event, tag="health_probe", frozen=True):

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
+import anyio
 from loguru import logger
 
 from .calls import Call, CallOutcome, EngineClosedError, FailReason, Failure, GaveUp
@@ -247,6 +248,29 @@ class CallLedger:
             )
         finally:
             self._end(call)
+
+    async def commit(self, call: Call, outcome: str) -> None:
+        """Wait for the commit of ``call``'s ``outcome`` (its terminal event's type). A caller
+        cancelled meanwhile never sees that outcome: the cancellation is recorded after it, and
+        is the call's outcome."""
+        try:
+            await self._log.commit()
+        except anyio.get_cancelled_exc_class():
+            self._superseded(call, outcome)
+            raise
+
+    def _superseded(self, call: Call, outcome: str) -> None:
+        self._log.emit(
+            CallCancelled(
+                at=self._now(),
+                call_id=call.call_id,
+                model_id=call.model_id,
+                attempts=call.attempts,
+                latency=self._clock() - call.start,
+                reason="cancelled while its outcome was committed",
+                supersedes=outcome,
+            )
+        )
 
     def closed_during(self, call: Call) -> EngineClosedError:
         """Record that the engine closed while ``call`` was in flight; the error to raise."""

@@ -19,10 +19,9 @@ then equals ``replay`` of the log as soon as our own events are read back.
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 from collections import deque
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import Callable, Iterable
 from datetime import datetime
 from typing import Any
 
@@ -30,7 +29,6 @@ import anyio
 import anyio.to_thread
 import msgspec
 
-from .cancellation import on_asyncio
 from .events import EngineStarted, Event, Maintenance, StateChanged
 from .projections import Metrics, Snapshot, apply
 from .protocols import EventStore
@@ -83,25 +81,10 @@ class LiveLog:
     async def commit(self) -> None:
         """Wait until everything emitted so far is as durable as the store promises.
 
-        The caller's outcome is already recorded when this runs, so the wait is shielded from
-        the caller's cancellation: the caller gets the outcome the log holds. A cancel scope
-        (anyio, trio) still takes effect at the caller's next checkpoint; a plain asyncio
-        ``Task.cancel()`` arriving here is too late, as if the call had returned just before it.
+        A checkpoint like any other: the caller's cancellation interrupts it (see
+        ``CallLedger.superseded`` for what the log then says).
         """
-        if self.store.durability == "buffered":
-            return
-        ticket = self.ticket
-        if not on_asyncio():
-            with anyio.CancelScope(shield=True):  # a trio scope: cheap
-                await self.store.wait_committed(ticket)
-            return
-        try:
-            await self.store.wait_committed(ticket)  # nobody cancels: no shield to pay for
-        except asyncio.CancelledError:
-            current = asyncio.current_task()
-            if current is not None:
-                current.uncancel()
-            await _shielded_on_asyncio(self.store.wait_committed(ticket))
+        await self.store.wait_committed(self.ticket)
 
     def fold_others(self, events: Iterable[Event]) -> int:
         """Fold in events other writers stored, once each; returns how many."""
@@ -191,26 +174,6 @@ class LiveLog:
             "dropped": getattr(store, "dropped", 0),
             "last_error": getattr(store, "last_error", None),
         }
-
-
-async def _shielded_on_asyncio(wait: Coroutine[Any, Any, None]) -> None:
-    """Await ``wait`` to its end whatever cancellations arrive meanwhile.
-
-    anyio's shield keeps its own cancel scopes out (they take effect at the caller's next
-    checkpoint); a plain ``Task.cancel()`` is caught and taken back (``uncancel``), so the
-    task's cancellation count stays true.
-    """
-    task = asyncio.ensure_future(wait)
-    current = asyncio.current_task()
-    with anyio.CancelScope(shield=True):
-        while True:
-            try:
-                await asyncio.shield(task)
-            except asyncio.CancelledError:
-                if current is not None:
-                    current.uncancel()
-                continue
-            return
 
 
 def _copy(snap: Snapshot) -> Snapshot:

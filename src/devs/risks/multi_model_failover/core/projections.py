@@ -250,7 +250,15 @@ def _call_failed(snap: Snapshot, event: CallFailed) -> None:
 
 
 def _call_cancelled(snap: Snapshot, event: CallCancelled) -> None:
-    snap.metrics.calls_cancelled += 1
+    m = snap.metrics
+    m.calls_cancelled += 1
+    # The caller was cancelled while the outcome before this event was being committed.
+    if event.supersedes == "call_succeeded":
+        m.calls_succeeded -= 1
+        if event.model_id is not None:
+            m.model(event.model_id).calls_served -= 1
+    elif event.supersedes == "call_failed":
+        m.calls_failed -= 1
 
 
 def _backoff(snap: Snapshot, event: Backoff) -> None:

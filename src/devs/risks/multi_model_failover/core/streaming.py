@@ -202,7 +202,10 @@ async def stream_with_failover(
     try:
         try:
             chunk: str | _End = await runner.run(call, order, streamer.first_chunk)
-        except (ModelError, EngineClosedError):
+        except ModelError:
+            await runner.ledger.commit(call, "call_failed")
+            raise
+        except EngineClosedError:
             await log.commit()
             raise
         chunks = chars = 0
@@ -219,10 +222,10 @@ async def stream_with_failover(
                 if isinstance(exc, asyncio.CancelledError) and not is_foreign_cancel(exc):
                     raise
                 error = streamer.interrupted(exc, prompt, chunks, chars)
-                await log.commit()
+                await runner.ledger.commit(call, "call_failed")
                 raise error from error.__cause__
         runner.ledger.succeeded(call, runner.attempt_succeeded(call), None)
-        await log.commit()
+        await runner.ledger.commit(call, "call_succeeded")
     finally:
         await _close(streamer.chunks)
         if not call.ended:
