@@ -157,13 +157,16 @@ def failover_command() -> list[str]:
 def run_process() -> Callable[..., subprocess.CompletedProcess[str]]:
     """Run `failover ARGS...` as a separate process, as a user's shell would."""
 
-    def run(*args: object, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    def run(
+        *args: object, timeout: float = 60, env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
         return subprocess.run(  # noqa: S603 - our own command line
             [*failover_command(), *(str(a) for a in args)],
             capture_output=True,
             text=True,
             timeout=timeout,
             check=False,
+            env={**os.environ, **env} if env is not None else None,
         )
 
     return run

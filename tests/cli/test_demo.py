@@ -87,7 +87,7 @@ def test_it_never_replaces_someone_elses_log(run_cli: Run, tmp_path: Path) -> No
     result = run_cli("demo", "--log", log)
     assert result.exit_code == 2
     assert result.stderr.startswith("failover: ")
-    assert "other models (claude, gpt-4o)" in result.stderr
+    assert "not written by the demo" in result.stderr
     assert replay(log).models == ("gpt-4o", "claude")
     notes = tmp_path / "notes.txt"
     notes.write_text("keep me")

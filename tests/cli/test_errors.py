@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
@@ -152,3 +153,26 @@ def test_a_directory_is_not_a_log(run_cli: Run, tmp_path: Path) -> None:
 def test_report_to_an_unwritable_place(run_cli: Run, incident_log: Path, tmp_path: Path) -> None:
     line = one_line(run_cli("report", incident_log, "-o", tmp_path / "missing" / "r.html"))
     assert "cannot write" in line
+
+
+@pytest.mark.parametrize(("before", "after"), READERS)
+def test_an_empty_log_argument_is_named_as_such(
+    run_process: Callable[..., subprocess.CompletedProcess[str]],
+    tmp_path: Path,
+    before: list[str],
+    after: list[str],
+) -> None:
+    args = [str(tmp_path / "report.html") if a == "OUT" else a for a in after]
+    result = run_process(*before, "", *args)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr == "failover: no event log named: the log argument is ''\n"
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_huge_count_is_refused_not_a_traceback(
+    run_process: Callable[..., subprocess.CompletedProcess[str]], incident_log: Path
+) -> None:
+    result = run_process("timeline", incident_log, "--last", str(10**30))
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert "--last" in result.stderr

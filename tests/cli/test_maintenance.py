@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
@@ -99,3 +100,28 @@ def test_on_or_off_only(run_cli: Run, incident_log: Path) -> None:
     result = run_cli("maintenance", "maybe", "primary", "--log", incident_log, "--reason", "x")
     assert result.exit_code == 2
     assert result.stderr.strip() == "failover: maintenance: 'maybe' is not one of on, off"
+
+
+@pytest.mark.parametrize("option", ["--reason", "--by"])
+def test_text_that_is_not_utf8_is_refused_not_lost(
+    run_process: Callable[..., subprocess.CompletedProcess[str]],
+    incident_log: Path,
+    option: str,
+) -> None:
+    # A terminal in Latin-1 sends byte 0xff; Python hands it over as a lone surrogate, which
+    # the log cannot store: the command used to report "recorded" while the event was dropped.
+    before = len(maintenance_events(incident_log))
+    args = {"--reason": "key rotation", "--by": "alice", option: "caf\udcff"}
+    result = run_process(
+        "maintenance",
+        "on",
+        "primary",
+        "--log",
+        incident_log,
+        *(x for kv in args.items() for x in kv),
+    )
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert result.stderr.startswith(f"failover: {option}: ")
+    assert "UTF-8" in result.stderr
+    assert len(result.stderr.splitlines()) == 1
+    assert len(maintenance_events(incident_log)) == before

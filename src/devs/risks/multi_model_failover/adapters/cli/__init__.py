@@ -2,7 +2,8 @@
 
 ``commands`` holds the typer app; ``queries`` reads an event log, ``tables`` and ``render``
 print, ``report`` writes the HTML page, ``demo`` plays the scripted incident, ``timeexpr``
-parses times. Importing this package imports none of them: ``main`` does, when it runs.
+parses times, ``files`` tells an SQLite file from others. Importing this package imports none
+of them: ``main`` does, when it runs.
 """
 
 from __future__ import annotations

@@ -14,6 +14,7 @@ import contextlib
 import enum
 import getpass
 import os
+import select
 import sqlite3
 import sys
 import time
@@ -22,10 +23,11 @@ from collections.abc import Iterable
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Final, TypeVar
+from typing import Annotated, Any, Final, TypeVar
 
 import msgspec
 import typer
+import typer.core
 
 from ...core.errors import EventLogError
 from ...core.events import EVENT_TYPES, Event, Maintenance, encode
@@ -35,13 +37,50 @@ from ...storage import GroupCommitStore
 from ...storage.sqlite import SQLiteEventStore
 from ..exposition import prometheus_text
 from ..facade import is_postgres_url
+from .files import is_sqlite
 from .queries import STATE_TYPES, EventFilter, known_models, nth_last_seq, read_events, snapshot_at
-from .render import STATE_STYLES, Output, clock_text, describe
+from .render import STATE_STYLES, Output, clock_text, describe, visible, visible_json
 from .tables import print_metrics, print_states, state_rows
 from .timeexpr import TimeExpressionError, parse_time
 
+
+class _Commands(typer.core.TyperGroup):
+    """The command group: a command whose reader went away (``failover timeline LOG | head``)
+    ends quietly with exit code 0. click would exit 1, and ``set -o pipefail`` scripts fail."""
+
+    def invoke(self, ctx: Any) -> Any:  # typer's own (vendored) click.Context
+        try:
+            return super().invoke(ctx)
+        except BrokenPipeError:
+            if not _stdout_reader_gone():
+                raise  # stderr's reader went away: the command's own exit code stands
+            _discard_stdout()
+            raise typer.Exit(0) from None
+
+
+def _stdout_reader_gone() -> bool:
+    """True when stdout is a pipe whose reading end is closed (poll reports an error)."""
+    if not hasattr(select, "poll"):
+        return True  # no poll (Windows): a broken pipe there can only be stdout's
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(mask & select.POLLERR for _, mask in poller.poll(0))
+    except (OSError, ValueError):
+        return False
+
+
+def _discard_stdout() -> None:
+    """Point stdout at /dev/null: what Python still holds buffered then goes nowhere, instead
+    of failing again at exit with an "Exception ignored" message."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+
+
 app = typer.Typer(
     name="failover",
+    cls=_Commands,
     help="Inspect multi-model failover event logs.",
     no_args_is_help=True,
     add_completion=False,
@@ -54,8 +93,16 @@ def _root() -> None:
     """Inspect multi-model failover event logs: timelines, states, metrics, audits.
 
     Times are UTC. A time (--since, --until, --at) is ISO-8601 (2024-05-01T03:12:00Z), relative
-    to now (-15m, -2h, -1d) or ``now``.
+    to now (-15m, -2h, -1d), ``now``, or a clock time (03:12): the most recent one, today's or
+    yesterday's.
     """
+
+
+TIMES_HELP: Final = (
+    "Times are UTC: ISO-8601 (2024-05-01T03:12:00Z), relative to now (-15m, -2h, -1d), now, "
+    "or a clock time (03:12, 03:12:45): that time today, or yesterday if today's is still "
+    "to come."
+)
 
 
 LOG_HELP: Final = "The event log: an SQLite file's path, or a postgresql:// URL."
@@ -69,13 +116,19 @@ AtOpt = Annotated[
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable JSON output.")]
 POLL_SECONDS: Final = 0.5
+MAX_COUNT: Final = 2**63 - 1  # SQLite's largest integer: --last goes into a query
 _E = TypeVar("_E", bound=enum.StrEnum)
 
 
 def fail(message: str, code: int = 2) -> typer.Exit:
     """Print one line on stderr; return the Exit to raise."""
-    typer.echo(f"failover: {message}", err=True)
+    typer.echo(f"failover: {visible(message)}", err=True)
     return typer.Exit(code)
+
+
+def say(message: str) -> None:
+    """Print one line on stdout, control characters from the log or the user escaped."""
+    typer.echo(visible(message))
 
 
 def _refuse_foreign_database(path: Path) -> None:
@@ -105,6 +158,8 @@ def _refuse_foreign_database(path: Path) -> None:
 def open_log(target: str) -> GroupCommitStore:
     """Open an existing event log (a path or a ``postgresql://`` URL), or exit 2 with one
     clear line. The password of a URL comes from libpq: ``PGPASSWORD`` or ``~/.pgpass``."""
+    if not target.strip():
+        raise fail(f"no event log named: the log argument is {target!r}")
     try:
         if is_postgres_url(target):
             try:
@@ -151,7 +206,7 @@ def _check_types(types: Iterable[str]) -> tuple[str, ...]:
 # -- timeline ------------------------------------------------------------------------------
 
 
-@app.command()
+@app.command(epilog=TIMES_HELP)
 def timeline(
     log: LogArg,
     since: SinceOpt = None,
@@ -165,7 +220,8 @@ def timeline(
         typer.Option("--type", help="Only this event type (repeatable, or comma-separated)."),
     ] = None,
     last: Annotated[
-        int | None, typer.Option("--last", min=1, help="Only the last N matching events.")
+        int | None,
+        typer.Option("--last", min=1, max=MAX_COUNT, help="Only the last N matching events."),
     ] = None,
     follow: Annotated[
         bool, typer.Option("--follow", "-f", help="Keep printing new events (Ctrl-C stops).")
@@ -198,7 +254,7 @@ def _print_events(out: Output, events: Iterable[Event], *, as_json: bool) -> int
     if as_json:
         count = 0
         for event in events:
-            out.stream.write(encode(event).decode() + "\n")
+            out.stream.write(visible_json(encode(event)) + "\n")
             count += 1
         out.stream.flush()
         return count
@@ -222,7 +278,7 @@ def _follow(out: Output, store: GroupCommitStore, flt: EventFilter, *, as_json: 
 # -- state ---------------------------------------------------------------------------------
 
 
-@app.command()
+@app.command(epilog=TIMES_HELP)
 def state(log: LogArg, at: AtOpt = None, as_json: JsonOpt = False) -> None:
     """Each model's health state at an instant (default: now), since when and why."""
     with open_log(log) as store:
@@ -230,7 +286,7 @@ def state(log: LogArg, at: AtOpt = None, as_json: JsonOpt = False) -> None:
         if as_json:
             rows = state_rows(store, instant)
             document = {"at": instant, "models": {row.model: row for row in rows}}
-            typer.echo(msgspec.json.encode(document).decode())
+            typer.echo(visible_json(msgspec.json.encode(document)))
             return
         print_states(Output(), store, instant)
 
@@ -254,7 +310,7 @@ class MetricsFormat(enum.StrEnum):
     PROMETHEUS = "prometheus"
 
 
-@app.command()
+@app.command(epilog=TIMES_HELP)
 def metrics(
     log: LogArg,
     at: AtOpt = None,
@@ -267,7 +323,7 @@ def metrics(
     with open_log(log) as store:
         snap = snapshot_at(store, _time("--at", at))
     if chosen is MetricsFormat.JSON:
-        typer.echo(msgspec.json.encode(snap.metrics).decode())
+        typer.echo(visible_json(msgspec.json.encode(snap.metrics)))
     elif chosen is MetricsFormat.PROMETHEUS:
         sys.stdout.write(prometheus_text(snap))
     else:
@@ -292,7 +348,7 @@ def audit(
         ]
     if as_json:
         for entry in entries:
-            typer.echo(msgspec.json.encode(entry).decode())
+            typer.echo(visible_json(msgspec.json.encode(entry)))
         return
     out = Output()
     if not entries:
@@ -347,6 +403,8 @@ def maintenance(
     chosen = _choice("maintenance", switch, Switch)
     if not reason.strip():
         raise fail("--reason must say why (it goes into the audit trail)")
+    _check_utf8("--reason", reason)
+    _check_utf8("--by", by or "")
     with open_log(log) as store:
         _check_model(store, model)
         before = snapshot_at(store, None, STATE_TYPES).state_of(model).state
@@ -358,17 +416,30 @@ def maintenance(
         if not store.flush():
             raise fail(f"could not write to {scrub(log)}: {store.last_error}", code=1)
         seq = store.query("SELECT max(seq) FROM events WHERE writer = ?", (store.writer,))[0][0]
+        if seq is None:  # the store dropped the event (it logs why): never claim it was recorded
+            raise fail(f"could not record the action in {scrub(log)}", code=1)
     after = (
         HealthState.MAINTENANCE
         if on
         else (HealthState.HEALTHY if before is HealthState.MAINTENANCE else before)
     )
-    typer.echo(
+    say(
         f"recorded maintenance {chosen.value} for {model} in {scrub(log)} (seq {seq}, by {who}): "
         f"{before.value} -> {after.value}"
     )
     if not on and before is not HealthState.MAINTENANCE:
-        typer.echo(f"note: {model} was not in maintenance; its state stays {before.value}")
+        say(f"note: {model} was not in maintenance; its state stays {before.value}")
+
+
+def _check_utf8(option: str, value: str) -> None:
+    """The log stores UTF-8 text; argv bytes that are not UTF-8 arrive as lone surrogates."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise fail(
+            f"{option}: not UTF-8 text (a byte that is not UTF-8 at character {exc.start + 1}); "
+            "the log stores UTF-8"
+        ) from None
 
 
 # -- verify --------------------------------------------------------------------------------
@@ -409,7 +480,7 @@ def verify(
     if missing:
         raise fail(f"{where}: expected events missing: {', '.join(missing)}", code=1)
     found = ", ".join(f"{counts[kind]} {kind}" for kind in dict.fromkeys(expect))
-    typer.echo(f"ok: {where} hold(s) {found}")
+    say(f"ok: {where} hold(s) {found}")
 
 
 def count_types(store: GroupCommitStore, types: list[str]) -> Counter[str]:
@@ -425,7 +496,7 @@ def count_types(store: GroupCommitStore, types: list[str]) -> Counter[str]:
 # -- report and demo -----------------------------------------------------------------------
 
 
-@app.command()
+@app.command(epilog=TIMES_HELP)
 def report(
     log: LogArg,
     output: Annotated[Path, typer.Option("--output", "-o", help="The HTML file to write.")],
@@ -435,6 +506,7 @@ def report(
     """Write a self-contained HTML incident report: health timeline, metrics, worst calls."""
     from .report import build_report  # noqa: PLC0415 - only this command needs it
 
+    _refuse_database_output(output)
     with open_log(log) as store:
         page, summary = build_report(
             store, since=_time("--since", since), until=_time("--until", until)
@@ -443,7 +515,19 @@ def report(
         output.write_text(page, encoding="utf-8")
     except OSError as exc:
         raise fail(f"cannot write {output}: {exc.strerror or exc}") from None
-    typer.echo(f"wrote {output}: {summary}")
+    say(f"wrote {output}: {summary}")
+
+
+def _refuse_database_output(output: Path) -> None:
+    """Never write a report over an SQLite database or its journal: the log itself (under any
+    name), another log, someone's database. An earlier report is replaced as asked."""
+    for suffix in ("-wal", "-shm", "-journal"):
+        if output.name.endswith(suffix) and is_sqlite(
+            output.with_name(output.name[: -len(suffix)])
+        ):
+            raise fail(f"{output} belongs to an SQLite database; choose another --output")
+    if is_sqlite(output):
+        raise fail(f"{output} is an SQLite database (an event log?); choose another --output")
 
 
 @app.command()
@@ -464,10 +548,30 @@ def demo(
 
 def main() -> None:
     """Console-script entry point."""
+    stdout_before = _stdout_id()
     try:
         app(prog_name="failover")
+    except SystemExit as exc:
+        # rich, on a broken pipe, points stdout at /dev/null and exits 1
+        # (Console.on_broken_pipe): the reader went away, which is not an error of ours.
+        if exc.code == 1 and _stdout_id() != stdout_before:
+            raise SystemExit(0) from None
+        raise
+    finally:
+        _flush_stdout()
+
+
+def _stdout_id() -> tuple[int, int] | None:
+    try:
+        found = os.fstat(sys.stdout.fileno())
+    except (OSError, ValueError):
+        return None
+    return found.st_dev, found.st_ino
+
+
+def _flush_stdout() -> None:
+    """Flush what a command left buffered; a reader that went away is no error."""
+    try:
+        sys.stdout.flush()
     except BrokenPipeError:
-        # The reader went away (`failover timeline LOG | head`): not an error of ours.
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        sys.exit(0)
+        _discard_stdout()

@@ -9,8 +9,10 @@ the run takes seconds while the log's wall-clock times span realistic minutes, e
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
+import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -22,11 +24,12 @@ import anyio.lowlevel
 from rich.progress import BarColumn, Progress, TaskID, TextColumn
 from rich.text import Text
 
-from ...core.errors import AllModelsFailedError, ErrorKind, EventLogError, ModelError
+from ...core.errors import AllModelsFailedError, ErrorKind, ModelError
 from ...core.responses import ModelResponse, Usage
 from ...storage.sqlite import SQLiteEventStore
 from ..facade import MultiModelFailover
-from .queries import known_models, pinned, read_events, snapshot_at
+from .files import is_sqlite
+from .queries import pinned, read_events, snapshot_at
 from .render import Output, clock_text, describe
 from .tables import print_metrics, print_states
 
@@ -41,6 +44,11 @@ MAINTENANCE_ON_AT: Final = 840.0
 WOBBLE_AT: Final = 900.0
 WOBBLE_ENDS_AT: Final = 960.0
 MAINTENANCE_OFF_AT: Final = 1_020.0
+
+
+# The demo's mark in its log's meta table: the only proof that the demo may replace the file.
+MARK_KEY: Final = "written_by"
+MARK: Final = "failover demo"
 
 
 class DemoError(Exception):
@@ -153,25 +161,54 @@ STORY: Final = (
 
 
 def prepare_log(path: Path) -> None:
-    """Make room for the demo's log: replace an earlier demo log, refuse anything else."""
+    """Make room for the demo's log: replace an earlier demo log, refuse anything else.
+
+    Model ids prove nothing (a service may call its models primary and secondary too): only
+    the demo's own mark in the log does.
+    """
     if path.is_dir():
         raise DemoError(f"{path} is a directory; give --log a file path")
-    if path.exists():
-        try:
-            with SQLiteEventStore(path, create=False) as store:
-                models = set(known_models(store))
-        except EventLogError as exc:
+    if path.exists() or path.is_symlink():
+        if not written_by_demo(path):
             raise DemoError(
-                f"{path} exists and is not a demo log ({exc}); choose another --log"
-            ) from None
-        if not models <= set(MODELS):
-            raise DemoError(
-                f"{path} is an event log of other models ({', '.join(sorted(models))}); "
-                "the demo only replaces its own logs: choose another --log"
+                f"{path} exists and was not written by the demo; the demo only replaces its "
+                "own logs: choose another --log"
             )
         for suffix in ("", "-wal", "-shm"):
             Path(f"{path}{suffix}").unlink(missing_ok=True)
+    elif any(Path(f"{path}{suffix}").exists() for suffix in ("-wal", "-shm")):
+        # A journal without its database belongs to someone; a new log would adopt it.
+        raise DemoError(f"{path}-wal or {path}-shm exists without {path}; choose another --log")
     path.parent.mkdir(parents=True, exist_ok=True)
+
+
+def written_by_demo(path: Path) -> bool:
+    """True when ``path`` is an SQLite event log that carries the demo's mark.
+
+    Read as immutable: no lock is taken and neither the file nor its -wal/-shm is touched
+    (a log another process has open may keep its newest pages in the WAL; the mark, written
+    when the demo creates the log, is in the database file by then).
+    """
+    if not is_sqlite(path):
+        return False
+    try:
+        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro&immutable=1", uri=True)
+    except sqlite3.Error:
+        return False
+    try:
+        row = conn.execute("SELECT value FROM meta WHERE key = ?", (MARK_KEY,)).fetchone()
+    except sqlite3.Error:
+        return False
+    finally:
+        conn.close()
+    return row is not None and row[0] == MARK
+
+
+def create_marked_log(path: Path) -> None:
+    """Create the demo's empty event log at ``path`` and mark it as the demo's."""
+    SQLiteEventStore(path).close()
+    with contextlib.closing(sqlite3.connect(path)) as conn, conn:
+        conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (MARK_KEY, MARK))
 
 
 @dataclass
@@ -293,6 +330,7 @@ async def _one_call(fo: MultiModelFailover, tally: Tally) -> None:
 def run_demo(path: Path, *, seed: int, out: Output) -> None:
     """Play the incident into ``path``, then print what happened and what to try next."""
     prepare_log(path)
+    create_marked_log(path)
     out.heading("A scripted incident on three simulated models (virtual time, no network)")
     tally = anyio.run(lambda: play(path, seed=seed, out=out))
     served = ", ".join(f"{n} by {m}" for m, n in sorted(tally.served.items()))

@@ -2,11 +2,16 @@
 
 On a terminal the output is coloured and tables are drawn with ``rich``; anywhere else (a pipe,
 a file, a test) it is plain text with aligned columns, so it can be read, diffed and grepped.
+
+Text from a log (a provider's error message, a reason, an operator's name, a model id) may hold
+terminal control sequences: every human-facing output passes it through ``visible`` (escapes
+shown, never acted on) and every JSON output through ``visible_json``.
 """
 
 from __future__ import annotations
 
 import sys
+import unicodedata
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Final, TextIO, TypeAlias
@@ -62,6 +67,45 @@ Line: TypeAlias = tuple[str, str, str, str, str, str, str, str]
 
 
 _encode_time = msgspec.json.Encoder().encode
+
+
+def _shown(char: str) -> str:
+    # Spaces (U+00A0 and the like) are harmless; every other non-printable is escaped the way
+    # Python's repr writes it: \x1b, \x9b, \n, \u202e.
+    if char.isprintable() or unicodedata.category(char) == "Zs":
+        return char
+    return repr(char)[1:-1]
+
+
+def visible(text: str) -> str:
+    r"""``text`` with each character a terminal could act on written as a visible escape.
+
+    C0 and C1 controls, DEL, bidi overrides and other format characters, line separators:
+    ``"\x1b[2J"`` prints as ``\x1b[2J``. Backslashes are left as they are.
+    """
+    if text.isprintable():  # the common case, checked in C
+        return text
+    return "".join(map(_shown, text))
+
+
+def _json_escape(char: str) -> str:
+    code = ord(char)
+    if code < 0x10000:
+        return f"\\u{code:04x}"
+    code -= 0x10000
+    return f"\\u{0xD800 + (code >> 10):04x}\\u{0xDC00 + (code & 0x3FF):04x}"
+
+
+def visible_json(document: bytes) -> str:
+    """Encoded JSON with every non-printable character as a JSON escape: the same JSON.
+
+    msgspec escapes the C0 controls but writes DEL, C1 controls and bidi overrides raw.
+    Outside strings compact JSON holds only printable ASCII, so each one is inside a string.
+    """
+    text = document.decode()
+    if text.isprintable():
+        return text
+    return "".join(char if char.isprintable() else _json_escape(char) for char in text)
 
 
 def clock_text(instant: datetime | None) -> str:
@@ -290,17 +334,19 @@ class Output:
 
     def text(self, message: str = "", tone: str = "plain") -> None:
         """One line of prose."""
+        shown = visible(message)
         if self.rich:
-            self.console.print(Text(message, style=TONES[tone]))
+            self.console.print(Text(shown, style=TONES[tone]))
         else:
-            self.stream.write(message + "\n")
+            self.stream.write(shown + "\n")
 
     def heading(self, title: str) -> None:
         """A section title."""
+        shown = visible(title)
         if self.rich:
-            self.console.print(Text(title, style="bold underline"))
+            self.console.print(Text(shown, style="bold underline"))
         else:
-            self.stream.write(f"\n{title}\n" if title else "\n")
+            self.stream.write(f"\n{shown}\n" if shown else "\n")
 
     def lines(self, lines: Iterable[Line]) -> int:
         """Print timeline lines; returns how many. Plain text is written in large chunks."""
@@ -309,7 +355,7 @@ class Output:
         count = 0
         chunk: list[str] = []
         for line in lines:
-            chunk.append(plain_line(line))
+            chunk.append(visible(plain_line(line)))
             count += 1
             if len(chunk) >= 2_000:
                 self.stream.write("\n".join(chunk) + "\n")
@@ -321,7 +367,9 @@ class Output:
 
     def _rich_lines(self, lines: Iterable[Line]) -> int:
         count = 0
-        for time, call, model, what, kind, delay, detail, tone in lines:
+        for line in lines:
+            time, call, model, what, kind, delay, detail = map(visible, line[:7])
+            tone = line[7]
             text = Text(f"{time}  ", style="dim")
             text.append(f"{call:<13} ", style="blue")
             text.append(f"{model:<24} ", style="bold")
@@ -341,12 +389,15 @@ class Output:
         styles: Sequence[str] | None = None,
     ) -> None:
         """A table; ``styles`` gives a rich style per row (ignored in plain text)."""
+        title = visible(title)
+        headers = [visible(header) for header in headers]
+        rows = [[visible(cell) for cell in row] for row in rows]
         if self.rich:
-            table = Table(title=title, box=box.SIMPLE_HEAD, title_justify="left")
+            # Text, not markup: a reason like "[maintenance]" must print as written.
+            table = Table(title=Text(title), box=box.SIMPLE_HEAD, title_justify="left")
             for header in headers:
-                table.add_column(header)
+                table.add_column(Text(header))
             for index, row in enumerate(rows):
-                # Text, not markup: a reason like "[maintenance]" must print as written.
                 table.add_row(
                     *(Text(cell) for cell in row), style=styles[index] if styles else None
                 )

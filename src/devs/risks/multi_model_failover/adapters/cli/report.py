@@ -10,11 +10,12 @@ the state events before ``since``).
 from __future__ import annotations
 
 import heapq
+import html
+import math
 from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from html import escape
 from typing import Final
 
 from ...core.events import CallFailed, CallSucceeded, Event, Failover, Maintenance, StateChanged
@@ -22,7 +23,7 @@ from ...core.health import HealthState
 from ...core.projections import AuditEntry, Metrics, ModelState, Snapshot, apply
 from ...storage import GroupCommitStore
 from .queries import STATE_TYPES, pinned, read_events, snapshot_at
-from .render import MODEL_HEADERS, clock_text, model_rows, seconds_text
+from .render import MODEL_HEADERS, clock_text, model_rows, seconds_text, visible
 
 COLOURS: Final = {
     HealthState.HEALTHY: "#2f9e5b",
@@ -39,6 +40,13 @@ TOP: Final = 34
 MAX_MARKS: Final = 2_000
 LISTED: Final = 15
 AUDIT_ROWS: Final = 200
+DAY: Final = 86_400
+
+
+def _html(value: str) -> str:
+    """``value`` for HTML text or an attribute: markup escaped, control characters shown
+    (``html.escape`` leaves an ESC or a bidi override as it is)."""
+    return html.escape(visible(value))
 
 
 @dataclass
@@ -137,25 +145,33 @@ _STEPS: Final = (1, 5, 10, 30, 60, 120, 300, 600, 900, 1_800, 3_600, 7_200, 10_8
 
 
 def _ticks(start: datetime, end: datetime) -> Iterable[datetime]:
+    """About ten round instants strictly after ``start``, up to ``end``."""
     span = max((end - start).total_seconds(), 1.0)
-    step = next((s for s in _STEPS if span / s <= 10), _STEPS[-1])
-    first = datetime.fromtimestamp((start.timestamp() // step + 1) * step, UTC)
-    tick = first
-    while tick <= end:
-        yield tick
-        tick += timedelta(seconds=step)
+    step = next((s for s in _STEPS if span / s <= 10), None)
+    if step is None:  # longer than ten days (a window may span years 1 to 9999): whole days
+        step = math.ceil(span / 10 / DAY) * DAY
+    try:
+        first = start + timedelta(seconds=step - start.timestamp() % step)
+    except OverflowError:  # start is within a step of the last representable instant
+        return
+    if first > end:
+        return
+    for index in range(int((end - first).total_seconds() // step) + 1):
+        yield first + timedelta(seconds=index * step)
 
 
-def _tick_label(tick: datetime, step_small: bool) -> str:
-    return tick.strftime("%H:%M:%S" if step_small else "%H:%M")
+def _tick_label(tick: datetime, span: float) -> str:
+    if span < 600:
+        return tick.strftime("%H:%M:%S")
+    return tick.strftime("%Y-%m-%d" if span > 2 * DAY else "%H:%M")
 
 
 def _band(incident: Incident, scale: _Scale, model_id: str, row: int) -> list[str]:
     y = TOP + row * (BAND + GAP)
     parts = [
-        f'<g class="band" data-model="{escape(model_id)}">',
+        f'<g class="band" data-model="{_html(model_id)}">',
         f'<text class="label" x="{LABEL - 8}" y="{y + BAND / 2 + 4}" '
-        f'text-anchor="end">{escape(model_id)}</text>',
+        f'text-anchor="end">{_html(model_id)}</text>',
     ]
     state = incident.initial.get(model_id, HealthState.HEALTHY)
     since = incident.start
@@ -177,7 +193,7 @@ def _segment(scale: _Scale, y: float, start: datetime, end: datetime, state: Hea
     return (
         f'<rect class="segment state-{state.value}" x="{x0:.1f}" y="{y}" '
         f'width="{max(x1 - x0, 0.5):.1f}" height="{BAND}" fill="{COLOURS[state]}">'
-        f"<title>{escape(title)}</title></rect>"
+        f"<title>{_html(title)}</title></rect>"
     )
 
 
@@ -202,7 +218,7 @@ def _failover_marks(incident: Incident, scale: _Scale, model_id: str, y: float) 
         marks.append(
             f'<path class="failover-mark" data-count="{len(events)}" '
             f'd="M{x - 4:.1f},{y - 7} L{x + 4:.1f},{y - 7} L{x:.1f},{y + 1} Z">'
-            f"<title>{escape(title)}</title></path>"
+            f"<title>{_html(title)}</title></path>"
         )
     return marks
 
@@ -222,7 +238,7 @@ def _maintenance_marks(incident: Incident, scale: _Scale, model_id: str, y: floa
         marks.append(
             f'<path class="maintenance-mark" data-on="{str(event.on).lower()}" '
             f'd="M{x:.1f},{bottom - 2} L{x + 5:.1f},{bottom + 5} L{x:.1f},{bottom + 12} '
-            f'L{x - 5:.1f},{bottom + 5} Z"><title>{escape(title)}</title></path>'
+            f'L{x - 5:.1f},{bottom + 5} Z"><title>{_html(title)}</title></path>'
         )
     return marks
 
@@ -236,14 +252,14 @@ def health_svg(incident: Incident) -> str:
         'role="img" aria-label="health of each model over time">'
     ]
     ticks = list(_ticks(incident.start, incident.end))
-    small = (incident.end - incident.start).total_seconds() < 600
+    span = (incident.end - incident.start).total_seconds()
     bottom = height - 26
     for tick in ticks:
         x = scale.x(tick)
         parts.append(
             f'<line class="tick" x1="{x:.1f}" y1="{TOP - 8}" x2="{x:.1f}" y2="{bottom}"/>'
             f'<text class="tick-label" x="{x:.1f}" y="{TOP - 12}" text-anchor="middle">'
-            f"{_tick_label(tick, small)}</text>"
+            f"{_tick_label(tick, span)}</text>"
         )
     for row, model_id in enumerate(incident.models):
         parts.extend(_band(incident, scale, model_id, row))
@@ -287,11 +303,11 @@ svg.health .maintenance-mark { fill: #5b6fd6; stroke: #fff; stroke-width: 0.8; }
 
 
 def _table(headers: Sequence[str], rows: Iterable[Sequence[str]], numeric: set[int]) -> str:
-    head = "".join(f"<th>{escape(h)}</th>" for h in headers)
+    head = "".join(f"<th>{_html(h)}</th>" for h in headers)
     body = []
     for row in rows:
         cells = "".join(
-            f'<td class="num">{escape(c)}</td>' if i in numeric else f"<td>{escape(c)}</td>"
+            f'<td class="num">{_html(c)}</td>' if i in numeric else f"<td>{_html(c)}</td>"
             for i, c in enumerate(row)
         )
         body.append(f"<tr>{cells}</tr>")
@@ -301,7 +317,7 @@ def _table(headers: Sequence[str], rows: Iterable[Sequence[str]], numeric: set[i
 
 
 def _card(label: str, value: object, tone: str = "") -> str:
-    return f'<div class="card {tone}"><b>{escape(str(value))}</b><span>{escape(label)}</span></div>'
+    return f'<div class="card {tone}"><b>{_html(str(value))}</b><span>{_html(label)}</span></div>'
 
 
 def _cards(incident: Incident) -> str:
@@ -380,7 +396,7 @@ def render_page(incident: Incident, title: str) -> str:
     )
     kinds = sorted(m.failures_by_kind.items(), key=lambda kv: (-kv[1], kv[0]))
     sections = [
-        f"<h1>{escape(title)}</h1>",
+        f"<h1>{_html(title)}</h1>",
         f'<p class="sub">{clock_text(incident.start)} to {clock_text(incident.end)} UTC '
         f"&middot; {len(incident.models)} models &middot; {incident.events} events</p>",
         _cards(incident),
@@ -410,7 +426,7 @@ def render_page(incident: Incident, title: str) -> str:
     body = "\n".join(s for s in sections if s)
     return (
         '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
-        f"<title>{escape(title)}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n"
+        f"<title>{_html(title)}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n"
         f"{body}\n</body>\n</html>\n"
     )
 
