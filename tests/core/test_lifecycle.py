@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import subprocess
+import sys
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -404,3 +406,113 @@ async def test_a_closed_engine_refuses_calls_streams_and_maintenance(tmp_path: P
     assert isinstance(EngineClosedError("x"), RuntimeError)
     assert not issubclass(EngineClosedError, ModelError)
     await fo.aclose()  # twice is fine
+
+
+# -- found by a hostile test: the edges of closing --------------------------------------------
+
+
+def test_a_process_that_never_closes_its_engine_still_exits(tmp_path: Path) -> None:
+    script = tmp_path / "leak.py"
+    script.write_text(
+        "import anyio\n"
+        "from devs.risks.multi_model_failover import MultiModelFailover\n"
+        "class C:\n"
+        "    async def call(self, p): return 'ok'\n"
+        "    async def health_check(self): return True\n"
+        f"fo = MultiModelFailover({{'c': C()}}, event_store={str(tmp_path / 'e.sqlite3')!r},\n"
+        "                        durability='buffered')\n"
+        "async def main():\n"
+        "    for _ in range(3000):\n"
+        "        await fo.call('hi')\n"
+        "anyio.run(main)\n"
+        "print('done')\n"
+    )
+    done = subprocess.run(  # noqa: S603 - our own script
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert (done.returncode, done.stdout.strip()) == (0, "done")
+
+
+async def test_a_stream_held_past_its_unclosed_engine_ends_quietly(tmp_path: Path) -> None:
+    log = tmp_path / "events.sqlite3"
+
+    class Chunks:
+        async def call(self, prompt: str) -> str:
+            return "x"
+
+        async def stream(self, prompt: str) -> Any:
+            for chunk in ("a", "b"):
+                yield chunk
+
+        async def health_check(self) -> bool:
+            return True
+
+    async def start() -> Any:
+        fo = MultiModelFailover({"s": Chunks()}, event_store=log)
+        stream = fo.stream("hi")
+        assert await stream.__anext__() == "a"
+        return stream  # the engine goes with this frame; its stream stays with the caller
+
+    with pytest.warns(ResourceWarning, match="unclosed MultiModelFailover"):
+        stream = await start()
+    with pytest.raises(EngineClosedError):
+        await stream.__anext__()
+    await stream.aclose()
+    (call,) = terminals(read(log)).values()
+    assert call == ["call_cancelled"]
+
+
+async def test_a_second_close_returns_only_once_the_first_has_finished(tmp_path: Path) -> None:
+    log = tmp_path / "events.sqlite3"
+    gate = Gate()
+    fo = MultiModelFailover({"slow": gate}, event_store=log)
+    finished: list[str] = []
+
+    async def close(name: str) -> None:
+        await fo.aclose(grace=0.05)
+        finished.append(name)
+        assert fo.event_store.closed  # type: ignore[attr-defined]
+
+    async def caller() -> None:
+        with pytest.raises(EngineClosedError):
+            await fo.call("hi")
+
+    with anyio.fail_after(GUARD):
+        async with anyio.create_task_group() as group:
+            group.start_soon(caller)
+            await gate.entered.wait()
+            group.start_soon(close, "first")
+            group.start_soon(close, "second")
+    assert sorted(finished) == ["first", "second"]
+    assert read(log)[-1].type == "engine_stopped"
+
+
+async def test_a_probe_round_under_way_is_cut_by_close_and_later_rounds_refused(
+    tmp_path: Path,
+) -> None:
+    entered = anyio.Event()
+
+    async def hang() -> bool:
+        entered.set()
+        await anyio.sleep_forever()
+        return True
+
+    client = FakeModelClient(model_id="m", probe=hang)
+    fo = MultiModelFailover([client], health_policy={"probe_timeout": 30})
+    raised: list[BaseException] = []
+
+    async def round_() -> None:
+        try:
+            await fo.check_health()
+        except EngineClosedError as exc:
+            raised.append(exc)
+
+    with anyio.fail_after(GUARD):
+        async with anyio.create_task_group() as group:
+            group.start_soon(round_)
+            await entered.wait()
+            await fo.aclose()
+    assert len(raised) == 1  # not a stale "healthy" for a probe that never answered
+    with pytest.raises(EngineClosedError):
+        await fo.check_health()
+    assert client.probes == 1

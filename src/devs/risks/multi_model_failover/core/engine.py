@@ -15,6 +15,7 @@ event), then records ``engine_stopped`` and closes the log.
 from __future__ import annotations
 
 import random
+import sys
 import warnings
 from collections.abc import AsyncGenerator, Callable, Iterator, Mapping, Sequence
 from types import TracebackType
@@ -102,6 +103,7 @@ class FailoverEngine:
         )
         self.log.on_rotation_change = self.runner.forget_plan
         self._closed = False
+        self._stopped: anyio.Event | None = None  # set once a close has finished
         self._task_group: anyio.abc.TaskGroup | None = None
         self._loop_scope: anyio.CancelScope | None = None
         self.log.load()
@@ -272,21 +274,28 @@ class FailoverEngine:
         if self._loop_scope is not None:
             self._loop_scope.cancel()
         if self._closed:
+            if self._stopped is not None:
+                await self._stopped.wait()  # another close is under way: return once it ends
             return
         self._closed = True
+        self._stopped = anyio.Event()
         self.runner.ledger.closing = True
-        self.monitor.closed = True
+        self.monitor.close()
         try:
             await self._drain(grace)
         finally:
-            for call in list(self.runner.ledger.in_flight):  # a cancelled close: end them all
-                call.interrupt()
-                self.runner.ledger.cancelled(call, "engine_closed")
+            self._end_all_calls()  # those still open after a cancelled close
             try:
                 self.log.emit(EngineStopped(at=self._now()))
             finally:
                 with anyio.CancelScope(shield=True):
                     await self.event_store.aclose()
+                self._stopped.set()
+
+    def _end_all_calls(self) -> None:
+        for call in list(self.runner.ledger.in_flight):
+            call.interrupt()
+            self.runner.ledger.cancelled(call, "engine_closed")
 
     async def _drain(self, grace: float) -> None:
         """Wait up to ``grace`` for the calls in flight, then cut them short and let each
@@ -318,6 +327,9 @@ class FailoverEngine:
     def __del__(self) -> None:
         if getattr(self, "_closed", True) or getattr(self.event_store, "closed", False):
             return  # closed, or its log closed by hand: nothing is left open
+        self._closed = True
+        if sys.is_finalizing():
+            return  # the writer thread may be frozen already: closing could wait forever
         warnings.warn(
             f"unclosed MultiModelFailover ({', '.join(self.registry.ids)}): use `async with` "
             "or `await aclose()`",
@@ -325,7 +337,8 @@ class FailoverEngine:
             source=self,
             stacklevel=2,
         )
-        self._closed = True
+        self.runner.ledger.closing = True
+        self._end_all_calls()  # a stream its caller still holds: ended now, raises if resumed
         self.event_store.close()
 
 

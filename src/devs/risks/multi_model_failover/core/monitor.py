@@ -12,6 +12,7 @@ from __future__ import annotations
 import anyio
 from loguru import logger
 
+from .calls import EngineClosedError
 from .cancellation import is_foreign_cancel
 from .errors import ErrorKind, ModelError
 from .events import HealthProbe, StateChanged
@@ -52,6 +53,7 @@ class HealthMonitor:
         self.follow_interval = follow_interval
         self._rules = HealthRules()
         self._follow_failing = False
+        self._rounds: set[anyio.CancelScope] = set()  # probe rounds under way
         self.closed = False
 
     def state(self, model_id: str) -> HealthState:
@@ -103,13 +105,34 @@ class HealthMonitor:
     # -- probes --------------------------------------------------------------------------
 
     async def check_health(self) -> dict[str, HealthState]:
-        """Probe every client not in maintenance now; returns the states afterwards."""
+        """Probe every client not in maintenance now; returns the states afterwards.
+
+        Raises ``EngineClosedError`` once the engine is closing (a round under way then is
+        cut short: its probes record nothing).
+        """
+        self._refuse_if_closed()
         await self.try_follow()
-        async with anyio.create_task_group() as group:
-            for model_id in self._registry.ids:
-                if self.state(model_id) is not HealthState.MAINTENANCE:
-                    group.start_soon(self._probe, self._registry[model_id])
+        with anyio.CancelScope() as round_scope:
+            self._rounds.add(round_scope)
+            try:
+                async with anyio.create_task_group() as group:
+                    for model_id in self._registry.ids:
+                        if self.state(model_id) is not HealthState.MAINTENANCE:
+                            group.start_soon(self._probe, self._registry[model_id])
+            finally:
+                self._rounds.discard(round_scope)
+        self._refuse_if_closed()
         return {mid: self.state(mid) for mid in self._registry.ids}
+
+    def close(self) -> None:
+        """No more probes: rounds under way are cut short, new ones refused."""
+        self.closed = True
+        for round_scope in list(self._rounds):
+            round_scope.cancel()
+
+    def _refuse_if_closed(self) -> None:
+        if self.closed:
+            raise EngineClosedError("this MultiModelFailover is closed: no more probes")
 
     async def _probe(self, client: RegisteredClient) -> None:
         model_id = client.model_id
