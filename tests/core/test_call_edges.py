@@ -327,3 +327,62 @@ def test_every_reason_a_call_can_fail_for_is_documented() -> None:
     docs = (Path(__file__).parents[2] / "docs/risks/multi_model_failover.md").read_text()
     for reason in FailReason:
         assert f"`{reason.value}`" in docs, reason
+
+
+# -- what a kept exception may show (found by a hostile test) ---------------------------------
+
+KEY = "sk-" + "Zq9Xw8Vu7Ts6Rq5Po4Nm3Lk2Ji1Hg0Fe"
+PROMPT = "Patient 4411: SSN 078-05-1120, diagnosis pending, please summarise the chart notes"
+
+
+class KeyInStr(Exception):
+    def __init__(self, key: str) -> None:
+        super().__init__("auth failed")
+        self.key = key
+
+    def __str__(self) -> str:
+        return f"auth failed for {self.key}"
+
+
+class KeyInRepr(Exception):
+    def __repr__(self) -> str:
+        return f"KeyInRepr(Bearer {KEY})"
+
+
+def noted() -> Exception:
+    exc = RuntimeError("upstream said no")
+    exc.add_note(f"request had key {KEY} and prompt {PROMPT}")
+    return exc
+
+
+@pytest.mark.parametrize(
+    "raised",
+    [
+        lambda: KeyInStr(KEY),
+        lambda: KeyInRepr("x"),
+        noted,
+        lambda: ValueError("could not parse: " + PROMPT[:30]),
+        lambda: ValueError("could not parse: ..." + PROMPT[-25:]),
+        lambda: ValueError("bad input " + PROMPT[10:60] + " (truncated)"),
+        lambda: ModelError("provider echoed " + PROMPT[:300], kind="server"),
+    ],
+)
+async def test_no_key_or_piece_of_the_prompt_shows_in_what_the_caller_gets(raised: Any) -> None:
+    async with engine([FakeModelClient(lambda p: (_ for _ in ()).throw(raised()))]) as fo:
+        with pytest.raises(AllModelsFailedError) as caught:
+            await fo.call(PROMPT)
+    error = caught.value
+    import traceback  # noqa: PLC0415
+
+    shown = [
+        str(error),
+        repr(error.attempts),
+        str(error.__cause__),
+        repr(error.__cause__),
+        "".join(traceback.format_exception(error)),
+        *(e.message for e in fo.event_store.read() if e.type == "attempt_failed"),  # type: ignore[union-attr]
+    ]
+    for text in shown:
+        assert KEY not in text
+        for start in range(0, len(PROMPT) - 15):
+            assert PROMPT[start : start + 15] not in text, (PROMPT[start : start + 15], text)

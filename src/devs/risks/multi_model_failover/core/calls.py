@@ -124,33 +124,69 @@ class Failure:
         self.error = error
 
 
+class ScrubbedError(Exception):
+    """Stands in for a client's exception whose own ``str`` or ``repr`` shows a key or the
+    prompt however its arguments are cleaned: ``original`` names its type."""
+
+    def __init__(self, original: str, message: str) -> None:
+        super().__init__(message)
+        self.original = original
+
+
 def failure(exc: BaseException, prompt: Any) -> Failure:
     """Classify what a client raised. Its text, and the exception itself with those it was
     chained from, are cleaned of secrets and of the prompt, so that it can be kept on
     ``AllModelsFailedError.attempts`` and as its ``__cause__``."""
-    _clean_chain(exc, prompt)
+    kept = _keepable(exc, prompt)
     if isinstance(exc, ModelError):
         # ``deadline`` is the engine's word for its own deadline; from a client it is a timeout.
         kind = ErrorKind.TIMEOUT if exc.kind is ErrorKind.DEADLINE else exc.kind
-        return Failure(kind, exc.message, exc.retry_after, exc)
+        return Failure(kind, exc.message, exc.retry_after, kept)
     kind = ErrorKind.TIMEOUT if isinstance(exc, TimeoutError) else ErrorKind.UNKNOWN
-    return Failure(kind, without_prompt(describe_exception(exc), prompt), error=exc)
+    return Failure(kind, _clean(describe_exception(exc), prompt), error=kept)
 
 
-def _clean_chain(exc: BaseException, prompt: Any) -> None:
-    """Scrub ``exc`` and the exceptions it was chained from, in place (what a traceback,
-    ``str`` or ``repr`` of them would show)."""
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        if isinstance(current, ModelError):
-            current.message = without_prompt(current.message, prompt)
-        texts = [a if isinstance(a, str) else str(a) for a in current.args]
-        clean = [without_prompt(scrub(text), prompt) for text in texts]
-        if clean != texts:
-            current.args = tuple(clean)
-        current = current.__cause__ or current.__context__
+def _clean(text: str, prompt: Any) -> str:
+    return without_prompt(scrub(text), prompt)
+
+
+def _keepable(exc: BaseException, prompt: Any) -> BaseException:
+    """``exc`` cleaned in place (its arguments, notes and chain), or a ``ScrubbedError`` in
+    its place when its own text still shows a secret; a chain is cut at such a link."""
+    if not _clean_in_place(exc, prompt):
+        return ScrubbedError(type(exc).__name__, _clean(_text_of(exc, str), prompt))
+    seen = {id(exc)}
+    link = exc
+    while (nxt := link.__cause__ or link.__context__) is not None and id(nxt) not in seen:
+        seen.add(id(nxt))
+        if not _clean_in_place(nxt, prompt):
+            link.__cause__ = link.__context__ = None
+            link.__suppress_context__ = True
+            break
+        link = nxt
+    return exc
+
+
+def _clean_in_place(exc: BaseException, prompt: Any) -> bool:
+    """Clean ``exc``'s message, arguments and notes; whether its ``str`` and ``repr`` are
+    clean now."""
+    if isinstance(exc, ModelError):
+        exc.message = _clean(exc.message, prompt)
+    texts = [a if isinstance(a, str) else str(a) for a in exc.args]
+    cleaned = [_clean(text, prompt) for text in texts]
+    if cleaned != texts:
+        exc.args = tuple(cleaned)
+    notes = getattr(exc, "__notes__", None)
+    if isinstance(notes, list):
+        notes[:] = [_clean(str(note), prompt) for note in notes]
+    return all((shown := _text_of(exc, show)) == _clean(shown, prompt) for show in (str, repr))
+
+
+def _text_of(exc: BaseException, show: Any) -> str:
+    try:
+        return str(show(exc))
+    except Exception:  # noqa: BLE001 - a broken __str__ shows nothing we could leak
+        return type(exc).__name__
 
 
 def check_prompt(prompt: object) -> None:

@@ -6,6 +6,7 @@ and patterns for the common key and token shapes of the providers we talk to.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import threading
@@ -112,17 +113,102 @@ def _prompt_texts(prompt: object) -> list[str]:
 def without_prompt(message: str, prompt: object) -> str:
     """``message`` with any echo of ``prompt`` replaced by ``[prompt]``.
 
-    Providers often quote the offending input in their error text; prompts are never stored,
-    so the quote goes, as written and as ``repr`` or JSON would escape it.
+    Providers often quote the offending input in their error text, whole or cut; prompts are
+    never stored, so the quote goes, as written and as ``repr`` or JSON would escape it: the
+    whole text, any run of it of ``_ECHO_RUN`` characters or more, and a cut end of it (its
+    start ending the message, or its end starting it) of ``_MIN_PROMPT_FRAGMENT`` or more.
     """
     for text in sorted(_prompt_texts(prompt), key=len, reverse=True):
-        # Every escaped form is at least as long as the text: a longer one cannot be quoted.
-        if not _MIN_PROMPT_FRAGMENT <= len(text) <= len(message):
+        if len(text) < _MIN_PROMPT_FRAGMENT:
             continue
         for form in _quoted_forms(text):
             if form in message:
                 message = message.replace(form, PROMPT_REDACTED)
+            message = _without_runs(message, form)
+            message = _without_cut_ends(message, form)
     return message
+
+
+# A run of the prompt this long inside a message is an echo, not a coincidence.
+_ECHO_RUN = 16
+_GRAM = _ECHO_RUN // 2
+# Grams indexed per prompt at most: past it the stride grows (only longer runs are found).
+_MOST_GRAMS = 50_000
+
+
+@functools.lru_cache(maxsize=16)
+def _grams(text: str) -> tuple[dict[str, int], int]:
+    """Where ``text``'s grams start, sampled every ``stride`` characters. Any run of
+    ``stride + _GRAM - 1`` characters of ``text`` holds one of them."""
+    stride = max(_GRAM, len(text) // _MOST_GRAMS)
+    index: dict[str, int] = {}
+    for start in range(0, len(text) - _GRAM + 1, stride):
+        index.setdefault(text[start : start + _GRAM], start)
+    return index, stride
+
+
+def _without_runs(message: str, text: str) -> str:
+    """``message`` with every long run it shares with ``text`` replaced by ``[prompt]``."""
+    if len(message) < _ECHO_RUN or len(text) < _ECHO_RUN:
+        return message
+    index, _ = _grams(text)
+    spans: list[tuple[int, int]] = []
+    at = 0
+    while at <= len(message) - _GRAM:
+        start = index.get(message[at : at + _GRAM])
+        if start is None:
+            at += 1
+            continue
+        left, right = _extend(message, text, at, start)
+        if right - left >= _ECHO_RUN:
+            spans.append((left, right))
+            at = right
+        else:
+            at += 1
+    return _replace_spans(message, spans)
+
+
+def _extend(message: str, text: str, at: int, start: int) -> tuple[int, int]:
+    """The widest span of ``message`` around ``at`` that equals ``text`` around ``start``."""
+    left, back = at, start
+    while left > 0 and back > 0 and message[left - 1] == text[back - 1]:
+        left, back = left - 1, back - 1
+    right, ahead = at + _GRAM, start + _GRAM
+    while right < len(message) and ahead < len(text) and message[right] == text[ahead]:
+        right, ahead = right + 1, ahead + 1
+    return left, right
+
+
+def _without_cut_ends(message: str, text: str) -> str:
+    """A message cut in the middle of an echo ends with the prompt's start (maybe followed
+    by an ellipsis), or starts with the prompt's end: those go too."""
+    body = message.rstrip(". …")
+    head = text[:_MIN_PROMPT_FRAGMENT]
+    at = body.find(head)
+    while at != -1:
+        if text.startswith(body[at:]):
+            message = body[:at] + PROMPT_REDACTED + message[len(body) :]
+            break
+        at = body.find(head, at + 1)
+    tail = text[-_MIN_PROMPT_FRAGMENT:]
+    at = message.find(tail)
+    while at != -1:
+        end = at + len(tail)
+        if text.endswith(message[:end]):
+            return PROMPT_REDACTED + message[end:]
+        at = message.find(tail, at + 1)
+    return message
+
+
+def _replace_spans(message: str, spans: list[tuple[int, int]]) -> str:
+    if not spans:
+        return message
+    parts, last = [], 0
+    for left, right in spans:
+        parts += [message[last:left], PROMPT_REDACTED]
+        last = right
+    parts.append(message[last:])
+    return "".join(parts)
 
 
 def _quoted_forms(text: str) -> set[str] | tuple[str]:
