@@ -16,6 +16,32 @@ test *args: lint
 test-all *args: lint
     {{python}} -m pytest --cov --cov-report=term {{args}}
 
+# Each version: pyenv's interpreter, else pythonX.Y on PATH; its venv is var/venvs/pyX.Y.Z.
+# The fast suite on the other CPythons we support (`just test` runs python3), skipping absent ones.
+test-pythons versions="3.12 3.13":
+    #!/usr/bin/env bash
+    set -euo pipefail
+    failed=""
+    for version in {{versions}}; do
+        python=""
+        for candidate in $(ls -d "${PYENV_ROOT:-$HOME/.pyenv}/versions/$version".*/bin/python 2>/dev/null | sort -V -r) \
+            "$(command -v "python$version" || true)"; do
+            found=$("$candidate" -c 'import sys; print(sys.implementation.name, "%d.%d" % sys.version_info[:2])' 2>/dev/null || true)
+            if [ "$found" = "cpython $version" ]; then python=$candidate; break; fi
+        done
+        if [ -z "$python" ]; then
+            echo "test-pythons: no CPython $version on this machine; skipped"
+            continue
+        fi
+        full=$("$python" -c 'import platform; print(platform.python_version())')
+        venv="var/venvs/py$full"
+        [ -x "$venv/bin/python" ] || "$python" -m venv "$venv"
+        "$venv/bin/python" -m pip install -q -e '.[dev]'
+        echo "test-pythons: the fast suite on CPython $full ($python)"
+        "$venv/bin/python" -m pytest -m "not slow" -q -p no:cacheprovider || failed="$failed $full"
+    done
+    if [ -n "$failed" ]; then echo "test-pythons: failed on CPython$failed"; exit 1; fi
+
 # ruff (lint and format) and mypy --strict on src/.
 lint:
     {{python}} -m ruff check src tests benchmarks

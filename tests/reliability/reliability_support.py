@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import random
 import sqlite3
 import subprocess
@@ -129,7 +130,7 @@ def read_all(path: str | Path, *, lenient: bool = False) -> list[Event]:
 
 def stored_seqs(path: str | Path) -> list[int]:
     """The ``seq`` column of the log, straight from SQLite."""
-    with sqlite3.connect(path) as conn:
+    with contextlib.closing(sqlite3.connect(path)) as conn, conn:
         return [row[0] for row in conn.execute("SELECT seq FROM events ORDER BY seq")]
 
 

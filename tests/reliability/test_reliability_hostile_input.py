@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 from pathlib import Path
@@ -202,7 +203,7 @@ def written_log(path: Path) -> int:
 
 def corrupt(path: Path, seq: int, body: object) -> None:
     """Overwrite the stored body of one row, as a torn write or a foreign writer might."""
-    with sqlite3.connect(path) as conn:
+    with contextlib.closing(sqlite3.connect(path)) as conn, conn:
         conn.execute("UPDATE events SET body = ? WHERE seq = ?", (body, seq))
 
 
@@ -243,7 +244,7 @@ def test_lenient_replay_skips_and_counts_every_corrupt_row(tmp_path: Path) -> No
 def test_a_newer_schema_version_is_refused_by_name(tmp_path: Path) -> None:
     log = tmp_path / "future.sqlite3"
     written_log(log)
-    with sqlite3.connect(log) as conn:
+    with contextlib.closing(sqlite3.connect(log)) as conn, conn:
         conn.execute("UPDATE meta SET value = '999' WHERE key = 'schema_version'")
     before = log.read_bytes()
 

@@ -8,6 +8,7 @@ in before it probes, so the change is seen within one health-check interval.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import sqlite3
 from collections import Counter
@@ -81,7 +82,7 @@ def test_three_processes_append_to_one_log_without_loss_or_duplicates(tmp_path: 
 
 
 def _query(log: Path, sql: str) -> list[tuple[object, ...]]:
-    with sqlite3.connect(log) as conn:
+    with contextlib.closing(sqlite3.connect(log)) as conn, conn:
         return conn.execute(sql).fetchall()
 
 

@@ -131,7 +131,7 @@ def assert_loud(fo: MultiModelFailover, records: list[dict[str, Any]], what: str
 
 def committed_calls(path: Path) -> int:
     """Terminal call events in the file, read by a connection of its own."""
-    with sqlite3.connect(path) as conn:
+    with contextlib.closing(sqlite3.connect(path)) as conn, conn:
         (count,) = conn.execute(
             "SELECT count(*) FROM events WHERE type IN "
             "('call_succeeded', 'call_failed', 'call_cancelled')"

@@ -25,7 +25,7 @@ import pytest
 
 psycopg = pytest.importorskip("psycopg", reason="psycopg is not installed (the postgres extra)")
 
-from devs.risks.multi_model_failover.adapters.queries import EventFilter, read_events  # noqa: E402
+from devs.risks.multi_model_failover.adapters.cli.queries import EventFilter, read_events  # noqa: E402
 from devs.risks.multi_model_failover.core.errors import (  # noqa: E402
     ErrorKind,
     EventLogError,
@@ -47,7 +47,7 @@ from devs.risks.multi_model_failover.storage.postgres import (  # noqa: E402
 )
 from devs.risks.multi_model_failover.storage.sqlite import SQLiteEventStore  # noqa: E402
 
-from .contract import T0, EventStoreContract, attempt  # noqa: E402
+from .contract import T0, EventStoreContract, attempt, let_go  # noqa: E402
 from .pg_server import Cluster, stopped  # noqa: E402
 
 pytestmark = pytest.mark.anyio
@@ -452,6 +452,19 @@ def test_the_listener_reconnects_on_its_own(pg_url: str, log_records: list[dict[
     assert any("no notifications" in str(r["message"]) for r in log_records)
     peer.close()
     store.close()
+
+
+def test_an_unclosed_follower_is_collected_and_its_threads_end(pg_url: str) -> None:
+    before = set(threading.enumerate())
+    held = [store_on(pg_url, poll_interval=3600)]
+    held[0].append(attempt("mine"))
+    held[0].read_others(0)  # starts the listener and the read pool
+    wait_until(lambda: held[0].listening)
+    threads = set(threading.enumerate()) - before
+    assert any(t.name.startswith("failover-listen-") for t in threads)
+    with pytest.warns(ResourceWarning, match="unclosed event log"):
+        let_go(held, threads)
+    assert [t.name for t in threads if t.is_alive()] == []
 
 
 # -- the server goes away ------------------------------------------------------------------

@@ -83,6 +83,8 @@ class TestInMemoryStore(EventStoreContract):
 class TestFileStore(EventStoreContract):
     """The contract on a log file; faults come from a second connection to the file."""
 
+    close_races = 25  # the race is the shared writer's: the in-memory store runs it 100 times
+
     @pytest.fixture(autouse=True)
     def _folder(self, tmp_path: Path) -> None:
         self.folder = tmp_path
@@ -153,6 +155,26 @@ def test_a_file_that_is_not_sqlite_is_refused_untouched(tmp_path: Path, create: 
     with pytest.raises(EventLogError, match="not an SQLite database"):
         SQLiteEventStore(path, create=create)
     assert path.read_text() == "not a database, " * 100
+
+
+def open_handles(path: Path) -> list[str]:
+    """This process's file descriptors open on ``path`` (Linux)."""
+    found = []
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):  # the descriptor of the listing itself is gone
+            if os.readlink(f"/proc/self/fd/{fd}") == str(path):
+                found.append(fd)
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs Linux's /proc")
+@pytest.mark.parametrize("create", [True, False])
+def test_a_refused_file_is_not_left_open(tmp_path: Path, create: bool) -> None:
+    path = tmp_path / "notes.txt"
+    path.write_text("not a database, " * 100)
+    with pytest.raises(EventLogError) as refused:  # its traceback holds what the store opened
+        SQLiteEventStore(path, create=create)
+    assert open_handles(path) == [], refused.value
 
 
 @pytest.mark.parametrize("create", [True, False])

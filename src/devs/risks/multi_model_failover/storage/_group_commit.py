@@ -16,6 +16,11 @@ cannot be written).
 
 Waiting costs no thread: each event loop (asyncio or trio) registers its waiting tasks, and the
 writer wakes a loop with one thread-safe call per commit, never blocking on it.
+
+A store must be closed. One that the program lets go of unclosed is closed when it is
+collected, with a ``ResourceWarning`` (as for an unclosed file): the writer thread holds only a
+weak reference to its store between batches, so it keeps neither the store nor the process
+alive.
 """
 
 from __future__ import annotations
@@ -28,6 +33,8 @@ import sys
 import threading
 import time
 import uuid
+import warnings
+import weakref
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
@@ -140,6 +147,23 @@ class _LoopWaiters:
         self.waiters: set[_Waiter] = set()
 
 
+def _write_events(store_ref: weakref.ref[GroupCommitStore], wake: threading.Event) -> None:
+    """The writer thread: each time it is woken, write what is queued.
+
+    It holds its store only while it writes: one the program lets go of is collected, and its
+    ``__del__`` closes it (and so stops this thread).
+    """
+    while True:
+        wake.wait()
+        store = store_ref()
+        if store is None:
+            return
+        wake.clear()
+        if not store._drain():
+            return
+        del store
+
+
 def _running_loop() -> tuple[object, _Schedule]:
     """The running event loop and its thread-safe ``call soon``."""
     if "trio" in sys.modules:  # trio (and sniffio, which trio needs) can only run if imported
@@ -198,6 +222,8 @@ class GroupCommitStore(abc.ABC):
         self._failing = False
         self._closing = False
         self._closed = False
+        # Set by the backend once its database is open: from then on the store must be closed.
+        self._opened = False
         self._progress = threading.Condition()  # guards the state above and the waiters
         self._loops: dict[object, _LoopWaiters] = {}
         self._wake = threading.Event()
@@ -243,10 +269,15 @@ class GroupCommitStore(abc.ABC):
     # -- writing -------------------------------------------------------------------------
 
     def append(self, event: Event) -> int:
-        """Queue ``event`` for the writer; returns its ticket. Never blocks on I/O."""
-        if self._closing:
-            raise EventLogError(f"event log {self.location} is closed")
+        """Queue ``event`` for the writer; returns its ticket. Never blocks on I/O.
+
+        Raises ``EventLogError`` once the store is closed (or closing).
+        """
         with self._append_lock:  # a ticket is the event's place in the queue, even across threads
+            # Under the lock, as ``close`` sets it: an event queued after the writer's last look
+            # at the queue would be neither written nor counted.
+            if self._closing:
+                raise EventLogError(f"event log {self.location} is closed")
             if len(self._queue) >= self.max_buffer:
                 self._overflow(event)
                 return self._appended
@@ -275,24 +306,25 @@ class GroupCommitStore(abc.ABC):
 
     def _start_writer(self) -> None:
         self._thread = threading.Thread(
-            target=self._writer_loop, name=f"failover-log-{self.writer}", daemon=True
+            target=_write_events,
+            args=(weakref.ref(self), self._wake),
+            name=f"failover-log-{self.writer}",
+            daemon=True,
         )
         self._thread.start()
 
-    def _writer_loop(self) -> None:
+    def _drain(self) -> bool:
+        """Write what is queued, batch by batch; False once the store is closed."""
         while True:
-            self._wake.wait()
-            self._wake.clear()
-            while self._queue:
-                events = [
-                    self._queue.popleft() for _ in range(min(self.batch_size, len(self._queue)))
-                ]
-                if not self._store(self._prepare_batch(events)):
-                    self._give_up(len(events))
-                    return
-                self._done(len(events))
-            if self._closing and not self._queue:
-                return
+            # Read before the queue: once ``_closing`` is set, nothing more gets queued.
+            closing = self._closing
+            if not self._queue:
+                return not closing
+            events = [self._queue.popleft() for _ in range(min(self.batch_size, len(self._queue)))]
+            if not self._store(self._prepare_batch(events)):
+                self._give_up(len(events))
+                return False
+            self._done(len(events))
 
     def _prepare_batch(self, events: list[Event]) -> list[Prepared]:
         batch: list[Prepared] = []
@@ -374,6 +406,11 @@ class GroupCommitStore(abc.ABC):
         )
 
     # -- waiting -------------------------------------------------------------------------
+
+    @property
+    def closed(self) -> bool:
+        """Whether ``close`` has run: the log takes no more events."""
+        return self._closed
 
     @property
     def waiting(self) -> int:
@@ -509,6 +546,29 @@ class GroupCommitStore(abc.ABC):
                 return
             last = rows[-1][0]
 
+    def read_since(self, after: int) -> tuple[list[tuple[Event, bool]], int]:
+        """Every stored event with ``seq > after``, oldest first, each with whether this store
+        wrote it, and the new cursor (the highest ``seq`` read, or ``after``).
+
+        This store's own appends are flushed first, so that every event appended before the
+        call is in the answer. Rows that do not decode are skipped and counted in ``skipped``.
+        A follower uses it to put its own events in their ``seq`` order among the others'.
+        """
+        self.flush()
+        sql = f"SELECT seq, writer, body FROM events WHERE seq > ? ORDER BY seq LIMIT {PAGE}"  # noqa: S608 - fixed columns; values are parameters
+        found: list[tuple[Event, bool]] = []
+        last = after
+        while True:
+            rows = self.query(sql, (last,))
+            for seq, writer, body in rows:
+                event = self._decode(seq, body, lenient=True)
+                if event is not None:
+                    found.append((event, writer == self.writer))
+            if rows:
+                last = rows[-1][0]
+            if len(rows) < PAGE:
+                return found, last
+
     def last_seq(self) -> int:
         """The highest stored ``seq``; 0 for an empty log. Does not wait for queued events."""
         rows = self.query("SELECT coalesce(max(seq), 0) FROM events")
@@ -532,11 +592,17 @@ class GroupCommitStore(abc.ABC):
                 self._close()
 
     def _close(self) -> None:
-        self._closing = True
+        with self._append_lock:  # no append gets a ticket after this (see ``append``)
+            self._closing = True
+            writer = self._thread
         self._retry_now.set()
-        if self._thread is not None:
-            self._wake.set()
-            self._thread.join(timeout=self.close_timeout + self.lock_timeout + 30)
+        self._wake.set()
+        if writer is not None and writer is not threading.current_thread():
+            writer.join(timeout=self.close_timeout + self.lock_timeout + 30)
+        if writer is None or not writer.is_alive() or writer is threading.current_thread():
+            # Left behind by a writer that found its store collected, or when the collector
+            # closes the store on the writer thread itself.
+            self._drain()
         with self._progress:
             self._closed = True
             self._progress.notify_all()
@@ -553,3 +619,22 @@ class GroupCommitStore(abc.ABC):
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+    def __del__(
+        self,
+        _warn: Callable[..., None] = warnings.warn,
+        _finalizing: Callable[[], bool] = sys.is_finalizing,
+    ) -> None:
+        # Not while the interpreter shuts down: the writer thread may be frozen holding a lock.
+        if not getattr(self, "_opened", False) or _finalizing():
+            return
+        try:
+            if not self._closed:
+                _warn(f"unclosed event log {self.location}", ResourceWarning, source=self)
+        finally:  # the warning may be an error (``-W error``): close all the same
+            self.close()
+            self._release()
+
+    @abc.abstractmethod
+    def _release(self) -> None:
+        """Let go of what ``close`` kept for reading, now that the store itself is gone."""

@@ -39,8 +39,9 @@ import re
 import threading
 import time
 import urllib.parse
-from collections.abc import Iterator, Sequence
-from functools import lru_cache
+import weakref
+from collections.abc import Callable, Iterator, Sequence
+from functools import lru_cache, partial
 from typing import Any, Final
 
 import psycopg
@@ -130,6 +131,15 @@ def to_psycopg(query: str) -> str:
     return "".join(out)
 
 
+def _configure(conn: psycopg.Connection[Any], *, schema: str, durability: Durability) -> None:
+    """Every connection finds the log's tables by name and commits as ``durability`` says.
+
+    All our connections are in autocommit mode: the writer runs its own BEGIN ... COMMIT.
+    """
+    conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(schema)))
+    conn.execute(f"SET synchronous_commit = {_SYNCHRONOUS_COMMIT[durability]}")
+
+
 def _text_column(value: str | None) -> str | None:
     # PostgreSQL text cannot hold NUL; the body keeps the exact value (JSON escapes it).
     return value.replace("\x00", "\ufffd") if value is not None and "\x00" in value else value
@@ -197,6 +207,10 @@ class PostgresEventStore(GroupCommitStore):
         self.pool_size = pool_size
         self.lookups = 0  # read_others calls that queried the server (for diagnostics)
         self._conninfo = url
+        # Not a bound method: the pool keeps it, and must not keep the store alive.
+        self._configure: Callable[[psycopg.Connection[Any]], None] = partial(
+            _configure, schema=schema, durability=self.durability
+        )
         self._password = password
         self._secrets = self._password_forms(url, password)
         # The advisory lock that serializes the replicas' writes (pg_locks shows it).
@@ -225,6 +239,7 @@ class PostgresEventStore(GroupCommitStore):
         except BaseException:
             self._writer_conn.close()
             raise
+        self._opened = True
 
     def _claim_writer(self, conn: psycopg.Connection[Any]) -> None:
         """Hold a session lock on this writer's name for as long as ``conn`` lives.
@@ -302,14 +317,6 @@ class PostgresEventStore(GroupCommitStore):
                 f"cannot set up a connection to {self.url}: {self._scrub(exc)}"
             ) from None
         return conn
-
-    def _configure(self, conn: psycopg.Connection[Any]) -> None:
-        """Every connection finds the log's tables by name and commits as ``durability`` says.
-
-        All our connections are in autocommit mode: the writer runs its own BEGIN ... COMMIT.
-        """
-        conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(self.schema)))
-        conn.execute(f"SET synchronous_commit = {_SYNCHRONOUS_COMMIT[self.durability]}")
 
     def _open_log(self, conn: psycopg.Connection[Any], *, create: bool) -> int:
         """Check (or create) the schema; returns the log's last ``seq``."""
@@ -591,45 +598,36 @@ class PostgresEventStore(GroupCommitStore):
             if self._listener is not None or self._closing:
                 return
             self._listener = threading.Thread(
-                target=self._listen_loop, name=f"failover-listen-{self.writer}", daemon=True
+                target=_follow_peers,
+                args=(weakref.ref(self), self._stop_listening),
+                name=f"failover-listen-{self.writer}",
+                daemon=True,
             )
         self._listener.start()
 
-    def _listen_loop(self) -> None:
-        wait = _FIRST_RECONNECT
-        while not self._stop_listening.is_set():
-            try:
-                self._listen()
-                wait = _FIRST_RECONNECT
-            except (psycopg.Error, EventLogError) as exc:
-                if self._stop_listening.is_set():
-                    return
-                logger.warning(
-                    "event log {}: no notifications from the other replicas ({}); reconnecting, "
-                    "and reading their events every {} s meanwhile",
-                    self.location,
-                    self._scrub(exc),
-                    self.poll_interval,
-                )
-                self._stop_listening.wait(wait)
-                wait = min(wait * 2, _LAST_RECONNECT)
-
-    def _listen(self) -> None:
-        """Note what the other replicas announce, until told to stop or disconnected."""
+    def _listening_connection(self) -> psycopg.Connection[tuple[Any, ...]]:
+        """A connection that listens to the log's channel."""
         conn = self._connect("listen", autocommit=True)
         try:
             conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self._channel)))
-            with self._follow_lock:
-                self._listening_since = time.monotonic()
-            while not self._stop_listening.is_set():
-                for note in conn.notifies(timeout=_LISTEN_TICK):
-                    if self._stop_listening.is_set():
-                        break
-                    self._noted(note.payload)
-        finally:
-            with self._follow_lock:
-                self._listening_since = None
+        except BaseException:
             conn.close()
+            raise
+        with self._follow_lock:
+            self._listening_since = time.monotonic()
+        return conn
+
+    def _not_listening(self, exc: Exception | None) -> None:
+        with self._follow_lock:
+            self._listening_since = None
+        if exc is not None and not self._stop_listening.is_set():
+            logger.warning(
+                "event log {}: no notifications from the other replicas ({}); reconnecting, "
+                "and reading their events every {} s meanwhile",
+                self.location,
+                self._scrub(exc),
+                self.poll_interval,
+            )
 
     def _noted(self, payload: str) -> None:
         writer, _, seq = payload.rpartition(" ")
@@ -643,7 +641,7 @@ class PostgresEventStore(GroupCommitStore):
         self._stop_listening.set()
         with self._follow_lock:
             listener = self._listener
-        if listener is None:
+        if listener is None or listener is threading.current_thread():
             return
         conn = self._writer_conn
         if conn is not None and not conn.broken:  # wake it now rather than at its next tick
@@ -672,3 +670,59 @@ class PostgresEventStore(GroupCommitStore):
             pool, self._pool = self._pool, None
         if pool is not None:
             pool.close()
+
+    def _release(self) -> None:
+        """Nothing: after ``close`` each read opens and closes a connection of its own."""
+
+
+# -- the listener thread -----------------------------------------------------------------------
+
+
+def _follow_peers(store_ref: weakref.ref[PostgresEventStore], stop: threading.Event) -> None:
+    """The listener thread: note what the other replicas announce (see ``read_others``),
+    reconnecting with backoff, until told to stop or the store is gone.
+
+    Like the writer thread, it holds its store only for a moment at a time (a connection, one
+    notification), so that an unclosed store can be collected, and closed.
+    """
+    wait = _FIRST_RECONNECT
+    while not stop.is_set():
+        store = store_ref()
+        if store is None:
+            return
+        try:
+            conn = store._listening_connection()
+        except (psycopg.Error, EventLogError) as exc:
+            store._not_listening(exc)
+        else:
+            del store
+            wait = _FIRST_RECONNECT
+            failure = _relay(conn, store_ref, stop)
+            conn.close()
+            store = store_ref()
+            if store is None:
+                return
+            store._not_listening(failure)
+        del store
+        stop.wait(wait)
+        wait = min(wait * 2, _LAST_RECONNECT)
+
+
+def _relay(
+    conn: psycopg.Connection[Any], store_ref: weakref.ref[PostgresEventStore], stop: threading.Event
+) -> psycopg.Error | None:
+    """Hand each notification on ``conn`` to the store, until told to stop, the store is gone
+    or the connection fails (returned)."""
+    try:
+        while not stop.is_set():
+            for note in conn.notifies(timeout=_LISTEN_TICK):
+                store = store_ref()
+                if store is None or stop.is_set():
+                    return None
+                store._noted(note.payload)
+                del store
+            if store_ref() is None:
+                return None
+    except psycopg.Error as exc:
+        return exc
+    return None

@@ -75,8 +75,12 @@ def _connect(path: str, *, create: bool) -> sqlite3.Connection:
         conn = sqlite3.connect(
             file, check_same_thread=False, isolation_level=None, timeout=_OPEN_TIMEOUT
         )
+    except sqlite3.DatabaseError as exc:
+        raise EventLogError(f"{path} is not an SQLite database ({exc})") from exc
+    try:
         conn.execute("PRAGMA schema_version").fetchone()
     except sqlite3.DatabaseError as exc:
+        conn.close()
         raise EventLogError(f"{path} is not an SQLite database ({exc})") from exc
     return conn
 
@@ -184,6 +188,7 @@ class SQLiteEventStore(GroupCommitStore):
         self._conn_closed = False
         self._inode: tuple[int, int] | None = None
         self._conn = self._open(create=create)
+        self._opened = True
 
     def __repr__(self) -> str:
         return f"SQLiteEventStore({self.path!r}, durability={self.durability!r})"
@@ -206,7 +211,7 @@ class SQLiteEventStore(GroupCommitStore):
         except sqlite3.Error as exc:
             conn.close()
             raise EventLogError(f"cannot open event log {self.path}: {exc}") from exc
-        except EventLogError:
+        except BaseException:
             conn.close()
             raise
         self.db = db
@@ -339,7 +344,10 @@ class SQLiteEventStore(GroupCommitStore):
     def _close_connection(self) -> None:
         # An in-memory log would vanish with its only connection: keep it readable.
         if self.path != MEMORY:
-            with self._lock:
-                if not self._conn_closed:
-                    self._conn.close()
-                    self._conn_closed = True
+            self._release()
+
+    def _release(self) -> None:
+        with self._lock:
+            if not self._conn_closed:
+                self._conn.close()
+                self._conn_closed = True
