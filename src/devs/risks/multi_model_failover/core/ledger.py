@@ -236,18 +236,22 @@ class CallLedger:
         if call.ended:
             return
         try:
-            self._log.emit(
-                CallCancelled(
-                    at=self._now(),
-                    call_id=call.call_id,
-                    model_id=call.model_id,
-                    attempts=call.attempts,
-                    latency=self._clock() - call.start,
-                    reason=reason,
-                )
-            )
+            self._record_cancelled(call, reason)
         finally:
             self._end(call)
+
+    def _record_cancelled(self, call: Call, reason: str, supersedes: str | None = None) -> None:
+        self._log.emit(
+            CallCancelled(
+                at=self._now(),
+                call_id=call.call_id,
+                model_id=call.model_id,
+                attempts=call.attempts,
+                latency=self._clock() - call.start,
+                reason=reason,
+                supersedes=supersedes,
+            )
+        )
 
     async def commit(self, call: Call, outcome: str) -> None:
         """Wait for the commit of ``call``'s ``outcome`` (its terminal event's type). A caller
@@ -256,21 +260,8 @@ class CallLedger:
         try:
             await self._log.commit()
         except anyio.get_cancelled_exc_class():
-            self._superseded(call, outcome)
+            self._record_cancelled(call, "cancelled while its outcome was committed", outcome)
             raise
-
-    def _superseded(self, call: Call, outcome: str) -> None:
-        self._log.emit(
-            CallCancelled(
-                at=self._now(),
-                call_id=call.call_id,
-                model_id=call.model_id,
-                attempts=call.attempts,
-                latency=self._clock() - call.start,
-                reason="cancelled while its outcome was committed",
-                supersedes=outcome,
-            )
-        )
 
     def closed_during(self, call: Call) -> EngineClosedError:
         """Record that the engine closed while ``call`` was in flight; the error to raise."""

@@ -116,6 +116,17 @@ def prepare(event: Event) -> Prepared:
     )
 
 
+def schema_version(location: str, stored: object) -> int:
+    """The ``schema_version`` stored in a log's ``meta``; ``EventLogError`` if not a number."""
+    try:
+        return int(str(stored))
+    except ValueError:
+        raise EventLogError(
+            f"{location}: meta.schema_version is {stored!r}, not a whole number "
+            "(the log is damaged)"
+        ) from None
+
+
 def body_text(seq: int, tail: bytes) -> str:
     """The stored JSON of an event: its ``seq`` spliced in front of the rest of its fields.
 

@@ -54,7 +54,14 @@ from ..core.errors import EventLogError, SchemaVersionError
 from ..core.events import SCHEMA_VERSION, Event
 from ..core.protocols import Durability
 from ..core.scrub import scrub
-from ._group_commit import INDEXED, TYPE_INDEX, GroupCommitStore, Prepared, body_text
+from ._group_commit import (
+    INDEXED,
+    TYPE_INDEX,
+    GroupCommitStore,
+    Prepared,
+    body_text,
+    schema_version,
+)
 
 _SCHEMA_NAME: Final = re.compile(r"[a-z_][a-z0-9_]{0,47}")
 _SYNCHRONOUS_COMMIT: Final = {"buffered": "off", "process": "off", "power": "on"}
@@ -338,7 +345,7 @@ class PostgresEventStore(GroupCommitStore):
         have = [name is not None for name in found or (None, None)]
         if all(have):
             row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-            version = int(row[0]) if row else 0
+            version = schema_version(self.location, row[0]) if row else 0
             if version > SCHEMA_VERSION:
                 raise SchemaVersionError(
                     f"{self.location} was written with event-log schema version {version}; "

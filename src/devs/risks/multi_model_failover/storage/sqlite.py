@@ -39,7 +39,14 @@ from loguru import logger
 from ..core.errors import EventLogError, SchemaVersionError
 from ..core.events import SCHEMA_VERSION, Event
 from ..core.protocols import Durability
-from ._group_commit import INDEXED, TYPE_INDEX, GroupCommitStore, Prepared, body_text
+from ._group_commit import (
+    INDEXED,
+    TYPE_INDEX,
+    GroupCommitStore,
+    Prepared,
+    body_text,
+    schema_version,
+)
 from ._group_commit import at_text as _at_text  # noqa: F401 - tests import it from here
 
 MEMORY: Final = ":memory:"
@@ -56,14 +63,33 @@ _INSERT: Final = (
 
 def _create_private_file(path: Path) -> None:
     """Create ``path`` readable by its owner only (the log may name models and callers)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with contextlib.suppress(FileExistsError):
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except FileExistsError as exc:  # a file stands where a folder of the path should be
+        raise EventLogError(
+            f"cannot create event log {path}: {exc.filename} is a file, not a directory"
+        ) from exc
+    except OSError as exc:
+        raise EventLogError(f"cannot create event log {path}: {_reason(exc, path)}") from exc
+    try:
         os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+    except FileExistsError:
+        pass  # another process created it first: it is opened as an existing log
+    except OSError as exc:
+        raise EventLogError(f"cannot create event log {path}: {_reason(exc, path)}") from exc
+
+
+def _reason(exc: OSError, path: Path) -> str:
+    """``exc`` in a few words, naming the file it is about when that is not the log itself."""
+    reason = exc.strerror or str(exc)
+    return f"{reason} ({exc.filename})" if exc.filename not in (None, str(path)) else reason
 
 
 def _connect(path: str, *, create: bool) -> sqlite3.Connection:
     if path == MEMORY:
         return sqlite3.connect(MEMORY, check_same_thread=False, isolation_level=None)
+    if not path.strip():
+        raise EventLogError(f"no event log named: the path is {path!r}")
     file = Path(path)
     if not file.exists():
         if not create:
@@ -71,6 +97,8 @@ def _connect(path: str, *, create: bool) -> sqlite3.Connection:
         _create_private_file(file)
     elif file.is_dir():
         raise EventLogError(f"{path} is a directory, not an event log")
+    elif not file.is_file():
+        raise EventLogError(f"{path} is a device, pipe or socket, not an event log file")
     try:
         conn = sqlite3.connect(
             file, check_same_thread=False, isolation_level=None, timeout=_OPEN_TIMEOUT
@@ -91,7 +119,7 @@ def _ensure_schema(db: sqlite_utils.Database, path: str, *, create: bool) -> Non
     tables = set(db.table_names())
     if "events" in tables and "meta" in tables:
         row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-        version = int(row[0]) if row else 0
+        version = schema_version(path, row[0]) if row else 0
         if version > SCHEMA_VERSION:
             raise SchemaVersionError(
                 f"{path} was written with event-log schema version {version}; this version "
@@ -123,7 +151,9 @@ def _ensure_schema(db: sqlite_utils.Database, path: str, *, create: bool) -> Non
             conn.execute(TYPE_INDEX)
         conn.execute("COMMIT")
     except BaseException:
-        conn.execute("ROLLBACK")
+        # The first error is the one to report; a failed BEGIN leaves nothing to roll back.
+        with contextlib.suppress(sqlite3.Error):
+            conn.execute("ROLLBACK")
         raise
 
 

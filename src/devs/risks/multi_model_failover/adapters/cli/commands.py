@@ -39,7 +39,15 @@ from ..exposition import prometheus_text
 from ..facade import is_postgres_url
 from .files import is_sqlite
 from .queries import STATE_TYPES, EventFilter, known_models, nth_last_seq, read_events, snapshot_at
-from .render import STATE_STYLES, Output, clock_text, describe, visible, visible_json
+from .render import (
+    AUDIT_HEADERS,
+    STATE_STYLES,
+    Output,
+    audit_rows,
+    describe,
+    visible,
+    visible_json,
+)
 from .tables import print_metrics, print_states, state_rows
 from .timeexpr import TimeExpressionError, parse_time
 
@@ -354,19 +362,8 @@ def audit(
     if not entries:
         out.text(f"{scrub(log)}: no state change and no maintenance action recorded")
         return
-    rows = [
-        [
-            clock_text(e.at),
-            e.model_id,
-            e.action.replace("_", " "),
-            f"{e.from_state.value} -> {e.to_state.value}",
-            e.by or "engine (health)",
-            e.reason,
-        ]
-        for e in entries
-    ]
     styles = [STATE_STYLES[e.to_state] for e in entries]
-    out.table("audit trail", ["time (UTC)", "model", "action", "state", "who", "why"], rows, styles)
+    out.table("audit trail", list(AUDIT_HEADERS), audit_rows(entries), styles)
 
 
 # -- maintenance ---------------------------------------------------------------------------

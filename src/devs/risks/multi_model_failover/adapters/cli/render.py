@@ -41,7 +41,7 @@ from ...core.events import (
     StateChanged,
 )
 from ...core.health import HealthState
-from ...core.projections import Metrics
+from ...core.projections import AuditEntry, Metrics
 
 TONES: Final = {
     "ok": "green",
@@ -153,6 +153,24 @@ def model_rows(m: Metrics) -> list[list[str]]:
             seconds_text(f.latency_max) if f.latency_count else "-",
         ]
         for model_id, f in sorted(m.by_model.items())
+    ]
+
+
+AUDIT_HEADERS: Final = ("time (UTC)", "model", "action", "state", "who", "why")
+
+
+def audit_rows(entries: Iterable[AuditEntry]) -> list[list[str]]:
+    """One row per audit entry under ``AUDIT_HEADERS`` (the CLI's table and the HTML report)."""
+    return [
+        [
+            clock_text(e.at),
+            e.model_id,
+            e.action.replace("_", " "),
+            f"{e.from_state.value} -> {e.to_state.value}",
+            e.by or "engine (health)",
+            e.reason,
+        ]
+        for e in entries
     ]
 
 

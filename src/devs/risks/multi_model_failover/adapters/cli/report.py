@@ -23,7 +23,15 @@ from ...core.health import HealthState
 from ...core.projections import AuditEntry, Metrics, ModelState, Snapshot, apply
 from ...storage import GroupCommitStore
 from .queries import STATE_TYPES, pinned, read_events, snapshot_at
-from .render import MODEL_HEADERS, clock_text, model_rows, seconds_text, visible
+from .render import (
+    AUDIT_HEADERS,
+    MODEL_HEADERS,
+    audit_rows,
+    clock_text,
+    model_rows,
+    seconds_text,
+    visible,
+)
 
 COLOURS: Final = {
     HealthState.HEALTHY: "#2f9e5b",
@@ -366,20 +374,6 @@ def _call_row(event: CallSucceeded | CallFailed) -> list[str]:
     ]
 
 
-def _audit_rows(entries: list[AuditEntry]) -> list[list[str]]:
-    return [
-        [
-            clock_text(e.at),
-            e.model_id,
-            e.action.replace("_", " "),
-            f"{e.from_state.value} -> {e.to_state.value}",
-            e.by or "engine (health)",
-            e.reason,
-        ]
-        for e in entries[-AUDIT_ROWS:]
-    ]
-
-
 def render_page(incident: Incident, title: str) -> str:
     """The whole HTML page of ``incident``."""
     m = incident.metrics
@@ -417,11 +411,7 @@ def render_page(incident: Incident, title: str) -> str:
         _table(calls_headers, [_call_row(e) for _, _, e in incident.slowest], {3, 4, 5}),
         "<h2>State changes and maintenance actions</h2>",
         audit_note,
-        _table(
-            ["time (UTC)", "model", "action", "state", "who", "why"],
-            _audit_rows(incident.audit),
-            set(),
-        ),
+        _table(list(AUDIT_HEADERS), audit_rows(incident.audit[-AUDIT_ROWS:]), set()),
     ]
     body = "\n".join(s for s in sections if s)
     return (
