@@ -143,7 +143,7 @@ def failure(exc: BaseException, prompt: Any) -> Failure:
         kind = ErrorKind.TIMEOUT if exc.kind is ErrorKind.DEADLINE else exc.kind
         return Failure(kind, exc.message, exc.retry_after, kept)
     kind = ErrorKind.TIMEOUT if isinstance(exc, TimeoutError) else ErrorKind.UNKNOWN
-    return Failure(kind, _clean(describe_exception(exc), prompt), error=kept)
+    return Failure(kind, without_prompt(describe_exception(exc), prompt), error=kept)
 
 
 def _clean(text: str, prompt: Any) -> str:
@@ -170,16 +170,28 @@ def _keepable(exc: BaseException, prompt: Any) -> BaseException:
 def _clean_in_place(exc: BaseException, prompt: Any) -> bool:
     """Clean ``exc``'s message, arguments and notes; whether its ``str`` and ``repr`` are
     clean now."""
+    known: dict[str, str] = {}
     if isinstance(exc, ModelError):
-        exc.message = _clean(exc.message, prompt)
+        # Scrubbed of secrets when it was made: only the prompt is left to take out.
+        original = exc.message
+        exc.message = known[original] = without_prompt(original, prompt)
     texts = [a if isinstance(a, str) else str(a) for a in exc.args]
-    cleaned = [_clean(text, prompt) for text in texts]
+    cleaned = [known[text] if text in known else _clean(text, prompt) for text in texts]
     if cleaned != texts:
         exc.args = tuple(cleaned)
     notes = getattr(exc, "__notes__", None)
     if isinstance(notes, list):
         notes[:] = [_clean(str(note), prompt) for note in notes]
+    if _shows_only_its_arguments(type(exc)):
+        return True  # its str and repr are made of the arguments just cleaned
     return all((shown := _text_of(exc, show)) == _clean(shown, prompt) for show in (str, repr))
+
+
+def _shows_only_its_arguments(kind: type[BaseException]) -> bool:
+    """Whether ``str`` and ``repr`` of an exception of ``kind`` are made of its arguments (and,
+    for ``ModelError``, its message and kind) only: no text of its own to check."""
+    stock_repr = (BaseException.__repr__, ModelError.__repr__)
+    return kind.__str__ is BaseException.__str__ and kind.__repr__ in stock_repr
 
 
 def _text_of(exc: BaseException, show: Any) -> str:

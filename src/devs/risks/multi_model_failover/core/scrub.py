@@ -124,9 +124,19 @@ def without_prompt(message: str, prompt: object) -> str:
         for form in _quoted_forms(text):
             if form in message:
                 message = message.replace(form, PROMPT_REDACTED)
+            # Every echo this looks for holds one of these pieces: none, no echo (the usual).
+            if not any(piece in message for piece in _pieces(form)):
+                continue
             message = _without_runs(message, form)
             message = _without_cut_ends(message, form)
     return message
+
+
+@functools.lru_cache(maxsize=16)
+def _pieces(text: str) -> tuple[str, ...]:
+    """``text``'s sampled grams, its first and its last ``_MIN_PROMPT_FRAGMENT`` characters."""
+    index, _ = _grams(text) if len(text) >= _GRAM else ({}, 0)
+    return (*index, text[:_MIN_PROMPT_FRAGMENT], text[-_MIN_PROMPT_FRAGMENT:])
 
 
 # A run of the prompt this long inside a message is an echo, not a coincidence.
