@@ -176,3 +176,50 @@ def test_a_huge_count_is_refused_not_a_traceback(
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr
     assert "--last" in result.stderr
+
+
+def test_the_demo_on_a_path_that_cannot_be_created(
+    run_process: Callable[..., subprocess.CompletedProcess[str]], tmp_path: Path
+) -> None:
+    (tmp_path / "notes").write_text("mine")
+    log = tmp_path / "notes" / "demo" / "events.sqlite3"
+    result = run_process("demo", "--log", log)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"failover: cannot create {log}: ")
+    assert "Not a directory" in lines[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes"]
+    assert (tmp_path / "notes").read_text() == "mine"
+
+
+@pytest.mark.skipif(not Path("/dev/null").exists(), reason="needs /dev/null")
+@pytest.mark.parametrize(("before", "after"), READERS)
+def test_a_device_is_not_a_log(
+    run_process: Callable[..., subprocess.CompletedProcess[str]],
+    tmp_path: Path,
+    before: list[str],
+    after: list[str],
+) -> None:
+    args = [str(tmp_path / "report.html") if a == "OUT" else a for a in after]
+    result = run_process(*before, "/dev/null", *args)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr == (
+        "failover: /dev/null is a device, pipe or socket, not an event log file\n"
+    )
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(("before", "after"), READERS)
+def test_a_damaged_schema_version(
+    run_cli: Run, tmp_path: Path, before: list[str], after: list[str]
+) -> None:
+    log = tmp_path / "damaged.sqlite3"
+    SQLiteEventStore(log).close()
+    with sqlite3.connect(log) as conn:
+        conn.execute("UPDATE meta SET value = 'one' WHERE key = 'schema_version'")
+    conn.close()
+    line = one_line(invoke(run_cli, before, log, after, tmp_path))
+    assert line == f"failover: {log}: meta.schema_version is 'one', not a whole number " + (
+        "(the log is damaged)"
+    )

@@ -8,6 +8,7 @@ A backend's test module subclasses ``EventStoreContract``, implements its hooks 
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import enum
 import gc
@@ -45,6 +46,7 @@ class StoreUnderTest(EventStore, Protocol):
     errors: int
     dropped: int
     skipped: int
+    unknown: collections.Counter[str]
 
     @property
     def location(self) -> str:
@@ -60,8 +62,13 @@ class StoreUnderTest(EventStore, Protocol):
     def count(self) -> int:
         """How many events are stored."""
 
-    def read(self, *, after: int = 0, lenient: bool = False) -> Iterator[Event]:
+    def read(
+        self, *, after: int = 0, lenient: bool = False, skip_unknown: bool | None = None
+    ) -> Iterator[Event]:
         """Stored events; ``lenient`` skips rows that do not decode."""
+
+    def read_since(self, after: int) -> tuple[list[tuple[Event, bool]], int]:
+        """Every stored event past ``after``, each with whether this store wrote it."""
 
 
 # -- events --------------------------------------------------------------------------------
@@ -120,6 +127,11 @@ def numbered(events: Sequence[Event], first: int) -> list[Event]:
     return [msgspec.structs.replace(e, seq=first + i) for i, e in enumerate(events)]
 
 
+def newer_event(seq: int) -> str:
+    """The stored form of an event of a type a newer version of the library writes."""
+    return f'{{"seq":{seq},"type":"brand_new_event","at":"2026-01-01T00:00:00+00:00"}}'
+
+
 def unnumbered(events: Sequence[Event]) -> list[Event]:
     """``events`` with their store-assigned ``seq`` cleared, for comparison."""
     return [msgspec.structs.replace(e, seq=0) for e in events]
@@ -164,6 +176,11 @@ class EventStoreContract:
 
     def corrupt(self, store: StoreUnderTest, seq: int) -> None:
         """Damage the stored form of event ``seq`` so that it no longer decodes."""
+        raise NotImplementedError
+
+    def overwrite(self, store: StoreUnderTest, seq: int, type_: str, body: str) -> None:
+        """Replace the stored row ``seq`` by one of type ``type_`` with JSON ``body`` (as
+        another version of the library would have written it)."""
         raise NotImplementedError
 
     def refuse_writes(self, store: StoreUnderTest) -> contextlib.AbstractContextManager[None]:
@@ -242,6 +259,64 @@ class EventStoreContract:
             list(store.read())
         assert [e.seq for e in store.read(lenient=True)] == [1, 2, 4, 5]
         assert store.skipped == 1
+        store.close()
+
+    def test_an_event_of_a_newer_type_is_skipped_and_counted_once(
+        self, log_records: list[dict[str, Any]]
+    ) -> None:
+        store = self.make_store("buffered")
+        for n in range(1, 6):
+            store.append(attempt("c", n))
+        assert store.flush()
+        self.overwrite(store, 3, "brand_new_event", newer_event(3))
+        assert [e.seq for e in store.read()] == [1, 2, 4, 5]
+        assert [e.seq for e in store.read(lenient=True)] == [1, 2, 4, 5]
+        rows, cursor = store.read_since(0)
+        assert ([e.seq for e, _ in rows], cursor) == ([1, 2, 4, 5], 5)
+        assert store.unknown == {"brand_new_event": 1}  # one row, however often it is read
+        assert store.skipped == 0
+        warnings = [str(r["message"]) for r in log_records if r["level"].name == "WARNING"]
+        assert len(warnings) == 1, warnings
+        assert "skipped 1 event(s) of types this version does not know" in warnings[0]
+        assert warnings[0].endswith(": brand_new_event (upgrade to read them)")
+        with pytest.raises(EventLogError, match=r"seq=3 is a 'brand_new_event' event"):
+            list(store.read(skip_unknown=False))
+        store.close()
+
+    def test_a_peers_event_of_a_newer_type_is_skipped_and_counted(self) -> None:
+        store = self.make_store("buffered")
+        other = self.peer_or_skip(store)
+        for n in range(1, 4):
+            other.append(attempt("theirs", n))
+        assert other.flush()
+        self.overwrite(store, 2, "brand_new_event", newer_event(2))
+        events, cursor = store.read_others(0)
+        assert ([e.seq for e in events], cursor) == ([1, 3], 3)
+        assert store.unknown == {"brand_new_event": 1}
+        assert store.skipped == 0
+        other.close()
+        store.close()
+
+    @pytest.mark.parametrize(
+        "body",
+        [
+            '{"type":"brand_new_event","at":"2026-01-01T00:00:00+00:00"}',  # no seq
+            '{"seq":99,"type":"brand_new_event","at":"2026-01-01T00:00:00+00:00"}',  # not its own
+            '{"seq":3,"type":"brand_new_event"}',  # no time
+            '{"seq":3,"type":"attempt_started","at":"2026-01-01T00:00:00+00:00","attempt":"x"}',
+        ],
+        ids=["no-seq", "wrong-seq", "no-at", "known-type-wrong-field"],
+    )
+    def test_a_damaged_row_is_not_taken_for_a_newer_type(self, body: str) -> None:
+        store = self.make_store("buffered")
+        for n in range(1, 6):
+            store.append(attempt("c", n))
+        assert store.flush()
+        self.overwrite(store, 3, "brand_new_event", body)
+        with pytest.raises(EventLogError, match=r"seq=3 is not a valid event"):
+            list(store.read())
+        assert [e.seq for e in store.read(lenient=True)] == [1, 2, 4, 5]
+        assert (store.skipped, store.unknown) == (1, {})
         store.close()
 
     def test_read_others_returns_the_peers_events_and_a_cursor(self) -> None:

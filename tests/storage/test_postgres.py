@@ -102,6 +102,12 @@ class TestPostgresStore(EventStoreContract):
             (seq,),
         )
 
+    def overwrite(self, store: Any, seq: int, type_: str, body: str) -> None:
+        self.admin.execute(
+            f"UPDATE {store.schema}.events SET type = %s, body = %s WHERE seq = %s",  # noqa: S608 - the test's own schema name
+            (type_, body, seq),
+        )
+
     @contextlib.contextmanager
     def refuse_writes(self, store: Any) -> Iterator[None]:
         schema = store.schema
@@ -174,6 +180,14 @@ def test_a_newer_schema_version_is_refused(pg_url: str) -> None:
     for create in (True, False):
         with pytest.raises(SchemaVersionError, match=f"version {SCHEMA_VERSION + 1}"):
             store_on(pg_url, create=create)
+
+
+def test_a_schema_version_that_is_not_a_number_is_named(pg_url: str) -> None:
+    store_on(pg_url).close()
+    with admin(pg_url) as conn:
+        conn.execute("UPDATE failover.meta SET value = 'one' WHERE key = 'schema_version'")
+    with pytest.raises(EventLogError, match=r"meta\.schema_version is 'one'"):
+        store_on(pg_url, create=False)
 
 
 def test_a_missing_log_is_not_created_when_create_is_false(pg_url: str) -> None:

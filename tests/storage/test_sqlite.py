@@ -65,6 +65,9 @@ class TestInMemoryStore(EventStoreContract):
     def corrupt(self, store: Any, seq: int) -> None:
         store.query('UPDATE events SET body = \'{"type": "nonsense\' WHERE seq = ?', (seq,))
 
+    def overwrite(self, store: Any, seq: int, type_: str, body: str) -> None:
+        store.query("UPDATE events SET type = ?, body = ? WHERE seq = ?", (type_, body, seq))
+
     @contextlib.contextmanager
     def refuse_writes(self, store: Any) -> Iterator[None]:
         store.query(REFUSE)
@@ -103,6 +106,10 @@ class TestFileStore(EventStoreContract):
     def corrupt(self, store: Any, seq: int) -> None:
         with contextlib.closing(connect(store.path)) as conn:
             conn.execute('UPDATE events SET body = \'{"type": "nonsense\' WHERE seq = ?', (seq,))
+
+    def overwrite(self, store: Any, seq: int, type_: str, body: str) -> None:
+        with contextlib.closing(connect(store.path)) as conn:
+            conn.execute("UPDATE events SET type = ?, body = ? WHERE seq = ?", (type_, body, seq))
 
     @contextlib.contextmanager
     def refuse_writes(self, store: Any) -> Iterator[None]:
@@ -504,9 +511,12 @@ def test_a_deleted_log_file_is_reported_and_started_again(
     store.append(attempt("after", 2))
     assert store.flush()
     assert store.errors == 1
-    assert "deleted" in str(store.last_error)
+    assert "moved or deleted" in str(store.last_error)
     lines = [str(r["message"]) for r in log_records if r["level"].name == "ERROR"]
-    assert any(str(path) in m and "deleted" in m and "3 event(s) are gone" in m for m in lines)
+    assert any(
+        str(path) in m and "deleted" in m and "3 event(s) are no longer at that path" in m
+        for m in lines
+    )
     store.close()
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     reader = SQLiteEventStore(path, create=False)

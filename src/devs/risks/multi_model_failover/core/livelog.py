@@ -58,11 +58,14 @@ class LiveLog:
         self._base: tuple[Snapshot, Snapshot | None] | None = None
         self._base_cursor = 0
         self._unread: deque[Event] | None = None
+        # The store's count of logs it found replaced under it (0 for a store that cannot tell).
+        self._resets = 0
         # Called after an event that may change the rotation (the engine drops its plan).
         self.on_rotation_change: Callable[[], None] = lambda: None
 
     def load(self) -> None:
         """Fold in everything the store already holds (at start-up)."""
+        self._resets = getattr(self.store, "resets", 0)
         self.fold_others(self.store.read())
         self._base_cursor = self.cursor
         self._base = (_copy(self.snap), None if self.health is self.snap else _copy(self.health))
@@ -107,6 +110,7 @@ class LiveLog:
     async def follow(self) -> int:
         """Fold in what other writers appended since the last follow; returns how many."""
         events, cursor = await anyio.to_thread.run_sync(self.store.read_others, self.cursor)
+        self._start_over_if_replaced()
         read_since = getattr(self.store, "read_since", None)
         busy = self._unread is not None and len(self._unread) > _MOST_UNREAD
         if (not events and not busy) or not callable(read_since):
@@ -115,6 +119,16 @@ class LiveLog:
             return folded
         return await self._refold(read_since)
 
+    def _start_over_if_replaced(self) -> None:
+        """Another log replaced ours, and the store read it from its start: its seqs begin
+        again at 1, so our cursors do too. What the view already holds stays (the old log's
+        events are history; the new one's are folded on top)."""
+        resets = getattr(self.store, "resets", 0)
+        if resets != self._resets:
+            self._resets = resets
+            self.cursor = 0
+            self._base_cursor = 0
+
     async def _refold(
         self, read_since: Callable[[int], tuple[list[tuple[Event, bool]], int]]
     ) -> int:
@@ -122,6 +136,7 @@ class LiveLog:
         if self._unread is None:
             self._unread = deque()  # ours from now on; older ones are in the read below
         rows, cursor = await anyio.to_thread.run_sync(read_since, self._base_cursor)
+        self._start_over_if_replaced()  # the rows may be the new log's, from its start
         assert self._base is not None  # noqa: S101 - set by load()
         whole, local = self._base
         others = 0

@@ -35,7 +35,7 @@ import time
 import uuid
 import warnings
 import weakref
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from functools import partial
@@ -69,6 +69,18 @@ _SHAPES: Final = {
     for tag, cls in EVENT_TYPES.items()
 }
 _datetime_encoder = msgspec.json.Encoder(enc_hook=lambda obj: obj.isoformat())
+
+
+class _Envelope(msgspec.Struct):
+    """The fields every stored event has, whatever its type: what tells a newer version's
+    event (a sound envelope, an unknown ``type``) from a damaged row."""
+
+    seq: int
+    type: str
+    at: datetime
+
+
+_envelope_decoder = msgspec.json.Decoder(_Envelope)
 
 # An event encoded and ready to insert, less its seq: type, at, call_id, model_id, and the
 # JSON body after its opening brace (the store splices ``{"seq":N,`` in front).
@@ -125,6 +137,19 @@ def schema_version(location: str, stored: object) -> int:
             f"{location}: meta.schema_version is {stored!r}, not a whole number "
             "(the log is damaged)"
         ) from None
+
+
+def unknown_type(seq: int, body: str) -> str | None:
+    """The ``type`` of row ``seq`` when a newer version wrote it: its envelope is sound (its
+    own ``seq``, a ``type``, an ``at`` time) and the type is one this version does not know.
+    None for a known type and for a damaged row."""
+    try:
+        envelope = _envelope_decoder.decode(body)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return None
+    if envelope.seq != seq or envelope.type in EVENT_TYPES:
+        return None
+    return envelope.type
 
 
 def body_text(seq: int, tail: bytes) -> str:
@@ -199,9 +224,16 @@ class GroupCommitStore(abc.ABC):
     ``close`` keeps retrying a failing write before it gives the events up (counted in
     ``dropped``).
 
+    ``resets`` counts the times ``read_others``/``read_since`` found another log behind the
+    location (the file was replaced) and so read that log from its start, ignoring ``after``:
+    a follower holding a cursor starts over when it changes.
+
     Counters: ``errors`` (failed writes, unstorable events, other faults of the log),
-    ``dropped`` (events given up), ``skipped`` (rows a lenient read could not decode);
-    ``last_error`` describes the latest failure.
+    ``dropped`` (events given up), ``skipped`` (rows a lenient read could not decode),
+    ``unknown`` (per type, the events of types this version does not know that reads skipped,
+    each counted once); ``last_error`` describes the latest failure. ``skip_unknown``: whether
+    ``read`` skips those events (the default: a newer version's events must not stop an older
+    reader) or raises ``EventLogError``.
     """
 
     def __init__(
@@ -225,7 +257,17 @@ class GroupCommitStore(abc.ABC):
         self.errors = 0
         self.dropped = 0
         self.skipped = 0
+        self.unknown: Counter[str] = Counter()
+        self.skip_unknown = True
+        self.resets = 0
         self.last_error: str | None = None
+        # Which log ``read_others``/``read_since`` last read (a backend sets it once open):
+        # another one behind the same location is read from its start (see ``_cursor_for``).
+        self._read_log: object = None
+        # The seqs counted in ``unknown``: a row read again (another query, a re-fold) is
+        # counted and reported once.
+        self._unknown_seqs: set[int] = set()
+        self._unknown_lock = threading.Lock()
         self._queue: deque[Event] = deque()
         self._appended = 0
         # Tickets up to here are done with: committed, or given up (counted in ``dropped``).
@@ -264,6 +306,28 @@ class GroupCommitStore(abc.ABC):
     @abc.abstractmethod
     def read_others(self, after: int) -> tuple[list[Event], int]:
         """Events other writers stored with ``seq > after``, and the new cursor."""
+
+    def _log_identity(self) -> object:
+        """Which log is behind the location now; a backend whose log can be replaced under it
+        says so (the default: always the same one)."""
+        return None
+
+    def _cursor_for(self, after: int) -> int:
+        """``after``, or 0 once the log behind the location is another one than at the last
+        ``read_others``/``read_since``: its seqs are not ours to compare (counted in
+        ``resets``)."""
+        identity = self._log_identity()
+        if identity == self._read_log:
+            return after
+        self._read_log = identity
+        self.resets += 1
+        with self._unknown_lock:  # the other log's seqs say nothing about this one's rows
+            self._unknown_seqs.clear()
+        logger.warning(
+            "event log {}: another log file is now at this path; reading it from its start",
+            self.location,
+        )
+        return 0
 
     @abc.abstractmethod
     def json_field(self, key: str) -> str:
@@ -517,16 +581,48 @@ class GroupCommitStore(abc.ABC):
 
     # -- reading -------------------------------------------------------------------------
 
-    def _decode(self, seq: int, body: str, *, lenient: bool) -> Event | None:
+    def _decode(
+        self, seq: int, body: str, *, lenient: bool, news: Counter[str], skip_unknown: bool = True
+    ) -> Event | None:
+        """The event of row ``seq``, or None for a row skipped; a newly skipped event of an
+        unknown type is counted in ``news`` too."""
         try:
             return decode(body)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            tag = unknown_type(seq, body)
+            if tag is not None:
+                if not skip_unknown:
+                    raise EventLogError(
+                        f"event log {self.location}: row seq={seq} is a {tag!r} event, a type "
+                        "this version does not know (upgrade to read it)"
+                    ) from exc
+                self._count_unknown(seq, tag, news)
+                return None
             if lenient:
                 self.skipped += 1
                 return None
             raise EventLogError(
                 f"event log {self.location}: row seq={seq} is not a valid event: {exc}"
             ) from exc
+
+    def _count_unknown(self, seq: int, tag: str, news: Counter[str]) -> None:
+        with self._unknown_lock:
+            if seq in self._unknown_seqs:
+                return
+            self._unknown_seqs.add(seq)
+            self.unknown[tag] += 1
+        news[tag] += 1
+
+    def _warn_unknown(self, news: Counter[str]) -> None:
+        """One line per read that skipped events of types this version does not know."""
+        if news:
+            logger.warning(
+                "event log {}: skipped {} event(s) of types this version does not know: {} "
+                "(upgrade to read them)",
+                self.location,
+                news.total(),
+                ", ".join(sorted(news)),
+            )
 
     def read(
         self,
@@ -535,50 +631,71 @@ class GroupCommitStore(abc.ABC):
         where: str = "",
         params: tuple[object, ...] = (),
         lenient: bool = False,
+        skip_unknown: bool | None = None,
     ) -> Iterator[Event]:
         """Stored events with ``seq > after``, oldest first, streamed page by page.
 
         This store's own appends are flushed first. ``where`` is an extra SQL condition on
-        the ``events`` columns with ``?`` placeholders filled from ``params``. A row that does
-        not decode raises ``EventLogError`` naming its seq, or is skipped and counted in
-        ``skipped`` with ``lenient=True``.
+        the ``events`` columns with ``?`` placeholders filled from ``params``. An event of a
+        type this version does not know is skipped, counted in ``unknown`` and logged once per
+        read (``skip_unknown=False``, default ``self.skip_unknown``: ``EventLogError``). Any
+        other row that does not decode raises ``EventLogError`` naming its seq, or is skipped
+        and counted in ``skipped`` with ``lenient=True``.
         """
         self.flush()
+        skip = self.skip_unknown if skip_unknown is None else skip_unknown
         condition = f"seq > ? AND ({where})" if where else "seq > ?"
         sql = f"SELECT seq, body FROM events WHERE {condition} ORDER BY seq LIMIT {PAGE}"  # noqa: S608 - fixed columns; values are parameters
         last = after
-        while True:
-            rows = self.query(sql, (last, *params))
-            for seq, body in rows:
-                event = self._decode(seq, body, lenient=lenient)
-                if event is not None:
-                    yield event
-            if len(rows) < PAGE:
-                return
-            last = rows[-1][0]
+        news: Counter[str] = Counter()
+        try:
+            while True:
+                rows = self.query(sql, (last, *params))
+                for seq, body in rows:
+                    event = self._decode(seq, body, lenient=lenient, news=news, skip_unknown=skip)
+                    if event is not None:
+                        yield event
+                if len(rows) < PAGE:
+                    return
+                last = rows[-1][0]
+        finally:  # also when the reader stops early
+            self._warn_unknown(news)
 
     def read_since(self, after: int) -> tuple[list[tuple[Event, bool]], int]:
         """Every stored event with ``seq > after``, oldest first, each with whether this store
         wrote it, and the new cursor (the highest ``seq`` read, or ``after``).
 
         This store's own appends are flushed first, so that every event appended before the
-        call is in the answer. Rows that do not decode are skipped and counted in ``skipped``.
+        call is in the answer. Rows that do not decode are skipped and counted in ``skipped``
+        (events of types this version does not know: in ``unknown``). Another log now behind
+        the location is read from its start (counted in ``resets``).
         A follower uses it to put its own events in their ``seq`` order among the others'.
         """
         self.flush()
         sql = f"SELECT seq, writer, body FROM events WHERE seq > ? ORDER BY seq LIMIT {PAGE}"  # noqa: S608 - fixed columns; values are parameters
         found: list[tuple[Event, bool]] = []
-        last = after
+        last = after = self._cursor_for(after)
+        news: Counter[str] = Counter()
         while True:
             rows = self.query(sql, (last,))
             for seq, writer, body in rows:
-                event = self._decode(seq, body, lenient=True)
+                event = self._decode(seq, body, lenient=True, news=news)
                 if event is not None:
                     found.append((event, writer == self.writer))
             if rows:
                 last = rows[-1][0]
             if len(rows) < PAGE:
+                self._warn_unknown(news)
                 return found, last
+
+    def decode_others(self, rows: Sequence[tuple[int, str]]) -> list[Event]:
+        """The events of ``rows`` (seq, body) for ``read_others``: rows that do not decode are
+        skipped and counted in ``skipped``, events of unknown types in ``unknown``."""
+        news: Counter[str] = Counter()
+        decoded = (self._decode(seq, body, lenient=True, news=news) for seq, body in rows)
+        events = [event for event in decoded if event is not None]
+        self._warn_unknown(news)
+        return events
 
     def last_seq(self) -> int:
         """The highest stored ``seq``; 0 for an empty log. Does not wait for queued events."""

@@ -543,7 +543,7 @@ class PostgresEventStore(GroupCommitStore):
         ``poll_interval`` seconds passed since that lookup, it returns ``([], after)`` without
         a query. Otherwise it looks up the rows (one query; ``lookups`` counts them). So a
         lost notification delays another replica's events by ``poll_interval`` at most. Rows
-        that do not decode are skipped and counted in ``skipped``.
+        that do not decode are skipped and counted (see ``decode_others``).
         """
         self._start_listener()
         if self._nothing_new(after):
@@ -555,7 +555,7 @@ class PostgresEventStore(GroupCommitStore):
         with self._follow_lock:
             self.lookups += 1
             self._last_lookup = (started, listening, cursor)
-        events = [e for seq, body in rows if (e := self._decode(seq, body, lenient=True))]
+        events = self.decode_others(rows)
         return events, max(cursor, after)
 
     def _nothing_new(self, after: int) -> bool:

@@ -15,11 +15,13 @@ Durability modes:
 A write that fails (disk full, file locked longer than ``lock_timeout``, read-only) never fails
 the model call: the batch is kept and retried with backoff (see ``_group_commit``).
 
-A log file deleted or replaced under a running process would otherwise go unnoticed: SQLite
-keeps committing into the deleted inode, and every later event is lost with it. So before each
-batch the writer compares the path's inode with the open file's; when they differ it counts an
-error, logs it loudly and starts a new log file at the path (the events committed into the
-deleted file are gone; the new file numbers its events from 1 again).
+A log file deleted, moved or replaced under a running process would otherwise go unnoticed:
+SQLite keeps committing into the old inode, and every later event is lost with it. So before
+each batch the writer compares the path's inode with the open file's; when they differ it counts
+an error, logs it loudly and starts a new log file at the path (the events committed into the
+old file are no longer at the path; the new file numbers its events from 1 again). Each log has
+a random ``log_id`` in ``meta``: ``read_others``/``read_since`` read a log that is not the one
+they read before from its start (see ``resets``).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import secrets
 import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
@@ -133,6 +136,8 @@ def _ensure_schema(db: sqlite_utils.Database, path: str, *, create: bool) -> Non
         if not db.table("events").exists():
             db.table("meta").create({"key": str, "value": str}, pk="key")
             db.table("meta").insert({"key": "schema_version", "value": str(SCHEMA_VERSION)})
+            # Tells this log from another one later created at the same path (see ``resets``).
+            db.table("meta").insert({"key": "log_id", "value": secrets.token_hex(8)})
             db.table("events").create(
                 {
                     "seq": int,
@@ -217,7 +222,9 @@ class SQLiteEventStore(GroupCommitStore):
         self._lock = threading.Lock()  # one statement at a time on the shared connection
         self._conn_closed = False
         self._inode: tuple[int, int] | None = None
+        self._identity: object = None
         self._conn = self._open(create=create)
+        self._read_log = self._identity
         self._opened = True
 
     def __repr__(self) -> str:
@@ -238,6 +245,7 @@ class SQLiteEventStore(GroupCommitStore):
                 conn.execute("PRAGMA journal_mode = WAL")
                 conn.execute(f"PRAGMA synchronous = {_SYNCHRONOUS[self.durability]}")
             conn.execute(f"PRAGMA busy_timeout = {int(self.lock_timeout * 1000)}")
+            log_id = conn.execute("SELECT value FROM meta WHERE key = 'log_id'").fetchone()
         except sqlite3.Error as exc:
             conn.close()
             raise EventLogError(f"cannot open event log {self.path}: {exc}") from exc
@@ -246,6 +254,9 @@ class SQLiteEventStore(GroupCommitStore):
             raise
         self.db = db
         self._inode = self._file_id()
+        # A log written before logs had an id is told apart by its file (the open handle keeps
+        # its inode from being reused). Nothing is written to it just to read it.
+        self._identity = log_id[0] if log_id else (self.path, self._inode)
         return conn
 
     def _file_id(self) -> tuple[int, int] | None:
@@ -294,10 +305,11 @@ class SQLiteEventStore(GroupCommitStore):
         self._conn_closed = False
 
     def _report_lost_file(self) -> None:
-        what = "deleted" if self._file_id() is None else "replaced by another file"
+        # Moved (archived) or deleted: from here the two look alike.
+        what = "moved or deleted" if self._file_id() is None else "replaced or moved"
         with contextlib.suppress(sqlite3.Error):
             (last,) = self._conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()
-            what += f"; its {last} event(s) are gone with it"
+            what += f"; its {last} event(s) are no longer at that path"
         self.errors += 1
         self.last_error = f"the log file was {what}"
         logger.error(
@@ -333,15 +345,17 @@ class SQLiteEventStore(GroupCommitStore):
     def read_others(self, after: int) -> tuple[list[Event], int]:
         """Events other writers stored with ``seq > after``, and the new cursor.
 
-        Rows that do not decode are skipped and counted in ``skipped``.
+        Rows that do not decode are skipped and counted (see ``decode_others``). When another
+        log file is now at the path, it is read from its start (counted in ``resets``).
         """
+        after = self._cursor_for(after)
         try:
             with self._lock:
                 self._reopen_for_reading()
                 rows, cursor = self._others(after)
         except sqlite3.Error as exc:
             raise EventLogError(f"cannot read event log {self.path}: {exc}") from exc
-        events = [e for seq, body in rows if (e := self._decode(seq, body, lenient=True))]
+        events = self.decode_others(rows)
         return events, max(cursor, after)
 
     def _others(self, after: int) -> tuple[list[tuple[int, str]], int]:
@@ -358,6 +372,14 @@ class SQLiteEventStore(GroupCommitStore):
         finally:
             conn.execute("COMMIT")
         return rows, int(cursor)
+
+    def _log_identity(self) -> object:
+        """The log now at the path: another file put there is opened (and reported)."""
+        with self._lock:
+            found = self._file_id()
+            if not self._conn_closed and found is not None and found != self._inode:
+                self._check_file()
+            return self._identity
 
     def json_field(self, key: str) -> str:
         """``json_extract(body, '$.key')``."""

@@ -19,7 +19,7 @@ import sqlite3
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -123,6 +123,13 @@ AtOpt = Annotated[
     str | None, typer.Option("--at", help="The instant to look at (default: the whole log).")
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable JSON output.")]
+StrictOpt = Annotated[
+    bool,
+    typer.Option(
+        "--strict",
+        help="Fail on events of types this version does not know, instead of skipping them.",
+    ),
+]
 POLL_SECONDS: Final = 0.5
 MAX_COUNT: Final = 2**63 - 1  # SQLite's largest integer: --last goes into a query
 _E = TypeVar("_E", bound=enum.StrEnum)
@@ -185,6 +192,25 @@ def open_log(target: str) -> GroupCommitStore:
         raise fail(str(exc)) from None
 
 
+@contextlib.contextmanager
+def reading(target: str, *, strict: bool) -> Iterator[GroupCommitStore]:
+    """``open_log`` for a command that reads events: a row that cannot be read ends it with one
+    line and exit 2; events of types this version does not know are skipped and noted once on
+    stderr (``strict``: they end it like a corrupt row)."""
+    with open_log(target) as store:
+        store.skip_unknown = not strict
+        try:
+            yield store
+        except EventLogError as exc:
+            raise fail(str(exc)) from None
+        if store.unknown:
+            typer.echo(
+                f"note: skipped {store.unknown.total()} event(s) of types this version does not "
+                f"know: {visible(', '.join(sorted(store.unknown)))} (upgrade to read them)",
+                err=True,
+            )
+
+
 def _time(option: str, text: str | None) -> datetime | None:
     if text is None:
         return None
@@ -235,12 +261,13 @@ def timeline(
         bool, typer.Option("--follow", "-f", help="Keep printing new events (Ctrl-C stops).")
     ] = False,
     as_json: JsonOpt = False,
+    strict: StrictOpt = False,
 ) -> None:
     """The events in order, one line each: time, call, model, what happened, error kind, delay.
 
     Filters combine. With --json each line is the stored event as JSON.
     """
-    with open_log(log) as store:
+    with reading(log, strict=strict) as store:
         flt = EventFilter(
             since=_time("--since", since),
             until=_time("--until", until),
@@ -287,9 +314,11 @@ def _follow(out: Output, store: GroupCommitStore, flt: EventFilter, *, as_json: 
 
 
 @app.command(epilog=TIMES_HELP)
-def state(log: LogArg, at: AtOpt = None, as_json: JsonOpt = False) -> None:
+def state(
+    log: LogArg, at: AtOpt = None, as_json: JsonOpt = False, strict: StrictOpt = False
+) -> None:
     """Each model's health state at an instant (default: now), since when and why."""
-    with open_log(log) as store:
+    with reading(log, strict=strict) as store:
         instant = _time("--at", at)
         if as_json:
             rows = state_rows(store, instant)
@@ -325,10 +354,11 @@ def metrics(
     output_format: Annotated[
         str, typer.Option("--format", help="text, json or prometheus.")
     ] = MetricsFormat.TEXT.value,
+    strict: StrictOpt = False,
 ) -> None:
     """The metrics replayed from the log (up to --at): text, JSON or Prometheus exposition."""
     chosen = _choice("--format", output_format, MetricsFormat)
-    with open_log(log) as store:
+    with reading(log, strict=strict) as store:
         snap = snapshot_at(store, _time("--at", at))
     if chosen is MetricsFormat.JSON:
         typer.echo(visible_json(msgspec.json.encode(snap.metrics)))
@@ -346,9 +376,10 @@ def audit(
     log: LogArg,
     model: Annotated[str | None, typer.Option("--model", help="Only this model.")] = None,
     as_json: JsonOpt = False,
+    strict: StrictOpt = False,
 ) -> None:
     """Every state change and maintenance action: when, which model, what, who, why."""
-    with open_log(log) as store:
+    with reading(log, strict=strict) as store:
         if model is not None:
             _check_model(store, model)
         entries = [
@@ -499,12 +530,13 @@ def report(
     output: Annotated[Path, typer.Option("--output", "-o", help="The HTML file to write.")],
     since: SinceOpt = None,
     until: UntilOpt = None,
+    strict: StrictOpt = False,
 ) -> None:
     """Write a self-contained HTML incident report: health timeline, metrics, worst calls."""
     from .report import build_report  # noqa: PLC0415 - only this command needs it
 
     _refuse_database_output(output)
-    with open_log(log) as store:
+    with reading(log, strict=strict) as store:
         page, summary = build_report(
             store, since=_time("--since", since), until=_time("--until", until)
         )
@@ -539,7 +571,7 @@ def demo(
 
     try:
         run_demo(log, seed=seed, out=Output())
-    except DemoError as exc:
+    except (DemoError, EventLogError) as exc:
         raise fail(str(exc)) from None
 
 

@@ -179,7 +179,13 @@ def prepare_log(path: Path) -> None:
     elif any(Path(f"{path}{suffix}").exists() for suffix in ("-wal", "-shm")):
         # A journal without its database belongs to someone; a new log would adopt it.
         raise DemoError(f"{path}-wal or {path}-shm exists without {path}; choose another --log")
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except FileExistsError as exc:  # a file stands where a folder of the path should be
+        blocker = exc.filename
+        raise DemoError(f"cannot create {path}: {blocker} is a file, not a directory") from None
+    except OSError as exc:
+        raise DemoError(f"cannot create {path}: {exc.strerror or exc} ({exc.filename})") from None
 
 
 def written_by_demo(path: Path) -> bool:
