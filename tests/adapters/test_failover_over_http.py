@@ -226,3 +226,36 @@ async def test_a_failing_probe_takes_a_client_out_of_rotation(
         ]
         assert probes == [(False, ErrorKind.SERVER), (False, ErrorKind.TIMEOUT)]
         assert (await fo.check_health())["primary"] is HealthState.HEALTHY
+
+
+# -- a provider that echoes the prompt in a long error ----------------------------------------
+
+LONG_PROMPT = (
+    "Please review this claim. " * 8
+    + "Claimant SSN 078-05-1120, card 4111 1111 1111 1111, born 1970-01-01. "
+    + "Summarise the claim history and flag anything unusual. " * 4
+)
+
+
+@pytest.mark.parametrize("chat", [False, True], ids=["text prompt", "chat prompt"])
+async def test_a_long_echo_cut_by_the_adapter_leaves_no_piece_of_the_prompt(
+    wire: Wire, make_provider: Callable[[], FakeProvider], chat: bool
+) -> None:
+    async with failover_pair(wire, make_provider) as pair:
+        # The provider quotes the prompt whole in a long error: the adapter cuts it to 300
+        # characters, in the middle of the echo.
+        echo = "Your input was rejected: " + LONG_PROMPT
+        pair.primary.script(wire.chat, then=Reply(status=400, body=openai_error(echo)))
+        prompt: object = [{"role": "user", "content": LONG_PROMPT}] if chat else LONG_PROMPT
+        with pytest.raises(ModelError) as caught:
+            await pair.fo.call(prompt)  # type: ignore[arg-type]
+        shown = [
+            str(caught.value),
+            repr(caught.value),
+            *(e.message for e in events_of(pair.fo, "attempt_failed")),
+        ]
+    assert len(LONG_PROMPT) > 300
+    for text in shown:
+        for start in range(len(LONG_PROMPT) - 16):
+            piece = LONG_PROMPT[start : start + 16]
+            assert piece not in text, (piece, text)
