@@ -118,14 +118,15 @@ def without_prompt(message: str, prompt: object) -> str:
     whole text, any run of it of ``_ECHO_RUN`` characters or more, and a cut end of it (its
     start ending the message, or its end starting it) of ``_MIN_PROMPT_FRAGMENT`` or more.
     """
-    for text in sorted(_prompt_texts(prompt), key=len, reverse=True):
+    texts = (prompt,) if isinstance(prompt, str) else _prompt_texts(prompt)
+    for text in sorted(texts, key=len, reverse=True):
         if len(text) < _MIN_PROMPT_FRAGMENT:
             continue
-        for form in _quoted_forms(text):
+        for form, pieces in _forms(text):
             if form in message:
                 message = message.replace(form, PROMPT_REDACTED)
             # Every echo this looks for holds one of these pieces: none, no echo (the usual).
-            if not any(piece in message for piece in _pieces(form)):
+            if not any(piece in message for piece in pieces):
                 continue
             message = _without_runs(message, form)
             message = _without_cut_ends(message, form)
@@ -133,8 +134,13 @@ def without_prompt(message: str, prompt: object) -> str:
 
 
 @functools.lru_cache(maxsize=16)
+def _forms(text: str) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    """Each quoted form of ``text`` with the pieces any echo of it holds: its sampled grams,
+    its first and its last ``_MIN_PROMPT_FRAGMENT`` characters."""
+    return tuple((form, _pieces(form)) for form in _quoted_forms(text))
+
+
 def _pieces(text: str) -> tuple[str, ...]:
-    """``text``'s sampled grams, its first and its last ``_MIN_PROMPT_FRAGMENT`` characters."""
     index, _ = _grams(text) if len(text) >= _GRAM else ({}, 0)
     return (*index, text[:_MIN_PROMPT_FRAGMENT], text[-_MIN_PROMPT_FRAGMENT:])
 
