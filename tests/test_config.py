@@ -274,3 +274,38 @@ def test_duplicate_keys_nested_in_a_client_are_refused(tmp_path: Path) -> None:
     )
     with pytest.raises(ConfigError, match="duplicate key 'id'"):
         load_config(path, env={})
+
+
+def test_a_percent_encoded_password_in_the_urls_query_is_refused() -> None:
+    url = "postgresql://u@h/db?pass%77ord=hunter2secret"
+    with pytest.raises(ConfigError, match="event_log") as caught:
+        load_config(env={ENV_VAR: json.dumps(document(event_log=url))})
+    assert "hunter2secret" not in str(caught.value)
+
+
+def test_a_number_out_of_range_names_its_key() -> None:
+    text = json.dumps(document(health_check_interval=1)).replace(
+        '"health_check_interval": 1', '"health_check_interval": 1e999'
+    )
+    with pytest.raises(ConfigError, match="health_check_interval"):
+        load_config(env={ENV_VAR: text})
+
+
+def test_duplicate_json_keys_are_refused() -> None:
+    text = json.dumps(document(health_check_interval=5))[:-2] + ', "health_check_interval": 6}}'
+    with pytest.raises(ConfigError, match="duplicate key 'health_check_interval'"):
+        load_config(env={ENV_VAR: text})
+
+
+def test_a_duplicate_yaml_key_is_one_line(tmp_path: Path) -> None:
+    path = write_yaml(
+        tmp_path,
+        "multi_model_failover:\n"
+        f"  clients: [{{id: a, kind: callable, target: '{TARGET}'}}]\n"
+        "  durability: process\n"
+        "  durability: power\n",
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, env={})
+    assert "\n" not in str(caught.value)
+    assert "duplicate key 'durability'" in str(caught.value)

@@ -386,3 +386,35 @@ async def test_no_key_or_piece_of_the_prompt_shows_in_what_the_caller_gets(raise
         assert KEY not in text
         for start in range(0, len(PROMPT) - 15):
             assert PROMPT[start : start + 15] not in text, (PROMPT[start : start + 15], text)
+
+
+class EchoesTheRequest(Exception):
+    """An exception whose own text quotes the request, newlines and all."""
+
+    def __init__(self, body: str) -> None:
+        super().__init__("bad request")
+        self.body = body
+
+    def __str__(self) -> str:
+        return f"request body: {self.body}"
+
+
+@pytest.mark.parametrize("newline", ["\n", "\r\n"])
+async def test_a_prompt_of_short_lines_echoed_by_a_client_is_not_stored(newline: str) -> None:
+    lines = ["Patient: J. Doe", "DOB 1970-01-02", "HIV positive", "Rx: Biktarvy"]
+    prompt = newline.join(lines)
+
+    async def echo(p: str) -> str:
+        raise EchoesTheRequest(p)
+
+    async with engine([FakeModelClient(echo)], {"max_attempts": 1}) as fo:
+        with pytest.raises(AllModelsFailedError) as caught:
+            await fo.call(prompt)
+    shown = [
+        caught.value.attempts[0].message,
+        str(caught.value.attempts[0].error),
+        *(e.message for e in fo.event_store.read() if e.type == "attempt_failed"),  # type: ignore[union-attr]
+    ]
+    for text in shown:
+        for line in lines:
+            assert line not in text, (line, text)

@@ -8,9 +8,11 @@ variable that holds one.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
+import urllib.parse
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Final, Literal
@@ -50,8 +52,7 @@ class _UniqueKeyLoader(yaml.SafeLoader):
                 raise yaml.constructor.ConstructorError(
                     None,
                     None,
-                    f"duplicate key {key!r} (line {key_node.start_mark.line + 1}): "
-                    "a key may be given once",
+                    f"duplicate key {key!r}: a key may be given once",
                     key_node.start_mark,
                 )
             seen.add(key)
@@ -137,12 +138,10 @@ class FailoverConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
                 "event_log_password_env must be the NAME of an environment variable "
                 "(letters, digits, _), not the password itself"
             )
-        if self.event_log is not None and (
-            _URL_PASSWORD.match(self.event_log)
-            or (
-                self.event_log.lower().startswith("postgres")
-                and _QUERY_PASSWORD.search(self.event_log)
-            )
+        url = None if self.event_log is None else urllib.parse.unquote(self.event_log)
+        if url is not None and (
+            _URL_PASSWORD.match(url)
+            or (url.lower().startswith("postgres") and _QUERY_PASSWORD.search(url))
         ):
             raise ValueError(
                 "event_log: a password in the URL is refused (config files end up in "
@@ -156,6 +155,24 @@ class FailoverConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
 
 class _Document(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     multi_model_failover: FailoverConfig
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """YAML's complaint in one line, with where it is."""
+    problem = getattr(exc, "problem", None) or "no detail"
+    mark = getattr(exc, "problem_mark", None)
+    where = f", line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    return " ".join(f"not valid YAML/JSON ({problem}{where})".split())
+
+
+def _unique_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object whose keys are each given once."""
+    found: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in found:
+            raise ValueError(f"duplicate key {key!r}: a key may be given once")
+        found[key] = value
+    return found
 
 
 def _error(source: str, exc: Exception) -> ConfigError:
@@ -177,9 +194,7 @@ def parse_config(
         if isinstance(data, str | bytes):
             data = yaml.load(data, Loader=_UniqueKeyLoader) if data else None  # type: ignore[assignment]  # noqa: S506 - a SafeLoader
     except yaml.YAMLError as exc:
-        raise ConfigError(
-            f"invalid configuration in {source}: not valid YAML/JSON ({exc})"
-        ) from None
+        raise ConfigError(f"invalid configuration in {source}: {_yaml_problem(exc)}") from None
     except RecursionError:
         raise _too_deep(source) from None
     if not isinstance(data, Mapping):
@@ -209,8 +224,10 @@ def load_config(
     text = environ.get(ENV_VAR)
     if text is not None and text.strip():
         try:
-            data = msgspec.json.decode(text)
-        except msgspec.DecodeError as exc:
+            # The standard parser: it sees duplicate keys, and reads 1e999 as infinity, which
+            # validation then refuses naming its key.
+            data = json.loads(text, object_pairs_hook=_unique_pairs)
+        except ValueError as exc:  # json.JSONDecodeError, a duplicate key
             raise ConfigError(
                 f"invalid configuration in environment variable {ENV_VAR}: not valid JSON ({exc})"
             ) from None

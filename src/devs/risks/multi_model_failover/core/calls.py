@@ -143,7 +143,7 @@ def failure(exc: BaseException, prompt: Any) -> Failure:
         kind = ErrorKind.TIMEOUT if exc.kind is ErrorKind.DEADLINE else exc.kind
         return Failure(kind, exc.message, exc.retry_after, kept)
     kind = ErrorKind.TIMEOUT if isinstance(exc, TimeoutError) else ErrorKind.UNKNOWN
-    return Failure(kind, without_prompt(describe_exception(exc), prompt), error=kept)
+    return Failure(kind, describe_exception(kept, prompt=prompt), error=kept)
 
 
 def _clean(text: str, prompt: Any) -> str:

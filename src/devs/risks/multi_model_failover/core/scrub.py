@@ -85,9 +85,14 @@ def scrub(text: str) -> str:
     return text
 
 
-def describe_exception(exc: BaseException, *, limit: int = 500) -> str:
-    """A short, scrubbed, one-line description of ``exc`` for events and logs."""
-    message = str(exc).replace("\n", " ").strip()
+def describe_exception(exc: BaseException, *, limit: int = 500, prompt: object = None) -> str:
+    """A short, scrubbed, one-line description of ``exc`` for events and logs; ``prompt``'s
+    echoes go first, while the text still has its own line breaks (a prompt of short lines
+    would no longer be recognised once they are spaces)."""
+    message = str(exc)
+    if prompt is not None:
+        message = without_prompt(message, prompt)
+    message = " ".join(message.splitlines()).strip()
     text = f"{type(exc).__name__}: {message}" if message else type(exc).__name__
     text = scrub(text)
     return text if len(text) <= limit else text[: limit - 3] + "..."
