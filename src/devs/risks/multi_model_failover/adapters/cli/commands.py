@@ -297,12 +297,24 @@ def _print_events(out: Output, events: Iterable[Event], *, as_json: bool) -> int
 
 
 def _follow(out: Output, store: GroupCommitStore, flt: EventFilter, *, as_json: bool) -> None:
-    """Tail the log: each round reads what was committed since the last one."""
+    """Tail the log: each round reads what was committed since the last one. Another log put
+    at the path (the file replaced) is said on stderr and followed from its start."""
     after = flt.upto or 0
+    resets = store.resets
     with contextlib.suppress(KeyboardInterrupt):
         while True:
             time.sleep(POLL_SECONDS)
-            upto = store.last_seq()
+            # From the last seq: nothing to decode twice, unless another log is now behind the
+            # location, which read_others reads from its start (counted in resets).
+            upto = store.read_others(store.last_seq())[1]
+            if store.resets != resets:
+                resets = store.resets
+                after = 0
+                typer.echo(
+                    f"failover: {scrub(store.location)} was replaced; following the new log "
+                    "from its start",
+                    err=True,
+                )
             if upto > after:
                 _print_events(
                     out, read_events(store, replace(flt, upto=upto), after=after), as_json=as_json
@@ -490,6 +502,7 @@ def verify(
     min_count: Annotated[
         int, typer.Option("--min", min=1, help="How many of each expected event, at least.")
     ] = 1,
+    strict: StrictOpt = False,
 ) -> None:
     """Exit 0 when the logs together hold the expected events (e.g. a failover), else 1."""
     unknown = sorted(set(expect) - set(EVENT_TYPES))
@@ -499,7 +512,7 @@ def verify(
         )
     counts: Counter[str] = Counter()
     for log in logs:
-        with open_log(log) as store:
+        with reading(log, strict=strict) as store:
             counts.update(count_types(store, expect))
     where = scrub(logs[0]) if len(logs) == 1 else f"{len(logs)} logs"
     missing = [
@@ -512,13 +525,10 @@ def verify(
 
 
 def count_types(store: GroupCommitStore, types: list[str]) -> Counter[str]:
-    """How many events of each of ``types`` the store holds (an indexed query)."""
-    placeholders = ",".join("?" * len(types))
-    sql = f"SELECT type, count(*) FROM events WHERE type IN ({placeholders}) GROUP BY type"  # noqa: S608 - placeholders only
-    try:
-        return Counter(dict(store.query(sql, types)))
-    except EventLogError as exc:
-        raise fail(str(exc)) from None
+    """How many events of each of ``types`` the store holds, each row decoded as the other
+    commands read it (an indexed read of those types)."""
+    flt = EventFilter(types=tuple(dict.fromkeys(types)), upto=store.last_seq())
+    return Counter(event.type for event in read_events(store, flt))
 
 
 # -- report and demo -----------------------------------------------------------------------

@@ -12,11 +12,11 @@ consistent answer.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, Final
 
-from ...core.events import EngineStarted, Event
+from ...core.events import EVENT_TYPES, EngineStarted, Event
 from ...core.projections import Snapshot, apply
 from ...storage import HOT_TYPES, NOT_HOT, GroupCommitStore
 from .timeexpr import log_text
@@ -107,13 +107,31 @@ def _condition(
 
 
 def read_events(store: GroupCommitStore, flt: EventFilter, *, after: int = 0) -> Iterator[Event]:
-    """The events matching ``flt`` with ``seq > after``, oldest first, streamed."""
+    """The events matching ``flt`` with ``seq > after``, oldest first, streamed.
+
+    With ``flt.types``, the rows of types this version does not know are read first, as a read
+    of every type would: skipped and counted in ``store.unknown``, or refused (``strict``).
+    """
     window = _seq_window(store, flt)
     if window is None:
         return
     low, high = window
+    if flt.types:
+        _read_unknown(store, replace(flt, types=()), after=max(after, low), high=high)
     where, params = _condition(store, flt, high)
     yield from store.read(after=max(after, low), where=where, params=params)
+
+
+def _read_unknown(
+    store: GroupCommitStore, flt: EventFilter, *, after: int, high: int | None
+) -> None:
+    """Read the rows of ``flt`` whose type this version does not know (none is hot)."""
+    where, params = _condition(store, flt, high)
+    known = sorted(EVENT_TYPES)
+    unknown = f"{NOT_HOT} AND type NOT IN ({','.join('?' * len(known))})"
+    where = f"{where} AND {unknown}" if where else unknown
+    for _ in store.read(after=after, where=where, params=(*params, *known)):
+        pass  # skipped (and counted) by ``read``, or refused
 
 
 def nth_last_seq(store: GroupCommitStore, flt: EventFilter, count: int) -> int:
