@@ -69,6 +69,18 @@ class Gate:
         return True
 
 
+def keeping_what_it_raises(fo: MultiModelFailover, raised: list[BaseException]) -> Any:
+    """A task that makes one call and keeps the exception it ends with, if any."""
+
+    async def caller() -> None:
+        try:
+            await fo.call("hi")
+        except Exception as exc:
+            raised.append(exc)
+
+    return caller
+
+
 # -- leaving `async with` ---------------------------------------------------------------------
 
 
@@ -170,12 +182,7 @@ async def test_close_cuts_a_call_short_after_the_grace_with_one_terminal_event(
     gate = Gate()
     fo = MultiModelFailover({"hangs": gate}, event_store=log)
     raised: list[BaseException] = []
-
-    async def caller() -> None:
-        try:
-            await fo.call("hi")
-        except Exception as exc:
-            raised.append(exc)
+    caller = keeping_what_it_raises(fo, raised)
 
     with anyio.fail_after(GUARD):
         async with anyio.create_task_group() as group:
@@ -208,12 +215,7 @@ async def test_close_during_a_backoff_cuts_the_wait(tmp_path: Path) -> None:
         sleep=sleep,
     )
     raised: list[BaseException] = []
-
-    async def caller() -> None:
-        try:
-            await fo.call("hi")
-        except Exception as exc:
-            raised.append(exc)
+    caller = keeping_what_it_raises(fo, raised)
 
     with anyio.fail_after(GUARD):
         async with anyio.create_task_group() as group:
