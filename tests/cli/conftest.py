@@ -108,7 +108,7 @@ async def write_incident(path: Path, start: datetime = START) -> None:
                 await fo.set_maintenance("secondary", True, reason="key rotation", by="alice")
             if index == MAINTENANCE_CALLS[1]:
                 await fo.set_maintenance("secondary", False, reason="rotated", by="alice")
-            with contextlib.suppress(AllModelsFailedError):  # one call fails: it is in the log
+            with contextlib.suppress(AllModelsFailedError):  # two calls fail: they are in the log
                 await fo.call(f"question {index}")
             await clock.sleep(CALL_GAP)
     finally:

@@ -73,7 +73,7 @@ def test_metrics_json_equals_replay(run_cli: Run, incident_log: Path) -> None:
     )
     assert got == replay(incident_log).metrics
     assert got.failovers >= 3
-    assert got.calls_failed == 1
+    assert got.calls_failed == 2  # while every model is down (a trial call adds one)
 
 
 def test_metrics_at_an_instant(run_cli: Run, incident_log: Path) -> None:

@@ -18,13 +18,13 @@ def test_verify_counts_across_logs(run_cli: Run, incident_log: Path, tmp_path: P
     ok = run_cli("verify", incident_log, other, "--expect", "failover", "--expect", "call_failed")
     assert ok.exit_code == 0, ok.stderr
     assert ok.stdout.startswith("ok: 2 logs hold(s) ")
-    assert "2 call_failed" in ok.stdout
+    assert "4 call_failed" in ok.stdout
 
 
 def test_verify_min_fails_with_exit_1(run_cli: Run, incident_log: Path) -> None:
-    result = run_cli("verify", incident_log, "--expect", "call_failed", "--min", "2")
+    result = run_cli("verify", incident_log, "--expect", "call_failed", "--min", "3")
     assert result.exit_code == 1
-    assert "expected events missing: call_failed (1 < 2)" in result.stderr
+    assert "expected events missing: call_failed (2 < 3)" in result.stderr
 
 
 def test_verify_refuses_unknown_types(run_cli: Run, incident_log: Path) -> None:

@@ -169,14 +169,15 @@ async def test_maintenance_clients_are_never_called_even_when_nothing_else_is_le
 # -- what each error kind does ----------------------------------------------------------------
 
 # kind: (attempts on primary with max_attempts=3, fails over, primary's state afterwards)
+# kind: (attempts on the primary, fails over, the primary's state after one call). A
+# timeout (a silence) fails over at once; content_filter fails fast (tested on its own).
 KIND_TABLE = {
     "rate_limited": (3, True, HealthState.DEGRADED),
-    "timeout": (3, True, HealthState.DEGRADED),
+    "timeout": (1, True, HealthState.DEGRADED),
     "server": (3, True, HealthState.DEGRADED),
     "unknown": (3, True, HealthState.DEGRADED),
     "auth": (1, True, HealthState.UNHEALTHY),
     "context_length": (1, True, HealthState.HEALTHY),
-    "content_filter": (1, True, HealthState.HEALTHY),
 }
 
 
@@ -213,7 +214,6 @@ async def test_bad_request_fails_the_call_fast_without_failover() -> None:
 @pytest.mark.parametrize(
     ("error", "kind"),
     [
-        (TimeoutError("read timed out"), "timeout"),
         (RuntimeError("connection reset"), "unknown"),
         (KeyError("choices"), "unknown"),
         (ModelError("bare"), "unknown"),
@@ -228,6 +228,15 @@ async def test_any_exception_is_a_failed_attempt_that_is_retried(
     failed = [e for e in fo.event_store.read() if e.type == "attempt_failed"]
     assert [f.error_kind for f in failed] == [kind]  # type: ignore[union-attr]
     assert len(primary.calls) == 2
+
+
+async def test_a_timeout_error_from_a_client_fails_over_at_once() -> None:
+    primary = FakeModelClient(script(TimeoutError("read timed out"), "later"), model_id="primary")
+    async with engine(pair(primary), {"max_attempts": 3}) as fo:
+        assert await fo.call("hi") == "secondary answer"
+    failed = [e for e in fo.event_store.read() if e.type == "attempt_failed"]
+    assert [(f.error_kind, f.final) for f in failed] == [("timeout", True)]  # type: ignore[union-attr]
+    assert len(primary.calls) == 1
 
 
 async def test_the_response_object_is_returned_unchanged() -> None:

@@ -6,7 +6,8 @@ import math
 
 import pytest
 
-from devs.risks.multi_model_failover import HealthPolicy, MultiModelFailover, RetryPolicy
+from devs.risks.multi_model_failover import ErrorKind, HealthPolicy, MultiModelFailover, RetryPolicy
+from devs.risks.multi_model_failover.core.policies import DEFAULT_ERROR_ACTIONS
 
 from .fakes import FakeModelClient
 
@@ -22,9 +23,23 @@ def test_retry_policy_defaults_match_the_design() -> None:
     assert policy.jitter == "full"
     assert policy.call_budget == 60
     assert policy.max_total_attempts is None
-    assert policy.attempt_timeout is None
+    # Issue 14: a silence must not eat the whole budget; 30 s fits an LLM answer.
+    assert policy.attempt_timeout == 30
+    assert policy.first_token_timeout == 30
+    assert policy.idle_timeout == 30
     assert policy.retry_budget_ratio == 0.2
     assert policy.retry_budget_min_per_s == 10
+    assert policy.error_actions == {}
+    assert {kind: policy.action(kind) for kind in DEFAULT_ERROR_ACTIONS} == {
+        "rate_limited": "retry",
+        "server": "retry",
+        "unknown": "retry",
+        "timeout": "failover",
+        "auth": "failover",
+        "context_length": "failover",
+        "content_filter": "fail",
+        "bad_request": "fail",
+    }
 
 
 def test_health_policy_defaults_match_the_design() -> None:
@@ -32,6 +47,33 @@ def test_health_policy_defaults_match_the_design() -> None:
     assert policy.degraded_after == 1
     assert policy.unhealthy_after == 3
     assert policy.probe_timeout == 5
+    assert policy.recovery_probe_delay == 1
+    assert policy.trial_after == 1
+    assert policy.trial_calls == 1
+
+
+def test_error_actions_override_the_defaults_kind_by_kind() -> None:
+    policy = RetryPolicy.coerce(
+        {"error_actions": {"content_filter": "failover", "timeout": "retry"}}
+    )
+    assert policy.action(ErrorKind.CONTENT_FILTER) == "failover"
+    assert policy.action(ErrorKind.TIMEOUT) == "retry"
+    assert policy.action(ErrorKind.SERVER) == "retry"
+    assert policy.action(ErrorKind.BAD_REQUEST) == "fail"
+
+
+@pytest.mark.parametrize(
+    ("actions", "named"),
+    [
+        ({"content_filtr": "fail"}, "content_filtr"),
+        ({"deadline": "retry"}, "deadline"),
+        ({"timeout": "again"}, "error_actions.timeout"),
+        ("fail", "error_actions"),
+    ],
+)
+def test_bad_error_actions_name_the_entry(actions: object, named: str) -> None:
+    with pytest.raises(ValueError, match=named):
+        RetryPolicy.coerce({"error_actions": actions})
 
 
 def test_dict_form_uses_the_same_keys() -> None:
@@ -44,12 +86,22 @@ def test_dict_form_uses_the_same_keys() -> None:
         "call_budget": 9,
         "max_total_attempts": 5,
         "attempt_timeout": 1.5,
+        "first_token_timeout": 2.5,
+        "idle_timeout": None,
         "retry_budget_ratio": 0.5,
         "retry_budget_min_per_s": 1,
+        "error_actions": {"content_filter": "failover"},
     }
     assert RetryPolicy.coerce(keys) == RetryPolicy(**keys)  # type: ignore[arg-type]
     assert RetryPolicy.coerce(keys).to_dict() == keys
-    health = {"degraded_after": 2, "unhealthy_after": 4, "probe_timeout": 0.5}
+    health = {
+        "degraded_after": 2,
+        "unhealthy_after": 4,
+        "probe_timeout": 0.5,
+        "recovery_probe_delay": 0.25,
+        "trial_after": 0,
+        "trial_calls": 0,
+    }
     assert HealthPolicy.coerce(health) == HealthPolicy(**health)  # type: ignore[arg-type]
 
 

@@ -198,9 +198,9 @@ async def test_a_hanging_probe_neither_stops_nor_piles_up_the_loop() -> None:
         ) as fo,
         fo,
     ):
-        await eventually(lambda: good.probes >= 5)
-        assert hanging.probes >= 4
-        assert most == 1, "probe rounds overlapped"
+        # Each client has its own probe loop: the hanging one goes on at its own pace.
+        await eventually(lambda: good.probes >= 5 and hanging.probes >= 4)
+        assert most == 1, "probes of one client overlapped"
         assert await fo.call("meanwhile") == "b answered"
 
 

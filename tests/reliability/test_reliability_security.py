@@ -273,10 +273,12 @@ async def test_a_prompt_echoed_in_a_client_error_is_not_stored(tmp_path: Path) -
         raise ModelError(f"content policy violation in input: {prompt!r}", kind="content_filter")
 
     fo = MultiModelFailover([ScriptedClient("a", call=echo_error)], event_store=log)
-    with pytest.raises(AllModelsFailedError) as caught:
+    with pytest.raises(ModelError) as caught:  # content_filter fails fast with its own error
         await fo.call(secret_prompt)
     await fo.aclose()
-    assert secret_prompt not in repr(caught.value.attempts)
+    assert caught.value.kind is ErrorKind.CONTENT_FILTER
+    assert secret_prompt not in str(caught.value)
+    assert secret_prompt not in repr(caught.value)
     assert secret_prompt.encode() not in log.read_bytes()
 
 

@@ -36,6 +36,7 @@ from .core.policies import HealthPolicy, RetryPolicy
 from .core.projections import AuditEntry, Metrics, ModelMetrics, ModelState, Snapshot
 from .core.protocols import EventStore, ModelClient
 from .core.responses import ModelResponse, Usage
+from .core.streaming import FailoverStream, StreamInterruptedError, StreamOutcome, StreamSwitch
 from .storage.sqlite import SQLiteEventStore
 
 # loguru's library convention: silent until the application calls logger.enable(...).
@@ -56,6 +57,7 @@ __all__ = [
     "EventStore",
     "FailReason",
     "FailoverConfig",
+    "FailoverStream",
     "HealthPolicy",
     "HealthState",
     "Metrics",
@@ -69,6 +71,9 @@ __all__ = [
     "SQLiteEventStore",
     "SchemaVersionError",
     "Snapshot",
+    "StreamInterruptedError",
+    "StreamOutcome",
+    "StreamSwitch",
     "Usage",
     "VirtualClock",
     "load_config",

@@ -13,10 +13,10 @@ import random
 import secrets
 import time
 import uuid
-from collections.abc import AsyncGenerator, Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Literal, Self, overload
 
 import anyio
 
@@ -31,6 +31,7 @@ from ..core.policies import HealthPolicy, RetryPolicy
 from ..core.projections import Metrics, Snapshot, fold
 from ..core.protocols import Clock, EventStore, Sleep
 from ..core.scrub import register_secret
+from ..core.streaming import FailoverStream, StreamSwitch
 from ..storage.sqlite import SQLiteEventStore
 from .config import FailoverConfig, load_config
 
@@ -227,9 +228,22 @@ class MultiModelFailover:
         """As ``call``, with the serving model, counts and call id."""
         return await self._engine.call_with_outcome(prompt, timeout=timeout)
 
-    def stream(self, prompt: Any, *, timeout: float | None = None) -> AsyncGenerator[str, None]:
-        """The answer as text chunks; failover only until the first chunk."""
-        return self._engine.stream(prompt, timeout=timeout)
+    @overload
+    def stream(
+        self, prompt: Any, *, timeout: float | None = None, recovery: Literal["none"] | None = None
+    ) -> FailoverStream[str]: ...
+
+    @overload
+    def stream(
+        self, prompt: Any, *, timeout: float | None = None, recovery: Literal["restart", "continue"]
+    ) -> FailoverStream[str | StreamSwitch]: ...
+
+    def stream(
+        self, prompt: Any, *, timeout: float | None = None, recovery: str | None = None
+    ) -> FailoverStream[Any]:
+        """The answer as text chunks; failover until the first chunk, and after it only with
+        ``recovery`` (see ``FailoverEngine.stream``). ``.outcome`` once it has ended."""
+        return self._engine.open_stream(prompt, timeout, recovery)
 
     async def check_health(self) -> dict[str, HealthState]:
         """Probe every client not in maintenance now; returns the states afterwards."""

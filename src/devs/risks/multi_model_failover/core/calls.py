@@ -22,6 +22,7 @@ class FailReason(enum.StrEnum):
     EXHAUSTED = "exhausted"  # every client of the order gave up
     DEADLINE = "deadline"  # the call's timeout or call_budget ran out
     BAD_REQUEST = "bad_request"  # a request no model could serve: failed fast
+    FAIL_FAST = "fail_fast"  # an error whose action is ``fail`` (content_filter by default)
     MAX_TOTAL_ATTEMPTS = "max_total_attempts"  # the policy's cap on attempts in one call
     NO_CLIENTS = "no_clients"  # every client was in maintenance
     STREAM_INTERRUPTED = "stream_interrupted"  # a stream broke after delivering text
@@ -77,6 +78,8 @@ class Call:
         "prompt",
         "records",
         "start",
+        "trial_slots",
+        "trials",
     )
 
     def __init__(self, call_id: str, start: float, deadline: float, prompt: Any) -> None:
@@ -95,6 +98,10 @@ class Call:
         self.cut: asyncio.Timeout | anyio.CancelScope | None = None
         self.closed = False  # the engine closed under it
         self.ended = False  # its terminal event is recorded
+        # Unhealthy clients this call may try as their trial (one attempt each), and those
+        # whose trial slot it still holds.
+        self.trials: tuple[str, ...] = ()
+        self.trial_slots: tuple[str, ...] = ()
 
     def interrupt(self) -> None:
         """The engine is closing: cut the current wait short (the call then records it)."""

@@ -17,9 +17,9 @@ from __future__ import annotations
 import random
 import sys
 import warnings
-from collections.abc import AsyncGenerator, Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from types import TracebackType
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Literal, Self, overload
 
 import anyio
 import anyio.abc
@@ -37,6 +37,9 @@ from .projections import Metrics, Snapshot
 from .protocols import Clock, EventStore, Sleep, Timer
 from .registry import ClientRegistry
 from .runner import CallRunner
+
+if TYPE_CHECKING:
+    from .streaming import FailoverStream, StreamSwitch
 
 DEFAULT_GRACE = 10.0
 
@@ -101,7 +104,7 @@ class FailoverEngine:
             call_ids=call_ids,
             fingerprint=fingerprint,
         )
-        self.log.on_rotation_change = self.runner.forget_plan
+        self.log.on_rotation_change = _on_rotation_change(self.runner, self.monitor)
         self._closed = False
         self._stopped: anyio.Event | None = None  # set once a close has finished
         self._task_group: anyio.abc.TaskGroup | None = None
@@ -186,14 +189,43 @@ class FailoverEngine:
         await runner.ledger.commit(call, "call_succeeded")
         return outcome
 
-    def stream(self, prompt: Any, *, timeout: float | None = None) -> AsyncGenerator[str, None]:
-        """Stream the answer as text chunks; failover only until the first chunk arrives.
+    @overload
+    def stream(
+        self, prompt: Any, *, timeout: float | None = None, recovery: Literal["none"] | None = None
+    ) -> FailoverStream[str]: ...
 
-        After it, a failure raises ``StreamInterruptedError`` (see ``core.streaming``).
+    @overload
+    def stream(
+        self, prompt: Any, *, timeout: float | None = None, recovery: Literal["restart", "continue"]
+    ) -> FailoverStream[str | StreamSwitch]: ...
+
+    def stream(
+        self, prompt: Any, *, timeout: float | None = None, recovery: str | None = None
+    ) -> FailoverStream[Any]:
+        """Stream the answer as text chunks; failover until the first chunk arrives.
+
+        After it, a failure raises ``StreamInterruptedError``, unless ``recovery`` is
+        ``"restart"`` or ``"continue"``: the answer then goes on from the next client, after a
+        ``StreamSwitch`` chunk (see ``core.streaming``). ``.outcome`` once it has ended.
         """
-        from .streaming import stream_with_failover  # noqa: PLC0415 - keeps calls import-light
+        return self.open_stream(prompt, timeout, recovery)
 
-        return stream_with_failover(self.runner, self.log, prompt, timeout=timeout)
+    def open_stream(
+        self, prompt: Any, timeout: float | None, recovery: str | None
+    ) -> FailoverStream[Any]:
+        """``stream`` without its typing overloads (for wrappers of the engine)."""
+        from .streaming import (  # noqa: PLC0415 - keeps calls import-light
+            FailoverStream,
+            check_recovery,
+            stream_with_failover,
+        )
+
+        mode = check_recovery(recovery)
+        return FailoverStream(
+            lambda holder: stream_with_failover(
+                self.runner, self.log, prompt, holder, timeout=timeout, recovery=mode
+            )
+        )
 
     # -- health and operators ------------------------------------------------------------
 
@@ -340,6 +372,17 @@ class FailoverEngine:
         self.runner.ledger.closing = True
         self._end_all_calls()  # a stream its caller still holds: ended now, raises if resumed
         self.event_store.close()
+
+
+def _on_rotation_change(runner: CallRunner, monitor: HealthMonitor) -> Callable[[], None]:
+    """What the log calls after a state may have changed (not a method: the engine must not
+    be kept alive by its own log, or an engine never closed would never warn)."""
+
+    def changed() -> None:
+        runner.forget_plan()
+        monitor.rotation_changed()
+
+    return changed
 
 
 def _others_than(group: BaseExceptionGroup[BaseException], exc: BaseException) -> object:

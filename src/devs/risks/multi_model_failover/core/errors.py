@@ -42,13 +42,15 @@ class ErrorKind(enum.StrEnum):
 
     @property
     def retryable(self) -> bool:
-        """Whether another attempt on the same client may help."""
+        """Whether the same client is tried again by default (``RetryPolicy.error_actions``
+        decides for a given engine)."""
         return self in _RETRYABLE
 
     @property
     def fails_over(self) -> bool:
-        """Whether the next client is tried (``bad_request`` fails the whole call)."""
-        return self is not ErrorKind.BAD_REQUEST
+        """Whether the next client is tried by default (``bad_request`` and
+        ``content_filter`` fail the whole call)."""
+        return self not in (ErrorKind.BAD_REQUEST, ErrorKind.CONTENT_FILTER, ErrorKind.DEADLINE)
 
     @property
     def counts_against_health(self) -> bool:
@@ -56,17 +58,17 @@ class ErrorKind(enum.StrEnum):
         return self in _COUNTS
 
 
-_RETRYABLE = frozenset(
-    {ErrorKind.RATE_LIMITED, ErrorKind.TIMEOUT, ErrorKind.SERVER, ErrorKind.UNKNOWN}
-)
-_COUNTS = _RETRYABLE | {ErrorKind.AUTH}
+_RETRYABLE = frozenset({ErrorKind.RATE_LIMITED, ErrorKind.SERVER, ErrorKind.UNKNOWN})
+_COUNTS = _RETRYABLE | {ErrorKind.TIMEOUT, ErrorKind.AUTH}
 
 
 class ModelError(Exception):
     """A model call failed.
 
     ``kind`` decides what the engine does next (see ``ErrorKind``); ``retry_after`` (seconds)
-    is the provider's own wait hint, honoured for ``rate_limited``.
+    is the provider's own wait hint, honoured for ``rate_limited``. ``status`` is the HTTP
+    status and ``code`` the provider's own error code (or type), when the failure came from
+    an HTTP answer that had them; ``None`` otherwise.
     """
 
     def __init__(
@@ -76,6 +78,8 @@ class ModelError(Exception):
         kind: ErrorKind | str = ErrorKind.UNKNOWN,
         retry_after: float | None = None,
         model_id: str | None = None,
+        status: int | None = None,
+        code: str | None = None,
     ) -> None:
         try:
             self.kind = ErrorKind(kind)
@@ -87,6 +91,8 @@ class ModelError(Exception):
         self.message = scrub(str(message))
         self.retry_after = retry_after
         self.model_id = model_id
+        self.status = status
+        self.code = scrub(code) if code else None
         super().__init__(self.message)
 
     def __repr__(self) -> str:

@@ -56,20 +56,24 @@ class CallStarted(_Event, tag="call_started", frozen=True):
 
 
 class AttemptStarted(_Event, tag="attempt_started", frozen=True):
-    """An attempt on one client; ``attempt`` counts from 1 per client in this call."""
+    """An attempt on one client; ``attempt`` counts from 1 per client in this call.
+    ``trial``: the client is unhealthy and this call tries it as its trial."""
 
     call_id: str
     model_id: str
     attempt: int
+    trial: bool = False
 
 
 class AttemptSucceeded(_Event, tag="attempt_succeeded", frozen=True):
-    """The client answered; ``latency`` in seconds."""
+    """The client answered; ``latency`` in seconds. ``skipped``: malformed stream events the
+    client skipped on the way."""
 
     call_id: str
     model_id: str
     attempt: int
     latency: float
+    skipped: int = 0
 
 
 class AttemptFailed(_Event, tag="attempt_failed", frozen=True):
@@ -84,6 +88,7 @@ class AttemptFailed(_Event, tag="attempt_failed", frozen=True):
     message: str = ""
     final: bool = False
     counts: bool = True
+    skipped: int = 0
 
 
 class Backoff(_Event, tag="backoff", frozen=True):

@@ -80,13 +80,19 @@ class CallLedger:
         self._log.emit(event)
         self.in_flight.add(call)
 
-    def attempt_started(self, call: Call, model_id: str, attempt: int) -> None:
+    def attempt_started(self, call: Call, model_id: str, attempt: int, trial: bool) -> None:
         """Record ``attempt_started``."""
         self._log.emit(
-            AttemptStarted(at=self._now(), call_id=call.call_id, model_id=model_id, attempt=attempt)
+            AttemptStarted(
+                at=self._now(),
+                call_id=call.call_id,
+                model_id=model_id,
+                attempt=attempt,
+                trial=trial,
+            )
         )
 
-    def attempt_succeeded(self, call: Call, model_id: str) -> None:
+    def attempt_succeeded(self, call: Call, model_id: str, skipped: int = 0) -> None:
         """Record ``attempt_succeeded`` for the call's current attempt."""
         self._log.emit(
             AttemptSucceeded(
@@ -95,10 +101,13 @@ class CallLedger:
                 model_id=model_id,
                 attempt=call.attempt,
                 latency=self._clock() - call.attempt_started,
+                skipped=skipped,
             )
         )
 
-    def attempt_failed(self, call: Call, model_id: str, failure: Failure, final: bool) -> None:
+    def attempt_failed(
+        self, call: Call, model_id: str, failure: Failure, final: bool, skipped: int = 0
+    ) -> None:
         """Record the call's current attempt as failed: in its records and as
         ``attempt_failed``."""
         kind = failure.kind
@@ -124,6 +133,7 @@ class CallLedger:
                 message=failure.message,
                 final=final,
                 counts=kind.counts_against_health,
+                skipped=skipped,
             )
         )
 
@@ -191,16 +201,21 @@ class CallLedger:
             latency=latency,
         )
 
-    def failed(self, call: Call, last: GaveUp) -> ModelError:
-        """Record ``call_failed``; the error to raise, the last client error as its cause."""
-        reason = last.stop or FailReason.EXHAUSTED
+    def failed(
+        self, call: Call, last: GaveUp, exhausted: FailReason = FailReason.EXHAUSTED
+    ) -> ModelError:
+        """Record ``call_failed``; the error to raise, the last client error as its cause.
+        ``exhausted`` is the reason when no stop ended the call early."""
+        reason = last.stop or exhausted
         self.record_failed(call, reason, last.kind)
-        if reason is FailReason.BAD_REQUEST:
+        if reason in (FailReason.BAD_REQUEST, FailReason.FAIL_FAST):
             if isinstance(last.error, ModelError):
                 if last.error.model_id is None:
                     last.error.model_id = call.model_id
                 return last.error  # the client's own error, as it raised it (scrubbed)
-            return ModelError(last.message, kind=ErrorKind.BAD_REQUEST, model_id=call.model_id)
+            error = ModelError(last.message, kind=last.kind, model_id=call.model_id)
+            error.__cause__ = last.error
+            return error
         error_type = (
             DeadlineExceededError if reason is FailReason.DEADLINE else AllModelsFailedError
         )

@@ -55,6 +55,14 @@ class HealthMonitor:
         self._follow_failing = False
         self._rounds: set[anyio.CancelScope] = set()  # probe rounds under way
         self.closed = False
+        # Recovery (see ``HealthPolicy``): per client, the clock reading of its last failure
+        # while unhealthy, its failed probes in a row, its trial calls in flight, and the
+        # sleep of its probe loop (cancelled to probe it sooner).
+        self._last_failure: dict[str, float] = {}
+        self._failed_probes: dict[str, int] = dict.fromkeys(registry.ids, 0)
+        self._trials: dict[str, int] = dict.fromkeys(registry.ids, 0)
+        self._unhealthy: set[str] = set()
+        self._waiting: dict[str, anyio.CancelScope] = {}
 
     def state(self, model_id: str) -> HealthState:
         """The state that decides ``model_id``'s place in the rotation."""
@@ -83,10 +91,62 @@ class HealthMonitor:
 
     # -- judging from calls --------------------------------------------------------------
 
-    def succeeded(self, model_id: str) -> None:
+    def succeeded(self, model_id: str, *, trial: bool = False) -> None:
         """A call succeeded on ``model_id``: a degraded or unhealthy client recovers."""
         if self.state(model_id) in _NEEDS_RECOVERY:
-            self.change(model_id, "recover", "a call succeeded")
+            self.change(
+                model_id, "recover", "trial call succeeded" if trial else "a call succeeded"
+            )
+
+    # -- recovery: trials and the probe schedule ------------------------------------------
+
+    def rotation_changed(self) -> None:
+        """A state may have changed (ours, an operator's, another replica's): a client that
+        just turned unhealthy starts its cool-down and is probed soon; one that left
+        unhealthy starts afresh."""
+        for model_id in self._registry.ids:
+            unhealthy = self.state(model_id) is HealthState.UNHEALTHY
+            if unhealthy == (model_id in self._unhealthy):
+                continue
+            if unhealthy:
+                self._unhealthy.add(model_id)
+                self._last_failure[model_id] = self._clock()
+                waiting = self._waiting.get(model_id)
+                if waiting is not None:
+                    waiting.cancel()  # its next probe is due sooner than it was
+            else:
+                self._unhealthy.discard(model_id)
+                self._failed_probes[model_id] = 0
+
+    def admit_trial(self, model_id: str) -> bool:
+        """Whether a call may try unhealthy ``model_id`` now as its trial; if so, the trial
+        is counted until ``end_trials``."""
+        policy = self._policy
+        if self._trials[model_id] >= policy.trial_calls:
+            return False
+        last = self._last_failure.get(model_id)
+        if last is not None and self._clock() - last < policy.trial_after:
+            return False
+        self._trials[model_id] += 1
+        return True
+
+    def end_trials(self, model_ids: tuple[str, ...]) -> None:
+        """The call that held these trials has moved on."""
+        for model_id in model_ids:
+            self._trials[model_id] -= 1
+
+    def trial_failed(self, model_id: str, message: str) -> None:
+        """A trial call failed on ``model_id``: its cool-down starts again."""
+        self._last_failure[model_id] = self._clock()
+        logger.info("trial call on {} failed: {}", model_id, message, model_id=model_id)
+
+    def next_probe_in(self, model_id: str) -> float:
+        """Seconds until ``model_id``'s next probe: the interval, or while it is unhealthy
+        ``recovery_probe_delay`` doubled for each failed probe, up to the interval."""
+        if self.state(model_id) is not HealthState.UNHEALTHY:
+            return self.interval
+        fails = min(self._failed_probes[model_id], 32)
+        return min(self.interval, self._policy.recovery_probe_delay * 2.0**fails)
 
     def gave_up_on(self, model_id: str, kind: ErrorKind, message: str) -> None:
         """A call gave up on ``model_id`` after an error of ``kind``."""
@@ -157,7 +217,11 @@ class HealthMonitor:
         )
         if not ok:
             self.change(model_id, "fail", f"probe failed: {message}")
-        elif self.state(model_id) in _NEEDS_RECOVERY:
+            self._failed_probes[model_id] += 1
+            self._last_failure[model_id] = self._clock()
+            return
+        self._failed_probes[model_id] = 0
+        if self.state(model_id) in _NEEDS_RECOVERY:
             self.change(model_id, "recover", "probe succeeded")
 
     async def _run_probe(self, client: RegisteredClient) -> tuple[bool, ErrorKind | None, str]:
@@ -205,32 +269,46 @@ class HealthMonitor:
     # -- the loops -----------------------------------------------------------------------
 
     async def run(self) -> None:
-        """The probe loop, and the follow loop beside it on a shared log; until cancelled."""
-        if self.follow_interval is None:
-            await self._health_loop()
-            return
+        """One probe loop per client and the follow loop beside them; until cancelled."""
         async with anyio.create_task_group() as loops:
-            loops.start_soon(self._follow_loop, self.follow_interval)
-            await self._health_loop()
+            loops.start_soon(self._follow_loop, self.follow_interval or self.interval)
+            for model_id in self._registry.ids:
+                loops.start_soon(self._probe_loop, self._registry[model_id])
 
     async def _follow_loop(self, interval: float) -> None:
         while True:
             await self.try_follow()
             await self._sleep(interval)
 
-    async def _health_loop(self) -> None:
-        interval = self.interval
-        next_round = self._clock()
+    async def _probe_loop(self, client: RegisteredClient) -> None:
+        """Probe ``client`` now, then on its schedule (``next_probe_in``). The schedule is
+        kept: a slow probe shortens the next wait instead of shifting it."""
+        model_id = client.model_id
+        due = self._clock()
         while True:
+            wait = due - self._clock()
+            if wait > 0:
+                with anyio.CancelScope() as waiting:
+                    self._waiting[model_id] = waiting
+                    await self._sleep(wait)
+                self._waiting.pop(model_id, None)
+                if waiting.cancel_called:  # it turned unhealthy: work out when again
+                    due = self._clock() + self.next_probe_in(model_id)
+                    continue
+            started = self._clock()
+            if self.state(model_id) is not HealthState.MAINTENANCE:
+                await self._probe_now(client)
+            due = max(started + self.next_probe_in(model_id), self._clock())
+
+    async def _probe_now(self, client: RegisteredClient) -> None:
+        """One probe of the loop, cut short if the engine closes; a failure is logged."""
+        with anyio.CancelScope() as scope:
+            self._rounds.add(scope)
             try:
-                await self.check_health()
-            except Exception as exc:  # noqa: BLE001 - a broken round must not end the loop
+                await self._probe(client)
+            except Exception as exc:  # noqa: BLE001 - a broken probe must not end the loop
                 logger.opt(exception=False).error(
-                    "health check round failed: {}", describe_exception(exc)
+                    "health check of {} failed: {}", client.model_id, describe_exception(exc)
                 )
-            # Keep the schedule: a slow round shortens the next wait instead of shifting it.
-            next_round += interval
-            now = self._clock()
-            if next_round < now:
-                next_round = now + interval
-            await self._sleep(next_round - now)
+            finally:
+                self._rounds.discard(scope)

@@ -12,10 +12,30 @@ from typing import Any, Literal, Self
 
 import msgspec
 
+from .errors import ErrorKind
+
 Jitter = Literal["full", "equal", "decorrelated", "none"]
 HealthScope = Literal["fleet", "replica"]
+ErrorAction = Literal["retry", "failover", "fail"]
 HEALTH_SCOPES: tuple[str, ...] = ("fleet", "replica")
 JITTERS: tuple[str, ...] = ("full", "equal", "decorrelated", "none")
+ERROR_ACTIONS: tuple[str, ...] = ("retry", "failover", "fail")
+
+# What a failed attempt of each kind leads to, unless ``RetryPolicy.error_actions`` says
+# otherwise: ``retry`` the same client (up to ``max_attempts``, then fail over), ``failover``
+# to the next client at once, or ``fail`` the whole call at once with the client's error.
+DEFAULT_ERROR_ACTIONS: dict[ErrorKind, ErrorAction] = {
+    ErrorKind.RATE_LIMITED: "retry",
+    ErrorKind.SERVER: "retry",
+    ErrorKind.UNKNOWN: "retry",
+    # A silence: the same route is likely silent again, and a second wait doubles the cost.
+    ErrorKind.TIMEOUT: "failover",
+    ErrorKind.AUTH: "failover",
+    ErrorKind.CONTEXT_LENGTH: "failover",
+    # Another model's weaker filter must not answer what this one refused.
+    ErrorKind.CONTENT_FILTER: "fail",
+    ErrorKind.BAD_REQUEST: "fail",
+}
 
 
 def _is_number(value: object) -> bool:
@@ -77,6 +97,12 @@ class RetryPolicy(_Policy, frozen=True):
 
     Delays and budgets are in seconds. With ``jitter="none"`` the n-th backoff on one client is
     exactly ``min(max_delay, base_delay * multiplier ** (n-1))``.
+
+    ``attempt_timeout`` bounds one attempt of a call (30 s: an LLM answer that takes longer
+    is rare, and a silence must not eat the whole ``call_budget``); a stream's attempt is
+    bounded by ``first_token_timeout`` until its first chunk and by ``idle_timeout`` between
+    chunks after it. ``None`` turns any of the three off. ``error_actions`` maps an error kind
+    to ``retry``, ``failover`` or ``fail``, over ``DEFAULT_ERROR_ACTIONS``.
     """
 
     max_attempts: int = 2
@@ -86,9 +112,13 @@ class RetryPolicy(_Policy, frozen=True):
     jitter: Jitter = "full"
     call_budget: float = 60.0
     max_total_attempts: int | None = None
-    attempt_timeout: float | None = None
+    attempt_timeout: float | None = 30.0
+    first_token_timeout: float | None = 30.0
+    idle_timeout: float | None = 30.0
     retry_budget_ratio: float = 0.2
     retry_budget_min_per_s: float = 10.0
+    # Plain text values: each entry is checked (and named) in ``__post_init__``.
+    error_actions: dict[str, str] = {}
 
     def __post_init__(self) -> None:
         _check_number("max_attempts", self.max_attempts, minimum=1, integer=True)
@@ -101,9 +131,34 @@ class RetryPolicy(_Policy, frozen=True):
         _check_number(
             "max_total_attempts", self.max_total_attempts, minimum=1, integer=True, optional=True
         )
-        _check_number("attempt_timeout", self.attempt_timeout, strict=True, optional=True)
+        for name in ("attempt_timeout", "first_token_timeout", "idle_timeout"):
+            _check_number(name, getattr(self, name), strict=True, optional=True)
         _check_number("retry_budget_ratio", self.retry_budget_ratio)
         _check_number("retry_budget_min_per_s", self.retry_budget_min_per_s)
+        _check_error_actions(self.error_actions)
+
+    def action(self, kind: ErrorKind) -> ErrorAction:
+        """What a failed attempt of ``kind`` leads to (see ``DEFAULT_ERROR_ACTIONS``)."""
+        chosen = self.error_actions.get(kind)
+        if chosen is not None:
+            return chosen  # type: ignore[return-value]  # checked in __post_init__
+        return DEFAULT_ERROR_ACTIONS.get(kind, "fail")
+
+
+def _check_error_actions(actions: object) -> None:
+    """``ValueError`` naming the entry unless ``actions`` maps error kinds to actions."""
+    if not isinstance(actions, Mapping):
+        raise ValueError(  # noqa: TRY004 - the policy's contract: bad values are ValueError
+            f"error_actions must be a mapping of error kind to action, got {actions!r}"
+        )
+    for kind, action in actions.items():
+        if kind not in DEFAULT_ERROR_ACTIONS:
+            known = ", ".join(DEFAULT_ERROR_ACTIONS)
+            raise ValueError(f"error_actions: unknown error kind {kind!r} (known: {known})")
+        if action not in ERROR_ACTIONS:
+            raise ValueError(
+                f"error_actions.{kind} must be one of {', '.join(ERROR_ACTIONS)}, got {action!r}"
+            )
 
 
 class HealthPolicy(_Policy, frozen=True):
@@ -121,17 +176,30 @@ class HealthPolicy(_Policy, frozen=True):
       local network problem that other hosts do not have). Maintenance is still fleet-wide,
       and ``metrics()``/``snapshot()`` still show the whole fleet; ``states`` and the rotation
       are this replica's own.
+
+    Recovery: an unhealthy client is probed ``recovery_probe_delay`` seconds after it turned
+    unhealthy, then after twice as long each time a probe fails, up to the probe interval. And
+    ``trial_after`` seconds after its last failure, a real call may try it again in its place
+    (a half-open circuit breaker's trial): at most ``trial_calls`` calls at once, one attempt
+    each. A trial that succeeds returns the client to healthy; one that fails starts the
+    cool-down again, and its call fails over at once. ``trial_calls: 0`` turns trials off.
     """
 
     degraded_after: int = 1
     unhealthy_after: int = 3
     probe_timeout: float = 5.0
     scope: HealthScope = "fleet"
+    recovery_probe_delay: float = 1.0
+    trial_after: float = 1.0
+    trial_calls: int = 1
 
     def __post_init__(self) -> None:
         _check_number("degraded_after", self.degraded_after, minimum=1, integer=True)
         _check_number("unhealthy_after", self.unhealthy_after, minimum=1, integer=True)
         _check_number("probe_timeout", self.probe_timeout, strict=True)
+        _check_number("recovery_probe_delay", self.recovery_probe_delay, strict=True)
+        _check_number("trial_after", self.trial_after)
+        _check_number("trial_calls", self.trial_calls, integer=True)
         if self.scope not in HEALTH_SCOPES:
             raise ValueError(f"scope must be one of {', '.join(HEALTH_SCOPES)}, got {self.scope!r}")
         if self.unhealthy_after < self.degraded_after:

@@ -72,7 +72,7 @@ class CallRunner:
         self.ledger = CallLedger(log, clock=clock, now=now, fingerprint=fingerprint)
         self._monitor = self.monitor = monitor
         self.policy = policy
-        self._clock = clock
+        self._clock = self.clock = clock
         self._sleep = sleep
         self._timer = self.timer = timer
         self._native_timer = isinstance(timer, LoopTime)
@@ -80,6 +80,7 @@ class CallRunner:
         self._call_ids = call_ids
         self._budget = RetryBudget(policy.retry_budget_ratio, policy.retry_budget_min_per_s, clock)
         self._plan: tuple[tuple[str, ...], bool] | None = None
+        self._plan_unhealthy: tuple[str, ...] = ()  # of the plan: who may get a trial
 
     # -- the order -----------------------------------------------------------------------
 
@@ -90,11 +91,23 @@ class CallRunner:
         if plan is None:
             states = {mid: self._monitor.state(mid) for mid in self._registry.ids}
             plan = self._plan = self._registry.plan(states)
+            self._plan_unhealthy = tuple(
+                mid for mid, state in states.items() if state is HealthState.UNHEALTHY
+            )
         return plan
 
     def forget_plan(self) -> None:
         """A state changed: work the order out again for the next call."""
         self._plan = None
+
+    def _with_trials(self, call: Call, order: tuple[str, ...]) -> tuple[str, ...]:
+        """``order`` with the unhealthy clients this call may try as their trial, each in its
+        configured place (see ``HealthPolicy``)."""
+        trials = tuple(mid for mid in self._plan_unhealthy if self._monitor.admit_trial(mid))
+        if not trials:
+            return order
+        call.trials = call.trial_slots = trials
+        return tuple(mid for mid in self._registry.ids if mid in order or mid in trials)
 
     # -- a call's beginning and end ------------------------------------------------------
 
@@ -107,23 +120,49 @@ class CallRunner:
         start = self._clock()
         call = Call(self._call_ids(), start, start + budget, prompt)
         order, last_resort = self.plan()
+        if self._plan_unhealthy and not last_resort:
+            order = self._with_trials(call, order)
         self.ledger.started(call, order, last_resort)
         self._budget.record_call()
         return call, order
 
     # -- the loop over clients -----------------------------------------------------------
 
-    async def run(self, call: Call, order: Sequence[str], attempt_once: AttemptOnce[_T]) -> _T:
+    async def run(
+        self,
+        call: Call,
+        order: Sequence[str],
+        attempt_once: AttemptOnce[_T],
+        last: GaveUp | None = None,
+        *,
+        exhausted: FailReason = FailReason.EXHAUSTED,
+    ) -> _T:
         """Give each client in ``order`` its attempts, failing over between them; the first
-        success (``attempt_once``'s result) or the call's error, raised."""
-        last: GaveUp | None = None
+        success (``attempt_once``'s result) or the call's error, raised. ``last``: the client
+        given up on just before (a stream started again elsewhere): the first step is then a
+        failover from it. ``exhausted``: the reason recorded when every client gave up."""
+        try:
+            return await self._run(call, order, attempt_once, last, exhausted)
+        finally:
+            if call.trial_slots:
+                self._monitor.end_trials(call.trial_slots)
+                call.trial_slots = ()
+
+    async def _run(
+        self,
+        call: Call,
+        order: Sequence[str],
+        attempt_once: AttemptOnce[_T],
+        last: GaveUp | None,
+        exhausted: FailReason,
+    ) -> _T:
         for model_id in order:
             if self._monitor.state(model_id) is HealthState.MAINTENANCE:
                 continue  # taken out by an operator since the call started
             if last is not None:
                 stop = self._stop_reason(call)
                 if stop is not None:
-                    last = GaveUp(_stop_kind(stop, last.kind), last.message, stop)
+                    last = GaveUp(_stop_kind(stop, last.kind), last.message, stop, last.error)
                     break
                 self.ledger.failover(call, model_id, last.kind)
             call.model_id = model_id
@@ -137,7 +176,7 @@ class CallRunner:
             last = GaveUp(
                 ErrorKind.UNKNOWN, "every client is in maintenance", FailReason.NO_CLIENTS
             )
-        raise self.ledger.failed(call, last)
+        raise self.ledger.failed(call, last, exhausted)
 
     def _stop_reason(self, call: Call) -> FailReason | None:
         """Why the call must end now, before its next attempt, or None."""
@@ -164,7 +203,7 @@ class CallRunner:
             remaining = call.deadline - self._clock()
             call.attempts += 1
             call.attempt = attempt
-            self.ledger.attempt_started(call, model_id, attempt)
+            self.ledger.attempt_started(call, model_id, attempt, model_id in call.trials)
             call.attempt_started = self._clock()
             result = await attempt_once(client, call.prompt, remaining, call)
             if call.closed:
@@ -194,11 +233,15 @@ class CallRunner:
         if call.closed:
             raise self.ledger.closed_during(call)
 
-    def attempt_limit(self, remaining: float) -> tuple[float, bool]:
-        """How long the next attempt may take, and whether ``attempt_timeout`` is the bound."""
-        attempt_timeout = self.policy.attempt_timeout
-        if attempt_timeout is not None and attempt_timeout < remaining:
-            return attempt_timeout, True
+    def attempt_limit(
+        self, remaining: float, timeout: float | bool | None = True
+    ) -> tuple[float, bool]:
+        """How long the next attempt may take, and whether its own timeout (``timeout``;
+        ``True``: the policy's ``attempt_timeout``) is the bound rather than the call's."""
+        if timeout is True:
+            timeout = self.policy.attempt_timeout
+        if timeout is not None and timeout is not False and timeout < remaining:
+            return float(timeout), True
         return remaining, False
 
     async def attempt(
@@ -258,13 +301,10 @@ class CallRunner:
             error_kind=kind.value,
         )
         if delay is None:
+            if model_id in call.trials:
+                self._monitor.trial_failed(model_id, result.message)
             self._monitor.gave_up_on(model_id, kind, result.message)
-            stop = None
-            if kind is ErrorKind.BAD_REQUEST:
-                stop = FailReason.BAD_REQUEST
-            elif kind is ErrorKind.DEADLINE:
-                stop = FailReason.DEADLINE
-            raise GaveUp(kind, result.message, stop, result.error)
+            raise GaveUp(kind, result.message, self._stop_after(kind), result.error)
         self.ledger.backoff(call, model_id, delay, result.retry_after)
         return delay
 
@@ -278,8 +318,10 @@ class CallRunner:
     ) -> float | None:
         """The wait before retrying the same client, or None to give up on it."""
         policy = self.policy
-        if not result.kind.retryable or attempt >= policy.max_attempts:
+        if policy.action(result.kind) != "retry" or attempt >= policy.max_attempts:
             return None
+        if model_id in call.trials:
+            return None  # a trial is one attempt
         if policy.max_total_attempts is not None and call.attempts >= policy.max_total_attempts:
             return None
         delay = backoff_delay(policy, attempt, self._rng, previous_delay)
@@ -300,12 +342,21 @@ class CallRunner:
             return None
         return delay
 
-    def attempt_succeeded(self, call: Call) -> str:
+    def _stop_after(self, kind: ErrorKind) -> FailReason | None:
+        """Why a failure of ``kind`` ends the whole call, or None when the next client may
+        be tried."""
+        if kind is ErrorKind.DEADLINE:
+            return FailReason.DEADLINE
+        if self.policy.action(kind) != "fail":
+            return None
+        return FailReason.BAD_REQUEST if kind is ErrorKind.BAD_REQUEST else FailReason.FAIL_FAST
+
+    def attempt_succeeded(self, call: Call, *, skipped: int = 0) -> str:
         """Record the call's current attempt as a success; a degraded or unhealthy client
         recovers. Returns the serving model's id."""
         model_id = call.model_id or ""
-        self.ledger.attempt_succeeded(call, model_id)
-        self._monitor.succeeded(model_id)
+        self.ledger.attempt_succeeded(call, model_id, skipped)
+        self._monitor.succeeded(model_id, trial=model_id in call.trials)
         return model_id
 
 

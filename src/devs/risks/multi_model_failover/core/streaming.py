@@ -1,49 +1,60 @@
-"""Streaming with failover: fail over freely until the first chunk, never after it.
+"""Streaming with failover: fail over freely until the first chunk; after it, only on request.
 
 Until a client has delivered its first chunk a stream is like a call: attempts, backoff,
-failover, health and the same events. Once text has reached the caller, switching to another
-model would splice two different answers into one (the second model does not know what the
-first one said, and cannot continue its sentence), so a failure after the first chunk raises
+failover, health and the same events. The first chunk must come within the policy's
+``first_token_timeout``, and each chunk after it within ``idle_timeout`` (a stall).
+
+Once text has reached the caller, switching to another model would splice two different
+answers into one, so by default (``recovery="none"``) a failure after the first chunk raises
 ``StreamInterruptedError`` saying how much was delivered, and the log records it
-(``attempt_failed`` then ``call_failed`` with reason ``stream_interrupted``). The caller knows
-what it has shown and decides: retry the whole prompt, or keep the partial answer.
+(``attempt_failed`` then ``call_failed`` with reason ``stream_interrupted``). A caller that
+wants a complete answer opts in:
+
+- ``recovery="restart"``: the request starts again on the next client of the call's order
+  (no prefill). Before the new text the stream yields a ``StreamSwitch`` with
+  ``mode="restart"``: everything received before it is void.
+- ``recovery="continue"``: a next client that accepts an assistant prefill
+  (``supports_prefill``) gets the text so far as a final assistant message and continues it
+  (``StreamSwitch`` with ``mode="continue"``: nothing is void). A client without prefill
+  support gets a restart, and so does one that rejects the prefilled request
+  (``bad_request``: it is asked again at once, without the prefill, in the same attempt).
+
+A rescue gets the call's budget afresh for its first chunk. When no client can finish the
+answer, ``StreamInterruptedError`` is raised: a truncated answer is never reported complete.
 
 A client streams when it has ``stream(prompt)`` returning an async iterator of text; any other
-client is called once and its answer (``.text``, or the ``str`` itself) is one chunk.
-
-``timeout`` and the call budget bound the wait for the first chunk (the failover phase); after
-it, each chunk is bounded by the client's own read timeout, so a long answer is not cut off.
+client is called once and its answer (``.text``, or the ``str`` itself) is one chunk. Once a
+stream ends, ``FailoverStream.outcome`` says who served it, what it took and (from the client's
+stream object, when it has them) its usage, finish reason, served model and request id.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, AsyncIterator
-from typing import Any, Final
+from collections.abc import AsyncGenerator, Callable
+from types import TracebackType
+from typing import Any, Final, Generic, Literal, Self, TypeVar
 
-import anyio
+import msgspec
 from loguru import logger
 
-from .calls import (
-    Call,
-    EngineClosedError,
-    FailReason,
-    Failure,
-    failure,
-    foreign_cancel_failure,
-    timed_out,
-)
+from .calls import EngineClosedError, FailReason, Failure, GaveUp, failure
 from .cancellation import is_foreign_cancel
 from .errors import ErrorKind, ModelError
 from .livelog import LiveLog
-from .registry import RegisteredClient
+from .responses import Usage
 from .runner import CallRunner
+from .stream_attempt import End, StreamAttempt, close_chunks, stream_meta
 
 INTERRUPTED: Final = FailReason.STREAM_INTERRUPTED
+Recovery = Literal["none", "restart", "continue"]
+RECOVERIES: Final = ("none", "restart", "continue")
+_Chunk_co = TypeVar("_Chunk_co", covariant=True)
 
 
 class StreamInterruptedError(ModelError):
-    """A stream broke after it had delivered text; no other model was tried.
+    """A stream broke after it had delivered text, and no client could finish the answer
+    (with ``recovery="none"``, none was asked to).
 
     ``chunks`` and ``chars`` say how much of the answer the caller already received.
     """
@@ -57,179 +68,293 @@ class StreamInterruptedError(ModelError):
         self.chars = chars
 
 
-class _End:
-    """The stream ended (a sentinel: ``None`` could be a chunk of a careless client)."""
+class StreamSwitch(msgspec.Struct, frozen=True, kw_only=True):
+    """Yielded in-band when a broken stream goes on from another client (opt-in recovery).
+
+    ``mode="restart"``: every chunk received before this one is void, the answer starts
+    again. ``mode="continue"``: the new client continues the text so far; nothing is void.
+    ``discarded_chunks``/``discarded_chars``: what the switch voids (0 for a continuation).
+    """
+
+    from_model: str
+    to_model: str
+    mode: Literal["restart", "continue"]
+    reason: ErrorKind
+    discarded_chunks: int = 0
+    discarded_chars: int = 0
 
 
-_END: Final = _End()
+class StreamOutcome(msgspec.Struct, frozen=True, kw_only=True):
+    """A finished stream: who served it and what it took. ``usage``, ``finish_reason``,
+    ``model`` (as served) and ``request_id`` come from the serving client's stream, when it
+    reports them; after a switch they are the serving client's alone."""
+
+    model_id: str
+    call_id: str
+    attempts: int
+    failovers: int
+    latency: float
+    restarts: int = 0
+    model: str | None = None
+    usage: Usage | None = None
+    finish_reason: str | None = None
+    request_id: str | None = None
 
 
-def _text_of(response: Any) -> str:
-    if isinstance(response, str):
-        return response
-    text = getattr(response, "text", None)
-    return text if isinstance(text, str) else str(response)
+class FailoverStream(Generic[_Chunk_co]):
+    """The async iterator ``stream()`` returns; ``outcome`` is set once it has ended.
+
+    Close it early with ``async with`` or ``contextlib.aclosing`` to release the connection at
+    once (breaking out records ``call_cancelled``).
+    """
+
+    outcome: StreamOutcome | None
+
+    def __init__(self, start: Callable[[FailoverStream[Any]], AsyncGenerator[Any, None]]) -> None:
+        self.outcome = None
+        self._chunks = start(self)
+
+    def __aiter__(self) -> Self:
+        return self
+
+    def __anext__(self) -> Any:
+        return self._chunks.__anext__()
+
+    async def aclose(self) -> None:
+        """Stop the stream and release its connection."""
+        await self._chunks.aclose()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
 
 
-async def _whole_answer(client: RegisteredClient, prompt: Any) -> AsyncGenerator[str, None]:
-    """A client that cannot stream answers in one chunk."""
-    text = _text_of(await client.call(prompt))
-    if text:
-        yield text
+def check_recovery(recovery: object) -> Recovery:
+    """``recovery`` checked; ``ValueError`` naming it unless it is one of ``RECOVERIES``."""
+    if recovery is None:
+        return "none"
+    if recovery not in RECOVERIES:
+        raise ValueError(f"recovery must be one of {', '.join(RECOVERIES)}, got {recovery!r}")
+    return recovery
 
 
-async def _open(client: RegisteredClient, prompt: Any) -> AsyncIterator[str]:
-    stream = getattr(client.client, "stream", None)
-    if not callable(stream):
-        return _whole_answer(client, prompt)
-    chunks = stream(prompt)
-    if not hasattr(chunks, "__anext__"):
-        chunks = await chunks
-    return chunks  # type: ignore[no-any-return]
+class _Delivered:
+    """What the caller has received: from the serving client (void on a restart) and in
+    all (the prefill of a continuation)."""
 
+    __slots__ = ("chars", "chunks", "keep", "text")
 
-async def _next(chunks: AsyncIterator[str]) -> str | _End:
-    try:
-        chunk = await chunks.__anext__()
-    except StopAsyncIteration:
-        return _END
-    if not isinstance(chunk, str):
-        raise TypeError(f"the client's stream yielded {type(chunk).__name__}, not text")
-    return chunk
+    def __init__(self, keep: bool) -> None:
+        self.chunks = self.chars = 0
+        self.keep = keep
+        self.text: list[str] = []
 
-
-async def _close(chunks: AsyncIterator[str] | None) -> None:
-    close = getattr(chunks, "aclose", None)
-    if close is not None:
-        with anyio.CancelScope(shield=True):
-            await close()
-
-
-class _Streamer:
-    """One stream's attempts (to its first chunk) and its chunks after that."""
-
-    def __init__(self, runner: CallRunner, log: LiveLog, call: Call) -> None:
-        self.runner = runner
-        self.log = log
-        self.call = call
-        self.chunks: AsyncIterator[str] | None = None
-
-    async def first_chunk(
-        self, client: RegisteredClient, prompt: Any, remaining: float, call: Call
-    ) -> str | _End | Failure:
-        """Open a stream and wait for its first chunk, as ``runner.attempt`` waits for a call."""
-        limit, by_attempt = self.runner.attempt_limit(remaining)
-        chunks: AsyncIterator[str] | None = None
-        try:
-            with self.runner.timer.move_on_after(limit) as scope:
-                call.cut = scope
-                chunks = await _open(client, prompt)
-                first = await _next(chunks)
-                self.chunks = chunks
-                return first
-        except Exception as exc:  # noqa: BLE001 - any client failure is a failed attempt
-            await _close(chunks)
-            return failure(exc, prompt)
-        except asyncio.CancelledError as exc:
-            await _close(chunks)
-            return foreign_cancel_failure(exc, prompt)
-        finally:
-            call.cut = None
-        await _close(chunks)
-        return timed_out(limit, by_attempt, "no first chunk within", call)
-
-    async def next_chunk(self) -> str | _End:
-        """The next chunk; an engine closing meanwhile cuts the wait short."""
-        assert self.chunks is not None  # noqa: S101 - only after first_chunk succeeded
-        call = self.call
-        chunk: str | _End = _END
-        with anyio.CancelScope() as scope:
-            call.cut = scope
-            chunk = await _next(self.chunks)
-        call.cut = None
-        if call.closed:
-            raise self.runner.ledger.closed_during(call)
-        return chunk
-
-    def interrupted(
-        self, exc: BaseException, prompt: Any, chunks: int, chars: int
-    ) -> StreamInterruptedError:
-        """Record a stream that broke after delivering text; the error to raise."""
-        runner, call = self.runner, self.call
-        failed = failure(exc, prompt)
-        kind, cause = failed.kind, failed.message
-        model_id = call.model_id or ""
-        message = (
-            f"stream from {model_id} broke after {chunks} chunk(s), {chars} char(s) delivered; "
-            f"not failed over: {cause}"
-        )
-        failed.message = message
-        runner.ledger.attempt_failed(call, model_id, failed, True)
-        runner.monitor.gave_up_on(model_id, kind, message)
-        runner.ledger.record_failed(call, INTERRUPTED, kind)
-        logger.warning(
-            "stream from {} broke after {} char(s); not failing over mid-answer",
-            model_id,
-            chars,
-            call_id=call.call_id,
-            model_id=model_id,
-            error_kind=kind.value,
-        )
-        error = StreamInterruptedError(
-            message,
-            kind=kind,
-            model_id=model_id,
-            call_id=call.call_id,
-            chunks=chunks,
-            chars=chars,
-        )
-        error.__cause__ = failed.error
-        return error
+    def add(self, chunk: str) -> None:
+        self.chunks += 1
+        self.chars += len(chunk)
+        if self.keep:
+            self.text.append(chunk)
 
 
 async def stream_with_failover(
-    runner: CallRunner, log: LiveLog, prompt: Any, *, timeout: float | None = None
-) -> AsyncGenerator[str, None]:
-    """Stream the answer to ``prompt`` as text chunks, failing over until the first chunk.
+    runner: CallRunner,
+    log: LiveLog,
+    prompt: Any,
+    holder: FailoverStream[Any],
+    *,
+    timeout: float | None = None,
+    recovery: Recovery = "none",
+) -> AsyncGenerator[Any, None]:
+    """Stream the answer to ``prompt``; see the module docstring. ``holder`` gets the outcome.
 
     Raises what ``engine.call`` raises when no client delivers a first chunk, and
-    ``StreamInterruptedError`` when the serving client fails after it. Breaking out of the
-    iteration (or cancelling) records ``call_cancelled``; close it with
-    ``contextlib.aclosing`` to release the connection at once.
+    ``StreamInterruptedError`` when the answer breaks and cannot be finished.
     """
     call, order = runner.begin(prompt, timeout)
-    streamer = _Streamer(runner, log, call)
+    attempt = StreamAttempt(runner, call)
+    delivered = _Delivered(keep=recovery == "continue")
+    restarts = 0
     try:
         try:
-            chunk: str | _End = await runner.run(call, order, streamer.first_chunk)
+            chunk: str | End = await runner.run(call, order, attempt.first_chunk)
         except ModelError:
             await runner.ledger.commit(call, "call_failed")
             raise
         except EngineClosedError:
             await log.commit()
             raise
-        chunks = chars = 0
-        while not isinstance(chunk, _End):
-            yield chunk
-            if call.closed:
-                raise runner.ledger.closed_during(call)
-            chunks, chars = chunks + 1, chars + len(chunk)
-            try:
-                chunk = await streamer.next_chunk()
-            except EngineClosedError:
-                raise
-            except (Exception, asyncio.CancelledError) as exc:  # any failure after the first chunk
-                if isinstance(exc, asyncio.CancelledError) and not is_foreign_cancel(exc):
+        while True:
+            while not isinstance(chunk, End):
+                yield chunk
+                if call.closed:
+                    raise runner.ledger.closed_during(call)
+                delivered.add(chunk)
+                try:
+                    chunk = await attempt.next_chunk()
+                except EngineClosedError:
                     raise
-                error = streamer.interrupted(exc, prompt, chunks, chars)
-                await runner.ledger.commit(call, "call_failed")
-                raise error from error.__cause__
-        runner.ledger.succeeded(call, runner.attempt_succeeded(call), None)
+                except (Exception, asyncio.CancelledError) as exc:  # a failure mid-answer
+                    if isinstance(exc, asyncio.CancelledError) and not is_foreign_cancel(exc):
+                        raise
+                    broke = failure(exc, prompt)
+                    rest = _rest_of(order, call.model_id)
+                    if recovery == "none" or not rest:
+                        error = _interrupted(runner, attempt, broke, delivered, exc)
+                        await runner.ledger.commit(call, "call_failed")
+                        raise error from error.__cause__
+                    switch, chunk = await _rescue(runner, attempt, broke, rest, delivered)
+                    restarts += 1
+                    yield switch
+                    break
+            else:
+                break
+        model_id = runner.attempt_succeeded(call, skipped=_skipped(attempt))
+        outcome = runner.ledger.succeeded(call, model_id, None)
+        holder.outcome = StreamOutcome(
+            model_id=model_id,
+            call_id=call.call_id,
+            attempts=outcome.attempts,
+            failovers=outcome.failovers,
+            latency=outcome.latency,
+            restarts=restarts,
+            **stream_meta(attempt.chunks),
+        )
         await runner.ledger.commit(call, "call_succeeded")
     finally:
-        await _close(streamer.chunks)
+        await close_chunks(attempt.chunks)
         if not call.ended:
             runner.ledger.cancelled(call)
 
 
-__all__ = ["INTERRUPTED", "StreamInterruptedError", "stream_with_failover"]
+def _skipped(attempt: StreamAttempt) -> int:
+    """How many malformed events the client's stream says it skipped."""
+    skipped = getattr(attempt.chunks, "skipped", 0)
+    return skipped if isinstance(skipped, int) and not isinstance(skipped, bool) else 0
+
+
+def _rest_of(order: tuple[str, ...], model_id: str | None) -> tuple[str, ...]:
+    """The clients after ``model_id`` in the call's order (a client is visited once)."""
+    return order[order.index(model_id) + 1 :] if model_id in order else ()
+
+
+async def _rescue(
+    runner: CallRunner,
+    attempt: StreamAttempt,
+    broke: Failure,
+    rest: tuple[str, ...],
+    delivered: _Delivered,
+) -> tuple[StreamSwitch, str | End]:
+    """Go on from the next client that can: the switch to yield and its first chunk.
+    Raises ``StreamInterruptedError`` (recorded) when none can."""
+    call = attempt.call
+    from_model = call.model_id or ""
+    _record_break(runner, attempt, broke, delivered, ":")
+    await close_chunks(attempt.chunks)
+    attempt.chunks = None
+    attempt.prefill = "".join(delivered.text) if delivered.keep else None
+    budget = call.deadline - call.start
+    call.deadline = max(call.deadline, runner.clock() + budget)
+    logger.warning(
+        "stream from {} broke after {} char(s); going on from the next client ({})",
+        from_model,
+        delivered.chars,
+        "continue" if delivered.keep else "restart",
+        call_id=call.call_id,
+        model_id=from_model,
+    )
+    gave_up = GaveUp(broke.kind, broke.message, None, broke.error)
+    try:
+        chunk: str | End = await runner.run(
+            call, rest, attempt.first_chunk, gave_up, exhausted=INTERRUPTED
+        )
+    except ModelError as exc:
+        await runner.ledger.commit(call, "call_failed")
+        error = StreamInterruptedError(
+            f"stream broke after {delivered.chunks} chunk(s), {delivered.chars} char(s) "
+            f"delivered, and no other client could finish it: {exc.message}",
+            kind=exc.kind,
+            model_id=from_model,
+            call_id=call.call_id,
+            chunks=delivered.chunks,
+            chars=delivered.chars,
+        )
+        raise error from exc
+    mode: Literal["restart", "continue"] = "continue" if attempt.continued else "restart"
+    switch = StreamSwitch(
+        from_model=from_model,
+        to_model=call.model_id or "",
+        mode=mode,
+        reason=broke.kind,
+        discarded_chunks=0 if attempt.continued else delivered.chunks,
+        discarded_chars=0 if attempt.continued else delivered.chars,
+    )
+    if not attempt.continued:
+        delivered.chunks = delivered.chars = 0
+        delivered.text.clear()
+    return switch, chunk
+
+
+def _record_break(
+    runner: CallRunner, attempt: StreamAttempt, broke: Failure, delivered: _Delivered, how: str
+) -> None:
+    """Record a failure after the first chunk as the client's final failure (it counts)."""
+    call = attempt.call
+    model_id = call.model_id or ""
+    broke.message = (
+        f"stream from {model_id} broke after {delivered.chunks} chunk(s), "
+        f"{delivered.chars} char(s) delivered{how} {broke.message}"
+    )
+    runner.ledger.attempt_failed(call, model_id, broke, True, skipped=_skipped(attempt))
+    runner.monitor.gave_up_on(model_id, broke.kind, broke.message)
+
+
+def _interrupted(
+    runner: CallRunner,
+    attempt: StreamAttempt,
+    broke: Failure,
+    delivered: _Delivered,
+    exc: BaseException,
+) -> StreamInterruptedError:
+    """Record a stream that broke after delivering text, not to be finished elsewhere; the
+    error to raise."""
+    call = attempt.call
+    model_id = call.model_id or ""
+    kind = broke.kind
+    _record_break(runner, attempt, broke, delivered, "; not failed over:")
+    runner.ledger.record_failed(call, INTERRUPTED, kind)
+    logger.warning(
+        "stream from {} broke after {} char(s); not failing over mid-answer",
+        model_id,
+        delivered.chars,
+        call_id=call.call_id,
+        model_id=model_id,
+        error_kind=kind.value,
+    )
+    error = StreamInterruptedError(
+        broke.message,
+        kind=kind,
+        model_id=model_id,
+        call_id=call.call_id,
+        chunks=delivered.chunks,
+        chars=delivered.chars,
+    )
+    error.__cause__ = broke.error
+    return error
+
+
+__all__ = [
+    "INTERRUPTED",
+    "FailoverStream",
+    "StreamInterruptedError",
+    "StreamOutcome",
+    "StreamSwitch",
+    "check_recovery",
+    "stream_with_failover",
+]

@@ -153,7 +153,7 @@ STORY: Final = (
     Act(0.0, "all three models healthy; calls go to the primary"),
     Act(RATE_LIMITED_AT, "the primary starts rate-limiting (429, retry after 2s)"),
     Act(DOWN_AT, "the primary goes down (503s and timeouts); the secondary takes over"),
-    Act(RECOVERED_AT, "the primary recovers; the next health check brings it back"),
+    Act(RECOVERED_AT, "the primary recovers; a trial call or a probe brings it back at once"),
     Act(MAINTENANCE_ON_AT, "an operator puts the secondary into maintenance (key rotation)"),
     Act(WOBBLE_AT, "the primary wobbles (502s); with the secondary out, the tertiary covers"),
     Act(MAINTENANCE_OFF_AT, "the operator puts the secondary back"),

@@ -201,12 +201,20 @@ def _call_started(e: CallStarted) -> Line:
 
 
 def _attempt_started(e: AttemptStarted) -> Line:
+    if e.trial:
+        what, detail = f"attempt {e.attempt} (trial)", "trial call of an unhealthy model"
+        return (clock_text(e.at), e.call_id, e.model_id, what, "-", "-", detail, "warn")
     return (clock_text(e.at), e.call_id, e.model_id, f"attempt {e.attempt}", "-", "-", "", "info")
+
+
+def _skipped(count: int) -> str:
+    return f"skipped {count} malformed stream event(s)" if count else ""
 
 
 def _attempt_succeeded(e: AttemptSucceeded) -> Line:
     what = f"attempt {e.attempt} ok"
-    return (clock_text(e.at), e.call_id, e.model_id, what, "-", _took(e.latency), "", "ok")
+    detail = _skipped(e.skipped)
+    return (clock_text(e.at), e.call_id, e.model_id, what, "-", _took(e.latency), detail, "ok")
 
 
 def _attempt_failed(e: AttemptFailed) -> Line:
@@ -219,7 +227,7 @@ def _attempt_failed(e: AttemptFailed) -> Line:
         what,
         kind,
         _took(e.latency),
-        e.message,
+        "; ".join(part for part in (e.message, _skipped(e.skipped)) if part),
         "fail",
     )
 
