@@ -42,7 +42,6 @@ async def failover_pair(
     """``primary`` (speaking ``wire``, with ``timeout``) before an OpenAI ``fallback``."""
     primary, fallback = make_provider(), make_provider()
     fallback.script(OPENAI.chat, then=Reply(body=OPENAI.ok("from fallback")))
-    fallback.script(OPENAI.models, then=Reply(body={"data": []}))
     clients: list[HTTPModelClient] = [
         wire.client(primary, model_id="primary", api_key=OPENAI_KEY, timeout=timeout),
         OPENAI.client(fallback, model_id="fallback"),
@@ -103,15 +102,17 @@ async def test_transient_faults_are_retried_then_failed_over(pair: Pair, fault: 
     assert pair.fo.states["primary"] is HealthState.DEGRADED
 
 
-async def test_a_slow_client_times_out_twice_then_fails_over(
+async def test_a_silent_client_times_out_once_then_fails_over(
     wire: Wire, make_provider: Callable[[], FakeProvider]
 ) -> None:
     async with failover_pair(wire, make_provider, timeout=0.2) as slow:
         slow.primary.script(wire.chat, then=Reply(hang=True))
         outcome = await slow.fo.call_with_outcome("hi")
-        assert (outcome.model_id, outcome.attempts, outcome.failovers) == ("fallback", 3, 1)
-        assert attempt_kinds(slow.fo, "primary") == [ErrorKind.TIMEOUT] * 2
+        # A silence fails over at once by default: retrying it would double the wait.
+        assert (outcome.model_id, outcome.attempts, outcome.failovers) == ("fallback", 2, 1)
+        assert attempt_kinds(slow.fo, "primary") == [ErrorKind.TIMEOUT]
         assert events_of(slow.fo, "failover")[0].reason is ErrorKind.TIMEOUT
+        assert slow.primary.hits(wire.chat) == 1
 
 
 async def test_a_429_is_retried_after_its_retry_after(pair: Pair) -> None:
@@ -150,40 +151,48 @@ async def test_a_429_asking_for_more_than_the_budget_fails_over_at_once(pair: Pa
     assert pair.sleep.delays == []
 
 
-@pytest.mark.parametrize(
-    ("reply", "kind"),
-    [
-        (
-            Reply(
-                400,
-                openai_error(
-                    "maximum context length is 8192 tokens", code="context_length_exceeded"
-                ),
-            ),
-            ErrorKind.CONTEXT_LENGTH,
-        ),
-        (
-            Reply(400, {"error": {"code": "content_filter", "message": "filtered"}}),
-            ErrorKind.CONTENT_FILTER,
-        ),
-    ],
-    ids=["context length", "content filter"],
-)
-async def test_prompt_specific_refusals_fail_over_without_retry_or_blame(
-    pair: Pair, reply: Reply, kind: ErrorKind
-) -> None:
+async def test_a_context_length_refusal_fails_over_without_retry_or_blame(pair: Pair) -> None:
+    reply = Reply(
+        400, openai_error("maximum context length is 8192 tokens", code="context_length_exceeded")
+    )
     pair.primary.script(pair.wire.chat, then=reply)
     outcome = await pair.fo.call_with_outcome("a very long prompt")
     assert (outcome.model_id, outcome.attempts) == ("fallback", 2)
     (failed,) = events_of(pair.fo, "attempt_failed")
-    assert (failed.error_kind, failed.final, failed.counts) == (kind, True, False)
+    assert (failed.error_kind, failed.final, failed.counts) == (
+        ErrorKind.CONTEXT_LENGTH,
+        True,
+        False,
+    )
     assert events_of(pair.fo, "backoff") == []
     assert pair.fo.states["primary"] is HealthState.HEALTHY
 
 
+async def test_a_content_filter_refusal_fails_fast_with_the_providers_reason(pair: Pair) -> None:
+    # Sending a refused prompt on to a model with a weaker filter would route around safety.
+    reply = Reply(400, {"error": {"code": "content_filter", "message": "filtered by policy"}})
+    pair.primary.script(pair.wire.chat, then=reply)
+    with pytest.raises(ModelError) as caught:
+        await pair.fo.call("a prompt the filter refuses")
+    assert (caught.value.kind, caught.value.status, caught.value.code) == (
+        ErrorKind.CONTENT_FILTER,
+        400,
+        "content_filter",
+    )
+    assert "filtered by policy" in caught.value.message
+    assert pair.primary.hits(pair.wire.chat) == 1
+    assert pair.fallback.hits(OPENAI.chat) == 0
+    (failed,) = events_of(pair.fo, "call_failed")
+    assert (failed.reason, failed.error_kind) == ("fail_fast", ErrorKind.CONTENT_FILTER)
+    assert pair.fo.states["primary"] is HealthState.HEALTHY
+
+
 async def test_a_401_marks_the_client_unhealthy_until_a_probe_passes(pair: Pair) -> None:
-    pair.primary.script(pair.wire.chat, Reply(401, openai_error("Incorrect API key provided")))
-    pair.primary.script(pair.wire.models, then=Reply(body={"data": []}))
+    pair.primary.script(
+        pair.wire.chat,
+        Reply(401, openai_error("Incorrect API key provided")),
+        then=Reply(body=pair.wire.ok("")),  # the probe's one-token request passes
+    )
     outcome = await pair.fo.call_with_outcome("hi")
     assert (outcome.model_id, outcome.attempts) == ("fallback", 2)
     assert attempt_kinds(pair.fo, "primary") == [ErrorKind.AUTH]
@@ -216,7 +225,7 @@ async def test_a_failing_probe_takes_a_client_out_of_rotation(
     async with failover_pair(wire, make_provider, timeout=0.2) as probed:
         fo = probed.fo
         probed.primary.script(
-            wire.models, Reply(503, "down"), Reply(hang=True), then=Reply(body={"data": []})
+            wire.chat, Reply(503, "down"), Reply(hang=True), then=Reply(body=wire.ok(""))
         )
         assert (await fo.check_health())["primary"] is HealthState.UNHEALTHY
         assert fo.rotation == ["fallback"]

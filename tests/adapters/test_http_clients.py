@@ -85,7 +85,7 @@ async def test_anthropic_call_speaks_the_messages_protocol(provider: FakeProvide
     assert (answer.text, answer.model, answer.finish_reason) == (
         "Bonjour.",
         "claude-test-20250101",
-        "end_turn",
+        "stop",  # end_turn, normalised
     )
     assert answer.usage == Usage(input_tokens=12, output_tokens=5)
     assert answer.request_id == "req_7"
@@ -116,24 +116,25 @@ async def test_a_prompt_must_be_text_or_chat_messages(client: HTTPModelClient) -
         await client.call(42)  # type: ignore[arg-type]
 
 
-async def test_health_check_asks_for_the_model_list(
-    wire: Wire, provider: FakeProvider, client: HTTPModelClient
+async def test_health_check_with_probe_models_asks_for_the_model_list(
+    wire: Wire, provider: FakeProvider
 ) -> None:
     provider.script(
         wire.models,
         Reply(body={"data": []}),
         Reply(401, wire.error("authentication_error", "invalid x-api-key")),
     )
-    assert await client.health_check() is True
-    with pytest.raises(ModelError) as auth:
-        await client.health_check()
+    async with wire.client(provider, model_id="primary", probe="models") as client:
+        assert await client.health_check() is True
+        with pytest.raises(ModelError) as auth:
+            await client.health_check()
     assert auth.value.kind is ErrorKind.AUTH
+    assert auth.value.status == 401
     assert provider.hits(wire.chat) == 0
 
 
 async def test_answers_slower_than_the_timeout_time_out(wire: Wire, provider: FakeProvider) -> None:
-    provider.script(wire.chat, Reply(hang=True))
-    provider.script(wire.models, Reply(hang=True))
+    provider.script(wire.chat, then=Reply(hang=True))  # the probe posts a request too
     async with wire.client(provider, model_id="slow", timeout=0.2) as client:
         with pytest.raises(ModelError) as call:
             await client.call("hi")

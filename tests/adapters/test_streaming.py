@@ -78,10 +78,10 @@ async def test_a_finished_stream_leaves_its_connection_for_the_next(
     provider.script(
         wire.chat,
         Reply(events=wire.events(CHUNKS)),
+        Reply(body=wire.ok("")),  # the health check's one-token request
         Reply(events=wire.events(CHUNKS[:1], done=False), stall=True),
         Reply(events=wire.events(CHUNKS)),
     )
-    provider.script(wire.models, then=Reply(body={"data": []}))
     assert await collect(client.stream("one")) == CHUNKS
     assert await client.health_check()
     async with aclosing(client.stream("two")) as chunks:

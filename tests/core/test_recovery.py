@@ -68,12 +68,11 @@ def _events(fo: MultiModelFailover, kind: str) -> list[Any]:
 
 
 async def _calls_every(fo: MultiModelFailover, clock: VirtualClock, gap: float, until: float):  # type: ignore[no-untyped-def]
-    """(start time, serving model) of a call every ``gap`` seconds until ``until``."""
+    """(time of the answer, serving model) of a call every ``gap`` seconds until ``until``."""
     served: list[tuple[float, str]] = []
     while clock() < until:
-        started = clock()
         outcome = await fo.call_with_outcome("hi")
-        served.append((started, outcome.model_id))
+        served.append((clock(), outcome.model_id))
         await clock.sleep(gap)
     return served
 

@@ -33,6 +33,7 @@ _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # postgresql://user:password@host/... or ...?password=...: a literal password in the document.
 _URL_PASSWORD = re.compile(r"^postgres(?:ql)?://[^/@:]*:[^/@]+@", re.IGNORECASE)
 _QUERY_PASSWORD = re.compile(r"[?&]password=", re.IGNORECASE)
+_PROBES: Final = ("request", "models")
 
 
 def _check_seconds(name: str, value: float | None) -> None:
@@ -72,6 +73,12 @@ class ClientConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     params: dict[str, Any] = {}
     target: str | None = None  # "package.module:function" for kind=callable
     api_key: str | None = None  # refused: accepted only to explain why
+    # How health_check probes: "request" (one real request for one token) or "models"
+    # (GET /models, which some providers answer while their model cannot serve).
+    probe: Literal["request", "models"] = "request"
+    # Whether the model continues a final assistant message (``stream(..., recovery="continue")``);
+    # None is the protocol's default: true for anthropic, false for openai.
+    prefill: bool | None = None
 
     def __post_init__(self) -> None:
         if not self.id:
@@ -91,13 +98,26 @@ class ClientConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
             raise ValueError("target is required for kind=callable ('package.module:function')")
         if self.kind in ("openai", "anthropic") and not self.model:
             raise ValueError(f"model is required for kind={self.kind}")
+        self._check_http_options()
+
+    def _check_http_options(self) -> None:
+        # msgspec checks the types of a document; these checks also hold for Python callers.
+        if self.probe not in _PROBES:
+            raise ValueError(f"probe must be 'request' or 'models', got {self.probe!r}")
+        if self.prefill is not None and not isinstance(self.prefill, bool):
+            raise ValueError(f"prefill must be true or false, got {self.prefill!r}")
+        if self.kind == "callable" and self.probe != "request":
+            raise ValueError("probe applies to kind openai and anthropic, not callable")
+        if self.kind == "callable" and self.prefill is not None:
+            raise ValueError("prefill applies to kind openai and anthropic, not callable")
 
     def __repr__(self) -> str:
         # Headers may carry credentials; never show their values.
         headers = dict.fromkeys(self.headers, "[secure]")
         return (
             f"ClientConfig(id={self.id!r}, kind={self.kind!r}, model={self.model!r}, "
-            f"base_url={self.base_url!r}, api_key_env={self.api_key_env!r}, headers={headers})"
+            f"base_url={self.base_url!r}, api_key_env={self.api_key_env!r}, headers={headers}, "
+            f"probe={self.probe!r}, prefill={self.prefill!r})"
         )
 
 

@@ -155,6 +155,9 @@ class HealthMonitor:
             return
         if not kind.counts_against_health:
             return
+        if model_id in self._unhealthy:
+            # A call that was already under way failed on it too: its cool-down starts again.
+            self._last_failure[model_id] = self._clock()
         streak = self._log.health.state_of(model_id).streak
         policy = self._policy
         if streak >= policy.unhealthy_after:

@@ -2,6 +2,23 @@
 
 No automatic retries happen here: the engine owns retrying, and a client that retried on its
 own would multiply the engine's attempts and hide failures from the event log.
+
+====================  ========================================================================
+``call``              one request; a ``ModelResponse`` (``finish_reason`` normalised)
+``stream``            a ``TextStream`` of text chunks; once it ended, its ``usage``,
+                      ``finish_reason``, ``model``, ``request_id`` and ``skipped`` say how
+                      it went
+``health_check``      ``probe="request"`` (default): POST one real request for one
+                      token; ``probe="models"``: ``GET {models}``. True, or the ``ModelError``
+                      saying why
+``supports_prefill``  whether a final assistant message is continued (the engine's
+                      ``stream(..., recovery="continue")`` hands it the text so far)
+====================  ========================================================================
+
+``finish_reason`` is one of ``stop``, ``length``, ``tool_calls``, ``content_filter`` for the
+reasons both protocols know (Anthropic's ``end_turn`` and ``stop_sequence`` are ``stop``,
+``max_tokens`` is ``length``, ``tool_use`` is ``tool_calls``, ``refusal`` is
+``content_filter``); any other value is kept as the provider gave it.
 """
 
 from __future__ import annotations
@@ -14,21 +31,31 @@ import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from types import TracebackType
-from typing import Any, ClassVar, Final, Self, TypeVar
+from typing import Any, ClassVar, Final, Literal, Self, TypeVar
 
 import anyio
 import httpx
 import msgspec
+from loguru import logger
 
 from ...core.errors import ErrorKind, ModelError
-from ...core.responses import ModelResponse
+from ...core.responses import ModelResponse, Usage
 from ...core.scrub import register_secret, scrub
-from .errors import BODY_LIMIT, error_from_response, error_from_transport, malformed
+from .errors import (
+    BODY_LIMIT,
+    MALFORMED_IN_A_ROW,
+    error_from_response,
+    error_from_transport,
+    malformed,
+)
 from .sse import ServerSentEvent, iter_events
 
 T = TypeVar("T")
 Prompt = str | Sequence[Mapping[str, Any]]
 WallClock = Callable[[], datetime]
+Probe = Literal["request", "models"]
+PROBES: Final[tuple[Probe, ...]] = ("request", "models")
+PROBE_PROMPT: Final = "ping"
 
 DEFAULT_HEALTH_TIMEOUT: Final = 5.0
 # How long the end of a completed stream's body may take to arrive (it is normally there).
@@ -37,6 +64,13 @@ _SENSITIVE_HEADER: Final = re.compile(r"auth|key|token|secret|cookie", re.IGNORE
 _JSON: Final = {"content-type": "application/json", "accept": "application/json"}
 _EVENT_STREAM: Final = {"content-type": "application/json", "accept": "text/event-stream"}
 _encoder: Final = msgspec.json.Encoder()
+_FINISH_REASONS: Final = {
+    "end_turn": "stop",
+    "stop_sequence": "stop",
+    "max_tokens": "length",
+    "tool_use": "tool_calls",
+    "refusal": "content_filter",
+}
 
 
 @functools.cache
@@ -61,6 +95,101 @@ def chat_messages(prompt: Prompt) -> list[dict[str, Any]]:
     raise TypeError(
         f"prompt must be a str or a list of chat messages (dicts), got {type(prompt).__name__}"
     )
+
+
+def normalise_finish_reason(reason: str | None) -> str | None:
+    """``stop``, ``length``, ``tool_calls`` or ``content_filter`` for the reasons both
+    protocols know; anything else as given."""
+    if reason is None:
+        return None
+    return _FINISH_REASONS.get(reason, reason)
+
+
+def request_id_of(headers: Mapping[str, str]) -> str | None:
+    """The provider's id of a request, from ``x-request-id`` (OpenAI) or ``request-id``."""
+    return headers.get("x-request-id") or headers.get("request-id") or None
+
+
+def _trim_lead(text: str, pending: str) -> tuple[str, str]:
+    """``text`` without the start it shares with ``pending``, and what is still pending."""
+    shared = 0
+    while shared < min(len(text), len(pending)) and text[shared] == pending[shared]:
+        shared += 1
+    return text[shared:], (pending[shared:] if shared == len(text) else "")
+
+
+class TextStream:
+    """An answer arriving as text chunks: an async iterator of ``str``.
+
+    Close it early with ``aclose()`` (or ``contextlib.aclosing``, or ``async with``): that
+    releases the connection. Iterating raises ``ModelError``: before the first chunk or between
+    chunks, and at the end when the answer came without the protocol's end marker (``server``).
+
+    What the provider said about the answer fills in as it arrives and is complete once the
+    stream ended: ``usage`` (``Usage`` or None), ``finish_reason`` (normalised), ``model`` (as
+    served), ``request_id`` (from the ``x-request-id``/``request-id`` header, else the body's
+    id) and ``skipped``, how many malformed events were skipped (each logged at WARNING,
+    without its text; more than ``MALFORMED_IN_A_ROW`` in a row fail the stream, ``server``).
+    """
+
+    def __init__(
+        self, model_id: str, open_: Callable[[TextStream], AsyncGenerator[str, None]]
+    ) -> None:
+        self.model_id = model_id
+        self.usage: Usage | None = None
+        self.finish_reason: str | None = None
+        self.model: str | None = None
+        self.request_id: str | None = None
+        self.skipped = 0
+        self._malformed_run = 0
+        self._chunks = open_(self)
+
+    def __repr__(self) -> str:
+        return (
+            f"TextStream(model_id={self.model_id!r}, model={self.model!r}, "
+            f"finish_reason={self.finish_reason!r}, skipped={self.skipped})"
+        )
+
+    def __aiter__(self) -> Self:
+        return self
+
+    async def __anext__(self) -> str:
+        return await self._chunks.__anext__()
+
+    async def aclose(self) -> None:
+        """Stop reading and release the connection (at once when the answer is unfinished)."""
+        await self._chunks.aclose()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    def _decoded(self) -> None:
+        self._malformed_run = 0
+
+    def _skip(self, problem: str) -> None:
+        """Count one malformed event; ``ModelError`` (``server``) when too many came in a row."""
+        self.skipped += 1
+        self._malformed_run += 1
+        logger.warning(
+            "skipped a malformed stream event from {} ({}; {} in a row)",
+            self.model_id,
+            problem,
+            self._malformed_run,
+            model_id=self.model_id,
+            skipped=self.skipped,
+        )
+        if self._malformed_run > MALFORMED_IN_A_ROW:
+            raise malformed(
+                f"{self._malformed_run} malformed stream events in a row", model_id=self.model_id
+            )
 
 
 async def _read_limited(raw: AsyncIterator[bytes]) -> bytes:
@@ -90,13 +219,17 @@ class HTTPModelClient:
     """A model behind an HTTP API; subclasses speak one wire protocol.
 
     ``timeout`` bounds one ``call`` end to end and each read of a stream (seconds);
-    ``health_timeout`` bounds ``health_check``. The key is only sent, never shown: ``repr``
-    leaves it out and it is registered with the scrubber, so no message can carry it.
+    ``health_timeout`` bounds ``health_check``, whose ``probe`` is ``"request"`` (one real
+    request for one token) or ``"models"`` (``GET {models}``). ``prefill`` (default: the
+    protocol's own, ``default_prefill``) sets ``supports_prefill``. The key is only sent, never
+    shown: ``repr`` leaves it out and it is registered with the scrubber, so no message can
+    carry it.
     """
 
     provider: ClassVar[str] = "http"
     chat_path: ClassVar[str] = ""
     models_path: ClassVar[str] = ""
+    default_prefill: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -110,7 +243,11 @@ class HTTPModelClient:
         headers: Mapping[str, str] | None = None,
         params: Mapping[str, Any] | None = None,
         wall_clock: WallClock | None = None,
+        probe: Probe = "request",
+        prefill: bool | None = None,
     ) -> None:
+        if probe not in PROBES:
+            raise ValueError(f"probe must be 'request' or 'models', got {probe!r}")
         register_secret(api_key)
         extra = dict(headers or {})
         for name, value in extra.items():
@@ -122,6 +259,8 @@ class HTTPModelClient:
         self.timeout = timeout
         self.health_timeout = min(health_timeout, timeout)
         self.params = dict(params or {})
+        self.probe: Probe = probe
+        self.supports_prefill = self.default_prefill if prefill is None else bool(prefill)
         self._wall_clock = wall_clock or utc_now
         self._http = httpx.AsyncClient(
             headers={**self._auth_headers(api_key), **extra},
@@ -144,11 +283,26 @@ class HTTPModelClient:
     def _body(self, prompt: Prompt, *, stream: bool) -> dict[str, Any]:
         raise NotImplementedError
 
+    def _probe_body(self) -> dict[str, Any]:
+        """The smallest real request: ``PROBE_PROMPT``, one token, not streamed."""
+        raise NotImplementedError
+
     def _parse(self, response: httpx.Response, latency: float) -> ModelResponse:
         raise NotImplementedError
 
-    def _texts(self, events: AsyncIterator[ServerSentEvent]) -> AsyncGenerator[str, None]:
+    def _accept_probe(self, response: httpx.Response) -> None:
+        """Raise ``ModelError`` unless the body is the protocol's answer (refusals are fine)."""
         raise NotImplementedError
+
+    def _texts(
+        self, events: AsyncIterator[ServerSentEvent], out: TextStream
+    ) -> AsyncGenerator[str, None]:
+        """The text of ``events``; fills ``out``'s attributes as the events say them."""
+        raise NotImplementedError
+
+    def _prefill_space(self, prompt: Prompt) -> str:
+        """Whitespace cut from the end of a final assistant message before it was sent."""
+        return ""
 
     # -- ModelClient ------------------------------------------------------------------
 
@@ -169,27 +323,48 @@ class HTTPModelClient:
         return self._parse(response, time.perf_counter() - started)
 
     async def health_check(self) -> bool:
-        """True when ``GET {models}`` answers; raises ``ModelError`` saying why when not."""
+        """True when the model answers a probe; raises ``ModelError`` saying why when not.
+
+        ``probe="request"``: POST the chat path for one token (``PROBE_PROMPT``, not streamed,
+        the client's other ``params`` kept), healthy on any success answer of the protocol's
+        shape, even an empty or refused one. ``probe="models"``: ``GET {models}``, which some
+        providers answer while their model cannot serve.
+        """
         try:
             with anyio.fail_after(self.health_timeout):
-                response = await self._http.get(
-                    self._url(self.models_path), timeout=self.health_timeout
-                )
+                if self.probe == "models":
+                    response = await self._http.get(
+                        self._url(self.models_path), timeout=self.health_timeout
+                    )
+                else:
+                    response = await self._http.post(
+                        self._url(self.chat_path),
+                        content=_encoder.encode(self._probe_body()),
+                        headers=_JSON,
+                        timeout=self.health_timeout,
+                    )
         except TimeoutError:
             raise self._timed_out(self.health_timeout) from None
         except httpx.HTTPError as exc:
             raise error_from_transport(exc, model_id=self.model_id) from None
         self._check(response, response.content)
+        if self.probe == "request":
+            self._accept_probe(response)
         return True
 
-    async def stream(self, prompt: Prompt) -> AsyncGenerator[str, None]:
-        """Answer ``prompt`` as text chunks (server-sent events).
+    def stream(self, prompt: Prompt) -> TextStream:
+        """Answer ``prompt`` as text chunks (server-sent events); see ``TextStream``.
 
-        Raises ``ModelError`` before the first chunk or between chunks; a stream that ends
-        without the protocol's end marker is a ``server`` error, never a silent short answer.
-        Close it early with ``contextlib.aclosing``.
+        Nothing is sent until the first chunk is asked for. Raises ``ModelError`` before the
+        first chunk or between chunks; a stream that ends without the protocol's end marker is
+        a ``server`` error, never a silent short answer.
         """
+        return TextStream(self.model_id, lambda out: self._stream(prompt, out))
+
+    async def _stream(self, prompt: Prompt, out: TextStream) -> AsyncGenerator[str, None]:
         body = self._body(prompt, stream=True)
+        # What the API made us cut from a prefilled answer; the continuation may repeat it.
+        pending = self._prefill_space(prompt)
         try:
             async with self._http.stream(
                 "POST",
@@ -202,12 +377,17 @@ class HTTPModelClient:
                 try:
                     if not response.is_success:
                         self._check(response, await _read_limited(raw))
+                    out.request_id = request_id_of(response.headers)
                     async with (
                         contextlib.aclosing(iter_events(raw)) as events,
-                        contextlib.aclosing(self._texts(events)) as texts,
+                        contextlib.aclosing(self._texts(events, out)) as texts,
                     ):
                         async for text in texts:
-                            yield text
+                            shown = text
+                            if pending:
+                                shown, pending = _trim_lead(text, pending)
+                            if shown:
+                                yield shown
                     grace = min(_DRAIN_GRACE, self.timeout)
                 finally:
                     await _unwind(raw, grace)
@@ -262,6 +442,19 @@ class HTTPModelClient:
             return msgspec.json.decode(data, type=type_)
         except msgspec.DecodeError as exc:  # ValidationError is a DecodeError
             raise malformed(f"malformed {what}", exc, model_id=self.model_id) from None
+
+    def _event(self, data: str, type_: type[T], out: TextStream) -> T | None:
+        """One stream event's data as ``type_``; None (counted on ``out``) when malformed."""
+        try:
+            decoded = msgspec.json.decode(data, type=type_)
+        except msgspec.ValidationError:
+            out._skip("JSON of an unexpected shape")
+            return None
+        except msgspec.DecodeError:
+            out._skip("not valid JSON")
+            return None
+        out._decoded()
+        return decoded
 
     def _refused(self, reason: str) -> ModelError:
         return ModelError(reason, kind=ErrorKind.CONTENT_FILTER, model_id=self.model_id)

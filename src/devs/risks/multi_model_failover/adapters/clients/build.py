@@ -45,6 +45,8 @@ def _factory(config: ClientConfig, env: Mapping[str, str] | None) -> Callable[[]
         timeout=config.timeout,
         headers=config.headers,
         params=config.params,
+        probe=config.probe,
+        prefill=config.prefill,
     )
 
 

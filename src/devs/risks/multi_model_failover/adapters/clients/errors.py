@@ -6,7 +6,9 @@ what the provider or the network did                   kind
 429 (``insufficient_quota``: the account is out)       ``rate_limited`` (``auth``)
 408, 504, 524, read/connect/pool timeouts              ``timeout``
 other 5xx (500, 502, 503, 529...), connection errors,  ``server``
-dropped connections, malformed or truncated JSON
+dropped connections, malformed or truncated JSON, a
+stream without its end marker, more than 5 malformed
+stream events in a row (fewer are skipped)
 401, 403, 404 (unknown model or path)                  ``auth``
 413, or a 4xx whose code/message says context length   ``context_length``
 a 4xx whose code/message says content filter,          ``content_filter``
@@ -14,6 +16,10 @@ a 4xx whose code/message says content filter,          ``content_filter``
 ``stop_reason=refusal``
 other 4xx (400, 405, 409, 422...)                      ``bad_request``
 =====================================================  ===============================
+
+Every ``ModelError`` made from a provider's answer carries ``status`` (the HTTP status; None
+for an error event inside a stream, for a network failure and for a malformed answer) and
+``code`` (the provider's ``error.code``, else its ``error.type``; None when it gave neither).
 
 ``retry_after`` comes from ``retry-after-ms``, then ``Retry-After`` (seconds or an HTTP date),
 then the providers' rate-limit reset headers. Every message is scrubbed of secrets and cut to
@@ -36,6 +42,9 @@ from ...core.errors import ErrorKind, ModelError
 from ...core.scrub import describe_exception, scrub
 
 MESSAGE_LIMIT: Final = 300
+CODE_LIMIT: Final = 100
+# A stream fails when more malformed events than this arrive in a row (fewer are skipped).
+MALFORMED_IN_A_ROW: Final = 5
 # How much of an error body is read and scrubbed before the message is cut.
 BODY_LIMIT: Final = 64 * 1024
 
@@ -185,6 +194,12 @@ def kind_for_stream_error(error: ProviderError) -> ErrorKind:
     return ErrorKind.SERVER
 
 
+def error_code(error: ProviderError) -> str | None:
+    """The provider's own name for a failure: its ``code``, else its ``type``, else None."""
+    code = error.code or error.type
+    return limit_message(code, CODE_LIMIT) if code else None
+
+
 def _describe(prefix: str, error: ProviderError) -> str:
     label = error.code or error.type
     text = f"{prefix} {label}" if label else prefix
@@ -208,13 +223,21 @@ def error_from_response(
         kind=kind,
         retry_after=retry_after,
         model_id=model_id,
+        status=status,
+        code=error_code(error),
     )
 
 
 def error_from_stream(error: ProviderError, *, model_id: str | None = None) -> ModelError:
-    """A ``ModelError`` for an error event inside a stream."""
+    """A ``ModelError`` for an error event inside a stream (``status`` None: the HTTP answer
+    itself was a success)."""
     kind = kind_for_stream_error(error)
-    return ModelError(limit_message(_describe("stream error", error)), kind=kind, model_id=model_id)
+    return ModelError(
+        limit_message(_describe("stream error", error)),
+        kind=kind,
+        model_id=model_id,
+        code=error_code(error),
+    )
 
 
 def error_from_transport(exc: httpx.HTTPError, *, model_id: str | None = None) -> ModelError:

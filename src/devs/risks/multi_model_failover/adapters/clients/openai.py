@@ -1,7 +1,10 @@
 """The OpenAI Chat Completions wire protocol (``POST {base_url}/chat/completions``).
 
 Spoken by OpenAI, Azure OpenAI-compatible endpoints, vLLM, Ollama, llama.cpp's server,
-OpenRouter and LiteLLM's proxy. ``health_check`` is ``GET {base_url}/models``.
+OpenRouter and LiteLLM's proxy. ``health_check`` posts one real request for one token
+(``probe="models"``: ``GET {base_url}/models``). Streams ask for usage with
+``stream_options: {include_usage: true}`` unless ``params`` set ``stream_options``
+(``null`` sends none, for servers that refuse the option).
 """
 
 from __future__ import annotations
@@ -13,13 +16,22 @@ import httpx
 import msgspec
 
 from ...core.responses import ModelResponse, Usage
-from .base import HTTPModelClient, Prompt, chat_messages
+from .base import (
+    PROBE_PROMPT,
+    HTTPModelClient,
+    Prompt,
+    TextStream,
+    chat_messages,
+    normalise_finish_reason,
+    request_id_of,
+)
 from .errors import ProviderError, error_from_stream, malformed
 from .sse import ServerSentEvent
 
 DEFAULT_BASE_URL: Final = "https://api.openai.com/v1"
 _DONE: Final = "[DONE]"
 _FILTERED: Final = "content_filter"
+_STREAM_OPTIONS: Final = "stream_options"
 
 
 class _Part(msgspec.Struct):
@@ -67,7 +79,10 @@ class _StreamError(msgspec.Struct):
 
 class _Chunk(msgspec.Struct):
     choices: list[_ChunkChoice] = []
-    error: _StreamError | None = None
+    error: _StreamError | str | None = None
+    id: str | None = None
+    model: str | None = None
+    usage: _Usage | None = None
 
 
 def _text(content: str | list[_Part] | None) -> str:
@@ -82,7 +97,9 @@ class OpenAIClient(HTTPModelClient):
     """A model behind an OpenAI-compatible Chat Completions endpoint.
 
     ``params`` (``temperature``, ``max_tokens``...) are merged into every request body;
-    ``model``, ``messages`` and ``stream`` are always this client's own.
+    ``model``, ``messages`` and ``stream`` are always this client's own. ``supports_prefill``
+    is False unless built with ``prefill=True``: only some compatible servers continue a final
+    assistant message.
     """
 
     provider: ClassVar[str] = "openai"
@@ -93,12 +110,30 @@ class OpenAIClient(HTTPModelClient):
         return {"authorization": f"Bearer {api_key}"} if api_key else {}
 
     def _body(self, prompt: Prompt, *, stream: bool) -> dict[str, Any]:
-        return {
+        body = {
             **self.params,
             "model": self.model,
             "messages": chat_messages(prompt),
             "stream": stream,
         }
+        # OpenAI refuses stream_options on a request that does not stream.
+        options = body.pop(_STREAM_OPTIONS, {"include_usage": True})
+        if stream and options is not None:
+            body[_STREAM_OPTIONS] = options
+        return body
+
+    def _probe_body(self) -> dict[str, Any]:
+        body = self._body(PROBE_PROMPT, stream=False)
+        # Reasoning models refuse max_tokens; a client configured for them names the new key.
+        if "max_completion_tokens" in body:
+            body.pop("max_tokens", None)
+            body["max_completion_tokens"] = 1
+        else:
+            body["max_tokens"] = 1
+        return body
+
+    def _accept_probe(self, response: httpx.Response) -> None:
+        self._decode(response.content, _Completion, "chat completion")
 
     def _parse(self, response: httpx.Response, latency: float) -> ModelResponse:
         data = self._decode(response.content, _Completion, "chat completion")
@@ -114,32 +149,48 @@ class OpenAIClient(HTTPModelClient):
         return ModelResponse(
             text=text,
             model=data.model or self.model,
-            finish_reason=choice.finish_reason,
-            usage=Usage(input_tokens=usage.prompt_tokens, output_tokens=usage.completion_tokens),
-            request_id=response.headers.get("x-request-id") or data.id,
+            finish_reason=normalise_finish_reason(choice.finish_reason),
+            usage=_usage(usage),
+            request_id=request_id_of(response.headers) or data.id,
             latency=latency,
         )
 
-    async def _texts(self, events: AsyncIterator[ServerSentEvent]) -> AsyncGenerator[str, None]:
+    async def _texts(
+        self, events: AsyncIterator[ServerSentEvent], out: TextStream
+    ) -> AsyncGenerator[str, None]:
         finished = False
         async for event in events:
             if event.data.strip() == _DONE:
                 return
-            chunk = self._decode(event.data, _Chunk, "stream chunk")
+            chunk = self._event(event.data, _Chunk, out)
+            if chunk is None:
+                continue
             if chunk.error is not None:
                 raise error_from_stream(_provider_error(chunk.error), model_id=self.model_id)
+            out.request_id = out.request_id or chunk.id or None
+            out.model = chunk.model or out.model
+            if chunk.usage is not None:  # the include_usage chunk, after the last choice
+                out.usage = _usage(chunk.usage)
             for choice in chunk.choices[:1]:
                 if choice.delta.content:
                     yield choice.delta.content
+                if choice.finish_reason is not None:
+                    finished = True
+                    out.finish_reason = normalise_finish_reason(choice.finish_reason)
                 if choice.finish_reason == _FILTERED:
                     raise self._refused("the stream was cut by a content filter (content_filter)")
-                finished = finished or choice.finish_reason is not None
         # Some servers end with a finish_reason and no [DONE]; without either it was cut.
         if not finished:
             raise self._incomplete()
 
 
-def _provider_error(error: _StreamError) -> ProviderError:
+def _usage(usage: _Usage) -> Usage:
+    return Usage(input_tokens=usage.prompt_tokens, output_tokens=usage.completion_tokens)
+
+
+def _provider_error(error: _StreamError | str) -> ProviderError:
+    if isinstance(error, str):
+        return ProviderError(message=error)
     return ProviderError(
         code=str(error.code) if error.code is not None else "",
         type=error.type or "",
