@@ -123,9 +123,9 @@ async def test_trials_and_probes_do_not_hammer_a_model_that_stays_down() -> None
     assert 15 <= len(trials) <= 40
     calls = primary.calls
     assert min(b - a for a, b in itertools.pairwise(calls)) >= 1.0
-    # Probes back off while it stays down: 2, 4, 8, 16 s (then the 30 s interval).
-    gaps = [round(b - a, 1) for a, b in zip(primary.probes, primary.probes[1:], strict=False)]
-    assert gaps == [2.0, 4.0, 8.0, 16.0]
+    # Probes back off while it stays down: 1, 2, 4, 8, 16 s (then the 30 s interval).
+    gaps = [round(b - a, 1) for a, b in itertools.pairwise(primary.probes)]
+    assert gaps == [1.0, 2.0, 4.0, 8.0, 16.0]
 
 
 async def test_an_unhealthy_model_is_probed_after_a_second_then_less_and_less() -> None:
@@ -139,7 +139,7 @@ async def test_an_unhealthy_model_is_probed_after_a_second_then_less_and_less() 
     times = primary.probes
     gaps = [round(b - a, 3) for a, b in itertools.pairwise(times)]
     assert times[0] == 0  # probed at start: failed, unhealthy
-    assert gaps[:6] == [2.0, 4.0, 8.0, 16.0, 30.0, 30.0]
+    assert gaps[:6] == [1.0, 2.0, 4.0, 8.0, 16.0, 30.0]
     # Back at 100 s: the probe at 121 s brings it back, then every 30 s.
     recovered = _events(fo, "state_changed")[-1]
     assert recovered.to_state == "healthy"

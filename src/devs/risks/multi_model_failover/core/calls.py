@@ -67,6 +67,7 @@ class Call:
         "attempt",
         "attempt_started",
         "attempts",
+        "budget",
         "call_id",
         "closed",
         "cut",
@@ -74,6 +75,7 @@ class Call:
         "ended",
         "failovers",
         "last_error",
+        "last_resort",
         "model_id",
         "prompt",
         "records",
@@ -87,6 +89,8 @@ class Call:
         self.prompt = prompt
         self.start = start
         self.deadline = deadline
+        self.budget = deadline - start  # seconds: the timeout or call_budget it was given
+        self.last_resort = False  # no client was in rotation when it started
         self.attempts = 0
         self.attempt = 0
         self.attempt_started = start
@@ -182,6 +186,8 @@ def _clean_in_place(exc: BaseException, prompt: Any) -> bool:
         # Scrubbed of secrets when it was made: only the prompt is left to take out.
         original = exc.message
         exc.message = known[original] = without_prompt(original, prompt)
+        if exc.code:
+            exc.code = without_prompt(exc.code, prompt)
     texts = [a if isinstance(a, str) else str(a) for a in exc.args]
     cleaned = [known[text] if text in known else _clean(text, prompt) for text in texts]
     if cleaned != texts:

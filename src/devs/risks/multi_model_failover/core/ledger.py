@@ -53,6 +53,8 @@ class CallLedger:
         self.in_flight: set[Call] = set()
         self.closing = False  # no new calls: the engine is closing
         self.on_idle: Callable[[], None] = lambda: None  # the last call in flight ended
+        # A call that held trial slots ended: they are free again (``HealthMonitor``).
+        self.on_trials_end: Callable[[tuple[str, ...]], None] = lambda _: None
 
     def now(self) -> datetime:
         """The wall-clock time stamped on events."""
@@ -283,8 +285,15 @@ class CallLedger:
         self.cancelled(call, "engine_closed")
         return EngineClosedError(f"call {call.call_id}: the engine closed while it was in flight")
 
+    def release_trials(self, call: Call) -> None:
+        """Free the trial slots ``call`` holds (once: at its end, a stream's included)."""
+        if call.trial_slots:
+            slots, call.trial_slots = call.trial_slots, ()
+            self.on_trials_end(slots)
+
     def _end(self, call: Call) -> None:
         call.ended = True
+        self.release_trials(call)
         self.in_flight.discard(call)
         if self.closing and not self.in_flight:
             self.on_idle()

@@ -219,8 +219,10 @@ class HealthMonitor:
             )
         )
         if not ok:
+            was_unhealthy = self.state(model_id) is HealthState.UNHEALTHY
             self.change(model_id, "fail", f"probe failed: {message}")
-            self._failed_probes[model_id] += 1
+            if was_unhealthy:  # the next probe waits twice as long; after the first, 1 s
+                self._failed_probes[model_id] += 1
             self._last_failure[model_id] = self._clock()
             return
         self._failed_probes[model_id] = 0

@@ -70,6 +70,7 @@ class CallRunner:
         self._registry = registry
         self._log = log
         self.ledger = CallLedger(log, clock=clock, now=now, fingerprint=fingerprint)
+        self.ledger.on_trials_end = monitor.end_trials
         self._monitor = self.monitor = monitor
         self.policy = policy
         self._clock = self.clock = clock
@@ -120,9 +121,14 @@ class CallRunner:
         start = self._clock()
         call = Call(self._call_ids(), start, start + budget, prompt)
         order, last_resort = self.plan()
+        call.last_resort = last_resort
         if self._plan_unhealthy and not last_resort:
             order = self._with_trials(call, order)
-        self.ledger.started(call, order, last_resort)
+        try:
+            self.ledger.started(call, order, last_resort)
+        except BaseException:
+            self.ledger.release_trials(call)  # no terminal event will release them
+            raise
         self._budget.record_call()
         return call, order
 
@@ -140,13 +146,9 @@ class CallRunner:
         """Give each client in ``order`` its attempts, failing over between them; the first
         success (``attempt_once``'s result) or the call's error, raised. ``last``: the client
         given up on just before (a stream started again elsewhere): the first step is then a
-        failover from it. ``exhausted``: the reason recorded when every client gave up."""
-        try:
-            return await self._run(call, order, attempt_once, last, exhausted)
-        finally:
-            if call.trial_slots:
-                self._monitor.end_trials(call.trial_slots)
-                call.trial_slots = ()
+        failover from it. ``exhausted``: the reason recorded when every client gave up
+        (``stream_interrupted``, for a stream's rescue, whatever ended it)."""
+        return await self._run(call, order, attempt_once, last, exhausted)
 
     async def _run(
         self,
@@ -176,6 +178,8 @@ class CallRunner:
             last = GaveUp(
                 ErrorKind.UNKNOWN, "every client is in maintenance", FailReason.NO_CLIENTS
             )
+        if exhausted is FailReason.STREAM_INTERRUPTED:
+            last.stop = None  # whatever ended the rescue, the stream was interrupted
         raise self.ledger.failed(call, last, exhausted)
 
     def _stop_reason(self, call: Call) -> FailReason | None:
@@ -322,6 +326,8 @@ class CallRunner:
             return None
         if model_id in call.trials:
             return None  # a trial is one attempt
+        if call.last_resort and self._monitor.state(model_id) is HealthState.UNHEALTHY:
+            return None  # every model is down: one attempt each, not a retry storm
         if policy.max_total_attempts is not None and call.attempts >= policy.max_total_attempts:
             return None
         delay = backoff_delay(policy, attempt, self._rng, previous_delay)

@@ -205,7 +205,7 @@ async def stream_with_failover(
                         raise
                     broke = failure(exc, prompt)
                     rest = _rest_of(order, call.model_id)
-                    if recovery == "none" or not rest:
+                    if recovery == "none" or not rest or runner.policy.action(broke.kind) == "fail":
                         error = _interrupted(runner, attempt, broke, delivered, exc)
                         await runner.ledger.commit(call, "call_failed")
                         raise error from error.__cause__
@@ -217,7 +217,7 @@ async def stream_with_failover(
                 break
         model_id = runner.attempt_succeeded(call, skipped=_skipped(attempt))
         outcome = runner.ledger.succeeded(call, model_id, None)
-        holder.outcome = StreamOutcome(
+        finished = StreamOutcome(
             model_id=model_id,
             call_id=call.call_id,
             attempts=outcome.attempts,
@@ -227,6 +227,7 @@ async def stream_with_failover(
             **stream_meta(attempt.chunks),
         )
         await runner.ledger.commit(call, "call_succeeded")
+        holder.outcome = finished  # a caller cancelled during the commit never sees it
     finally:
         await close_chunks(attempt.chunks)
         if not call.ended:
@@ -259,8 +260,7 @@ async def _rescue(
     await close_chunks(attempt.chunks)
     attempt.chunks = None
     attempt.prefill = "".join(delivered.text) if delivered.keep else None
-    budget = call.deadline - call.start
-    call.deadline = max(call.deadline, runner.clock() + budget)
+    call.deadline = max(call.deadline, runner.clock() + call.budget)
     logger.warning(
         "stream from {} broke after {} char(s); going on from the next client ({})",
         from_model,

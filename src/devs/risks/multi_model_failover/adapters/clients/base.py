@@ -141,6 +141,7 @@ class TextStream:
         self.model: str | None = None
         self.request_id: str | None = None
         self.skipped = 0
+        self.decoded = 0  # well-formed events
         self._malformed_run = 0
         self._chunks = open_(self)
 
@@ -172,6 +173,7 @@ class TextStream:
         await self.aclose()
 
     def _decoded(self) -> None:
+        self.decoded += 1
         self._malformed_run = 0
 
     def _skip(self, problem: str) -> None:

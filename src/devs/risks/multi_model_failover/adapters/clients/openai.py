@@ -161,6 +161,10 @@ class OpenAIClient(HTTPModelClient):
         finished = False
         async for event in events:
             if event.data.strip() == _DONE:
+                if out.skipped and not out.decoded:
+                    raise malformed(
+                        "every event of the stream was malformed", model_id=self.model_id
+                    )
                 return
             chunk = self._event(event.data, _Chunk, out)
             if chunk is None:
