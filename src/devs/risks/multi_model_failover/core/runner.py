@@ -148,16 +148,6 @@ class CallRunner:
         given up on just before (a stream started again elsewhere): the first step is then a
         failover from it. ``exhausted``: the reason recorded when every client gave up
         (``stream_interrupted``, for a stream's rescue, whatever ended it)."""
-        return await self._run(call, order, attempt_once, last, exhausted)
-
-    async def _run(
-        self,
-        call: Call,
-        order: Sequence[str],
-        attempt_once: AttemptOnce[_T],
-        last: GaveUp | None,
-        exhausted: FailReason,
-    ) -> _T:
         for model_id in order:
             if self._monitor.state(model_id) is HealthState.MAINTENANCE:
                 continue  # taken out by an operator since the call started
@@ -237,15 +227,13 @@ class CallRunner:
         if call.closed:
             raise self.ledger.closed_during(call)
 
-    def attempt_limit(
-        self, remaining: float, timeout: float | bool | None = True
-    ) -> tuple[float, bool]:
-        """How long the next attempt may take, and whether its own timeout (``timeout``;
-        ``True``: the policy's ``attempt_timeout``) is the bound rather than the call's."""
-        if timeout is True:
-            timeout = self.policy.attempt_timeout
-        if timeout is not None and timeout is not False and timeout < remaining:
-            return float(timeout), True
+    @staticmethod
+    def attempt_limit(remaining: float, timeout: float | None) -> tuple[float, bool]:
+        """How long the next attempt may take, and whether its own ``timeout`` (the policy's
+        ``attempt_timeout``, or a stream's ``first_token_timeout``) is the bound rather than
+        the call's remaining budget."""
+        if timeout is not None and timeout < remaining:
+            return timeout, True
         return remaining, False
 
     async def attempt(
@@ -258,7 +246,7 @@ class CallRunner:
         of all. A ``TimeoutError`` the client raises itself is the client's failure: only the
         expiry of our own timer is a timeout of ours.
         """
-        limit, by_attempt = self.attempt_limit(remaining)
+        limit, by_attempt = self.attempt_limit(remaining, self.policy.attempt_timeout)
         # An async client is awaited directly: no wrapper coroutine on the hot path.
         answer = client.client.call if client.call_is_async else client.call
         try:

@@ -190,31 +190,29 @@ async def stream_with_failover(
         except EngineClosedError:
             await log.commit()
             raise
-        while True:
-            while not isinstance(chunk, End):
-                yield chunk
-                if call.closed:
-                    raise runner.ledger.closed_during(call)
-                delivered.add(chunk)
-                try:
-                    chunk = await attempt.next_chunk()
-                except EngineClosedError:
+        while not isinstance(chunk, End):
+            yield chunk
+            if call.closed:
+                raise runner.ledger.closed_during(call)
+            delivered.add(chunk)
+            try:
+                chunk = await attempt.next_chunk()
+            except EngineClosedError:
+                raise
+            except (Exception, asyncio.CancelledError) as exc:  # a failure mid-answer
+                if isinstance(exc, asyncio.CancelledError) and not is_foreign_cancel(exc):
                     raise
-                except (Exception, asyncio.CancelledError) as exc:  # a failure mid-answer
-                    if isinstance(exc, asyncio.CancelledError) and not is_foreign_cancel(exc):
-                        raise
-                    broke = failure(exc, prompt)
-                    rest = _rest_of(order, call.model_id)
-                    if recovery == "none" or not rest or runner.policy.action(broke.kind) == "fail":
-                        error = _interrupted(runner, attempt, broke, delivered, exc)
-                        await runner.ledger.commit(call, "call_failed")
-                        raise error from error.__cause__
-                    switch, chunk = await _rescue(runner, attempt, broke, rest, delivered)
-                    restarts += 1
-                    yield switch
-                    break
+                broke = failure(exc, prompt)
             else:
-                break
+                continue
+            rest = _rest_of(order, call.model_id)
+            if recovery == "none" or not rest or runner.policy.action(broke.kind) == "fail":
+                error = _interrupted(runner, attempt, broke, delivered)
+                await runner.ledger.commit(call, "call_failed")
+                raise error from error.__cause__
+            switch, chunk = await _rescue(runner, attempt, broke, rest, delivered)
+            restarts += 1
+            yield switch
         model_id = runner.attempt_succeeded(call, skipped=_skipped(attempt))
         outcome = runner.ledger.succeeded(call, model_id, None)
         finished = StreamOutcome(
@@ -320,7 +318,6 @@ def _interrupted(
     attempt: StreamAttempt,
     broke: Failure,
     delivered: _Delivered,
-    exc: BaseException,
 ) -> StreamInterruptedError:
     """Record a stream that broke after delivering text, not to be finished elsewhere; the
     error to raise."""
