@@ -9,7 +9,7 @@ from __future__ import annotations
 import random
 import time
 from datetime import datetime
-from typing import Any
+from typing import Any, assert_type
 
 import anyio
 
@@ -28,6 +28,8 @@ from devs.risks.multi_model_failover import (
     RetryPolicy,
     Snapshot,
     SQLiteEventStore,
+    StreamOutcome,
+    StreamSwitch,
     replay,
 )
 
@@ -122,3 +124,25 @@ async def main() -> None:
 
 
 anyio.run(main)
+
+
+async def stream_text(fo: MultiModelFailover) -> tuple[str, StreamOutcome | None]:
+    """A stream's chunks are text; with recovery they may also be a ``StreamSwitch``."""
+    parts: list[str] = []
+    async with fo.stream("Summarise", timeout=20) as stream:
+        async for chunk in stream:
+            assert_type(chunk, str)
+            parts.append(chunk)
+    async with fo.stream("Summarise", recovery="restart") as rescued:
+        async for item in rescued:
+            assert_type(item, str | StreamSwitch)
+            if isinstance(item, StreamSwitch):
+                if item.mode == "restart":
+                    parts.clear()
+                continue
+            parts.append(item)
+    outcome = rescued.outcome
+    if outcome is not None and outcome.usage is not None:
+        tokens: int | None = outcome.usage.output_tokens
+        del tokens
+    return "".join(parts), stream.outcome

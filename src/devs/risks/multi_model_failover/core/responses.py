@@ -1,8 +1,14 @@
-"""What the bundled adapters return: the answer and how it was served."""
+"""What the bundled adapters return: the answer and how it was served; streams of chunks."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncGenerator, Awaitable
+from types import TracebackType
+from typing import Any, Generic, Self, TypeVar
+
 import msgspec
+
+_Chunk_co = TypeVar("_Chunk_co", covariant=True)
 
 
 class Usage(msgspec.Struct, frozen=True, kw_only=True):
@@ -28,3 +34,31 @@ class ModelResponse(msgspec.Struct, frozen=True, kw_only=True):
     usage: Usage = msgspec.field(default_factory=Usage)
     request_id: str | None = None
     latency: float = 0.0
+
+
+class ChunkStream(Generic[_Chunk_co]):
+    """An async iterator over a generator of chunks. ``aclose()``, ``async with`` and
+    ``contextlib.aclosing`` stop it early and release what it holds (a connection)."""
+
+    _chunks: AsyncGenerator[Any, None]
+
+    def __aiter__(self) -> Self:
+        return self
+
+    def __anext__(self) -> Awaitable[_Chunk_co]:
+        return self._chunks.__anext__()
+
+    async def aclose(self) -> None:
+        """Stop the stream and release what it holds."""
+        await self._chunks.aclose()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()

@@ -32,8 +32,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncGenerator, Callable
-from types import TracebackType
-from typing import Any, Final, Generic, Literal, Self, TypeVar
+from typing import Any, Final, Literal, TypeVar
 
 import msgspec
 from loguru import logger
@@ -42,7 +41,7 @@ from .calls import EngineClosedError, FailReason, Failure, GaveUp, failure
 from .cancellation import is_foreign_cancel
 from .errors import ErrorKind, ModelError
 from .livelog import LiveLog
-from .responses import Usage
+from .responses import ChunkStream, Usage
 from .runner import CallRunner
 from .stream_attempt import End, StreamAttempt, close_chunks, stream_meta
 
@@ -101,7 +100,7 @@ class StreamOutcome(msgspec.Struct, frozen=True, kw_only=True):
     request_id: str | None = None
 
 
-class FailoverStream(Generic[_Chunk_co]):
+class FailoverStream(ChunkStream[_Chunk_co]):
     """The async iterator ``stream()`` returns; ``outcome`` is set once it has ended.
 
     Close it early with ``async with`` or ``contextlib.aclosing`` to release the connection at
@@ -113,27 +112,6 @@ class FailoverStream(Generic[_Chunk_co]):
     def __init__(self, start: Callable[[FailoverStream[Any]], AsyncGenerator[Any, None]]) -> None:
         self.outcome = None
         self._chunks = start(self)
-
-    def __aiter__(self) -> Self:
-        return self
-
-    def __anext__(self) -> Any:
-        return self._chunks.__anext__()
-
-    async def aclose(self) -> None:
-        """Stop the stream and release its connection."""
-        await self._chunks.aclose()
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
 
 def check_recovery(recovery: object) -> Recovery:

@@ -39,7 +39,7 @@ import msgspec
 from loguru import logger
 
 from ...core.errors import ErrorKind, ModelError
-from ...core.responses import ModelResponse, Usage
+from ...core.responses import ChunkStream, ModelResponse, Usage
 from ...core.scrub import register_secret, scrub
 from .errors import (
     BODY_LIMIT,
@@ -118,7 +118,7 @@ def _trim_lead(text: str, pending: str) -> tuple[str, str]:
     return text[shared:], (pending[shared:] if shared == len(text) else "")
 
 
-class TextStream:
+class TextStream(ChunkStream[str]):
     """An answer arriving as text chunks: an async iterator of ``str``.
 
     Close it early with ``aclose()`` (or ``contextlib.aclosing``, or ``async with``): that
@@ -150,27 +150,6 @@ class TextStream:
             f"TextStream(model_id={self.model_id!r}, model={self.model!r}, "
             f"finish_reason={self.finish_reason!r}, skipped={self.skipped})"
         )
-
-    def __aiter__(self) -> Self:
-        return self
-
-    async def __anext__(self) -> str:
-        return await self._chunks.__anext__()
-
-    async def aclose(self) -> None:
-        """Stop reading and release the connection (at once when the answer is unfinished)."""
-        await self._chunks.aclose()
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     def _decoded(self) -> None:
         self.decoded += 1
