@@ -159,6 +159,8 @@ class AnthropicClient(HTTPModelClient):
         self._decode(response.content, _Message, "message")
 
     def _prefill_space(self, prompt: Prompt) -> str:
+        if isinstance(prompt, str) or not prompt or prompt[-1].get("role") != "assistant":
+            return ""  # no prefill: the usual case, without building the messages again
         return strip_prefill(split_system(prompt)[0])[1]
 
     def _parse(self, response: httpx.Response, latency: float) -> ModelResponse:
@@ -178,7 +180,6 @@ class AnthropicClient(HTTPModelClient):
     async def _texts(
         self, events: AsyncIterator[ServerSentEvent], out: TextStream
     ) -> AsyncGenerator[str, None]:
-        counts = _Usage()
         async for event in events:
             data = self._event(event.data, _StreamEvent, out)
             if data is None:
@@ -193,12 +194,12 @@ class AnthropicClient(HTTPModelClient):
             if kind == "message_start" and data.message is not None:
                 out.request_id = out.request_id or data.message.id or None
                 out.model = data.message.model or out.model
-                counts = _counted(counts, data.message.usage, out)
+                _count(out, data.message.usage)
             elif kind == "content_block_delta" and delta and delta.type == "text_delta":
                 if delta.text:
                     yield delta.text
             elif kind == "message_delta":
-                counts = _counted(counts, data.usage, out)
+                _count(out, data.usage)
                 if delta and delta.stop_reason:
                     out.finish_reason = normalise_finish_reason(delta.stop_reason)
                 if delta and delta.stop_reason == _REFUSAL:
@@ -208,13 +209,13 @@ class AnthropicClient(HTTPModelClient):
         raise self._incomplete()
 
 
-def _counted(counts: _Usage, new: _Usage | None, out: TextStream) -> _Usage:
-    """The counts so far with ``new`` over them (``message_delta`` counts are cumulative)."""
+def _count(out: TextStream, new: _Usage | None) -> None:
+    """``out.usage`` with the counts ``new`` gives over it (``message_delta``'s are
+    cumulative; each event may give only some of them)."""
     if new is None:
-        return counts
-    counts = _Usage(
-        input_tokens=counts.input_tokens if new.input_tokens is None else new.input_tokens,
-        output_tokens=counts.output_tokens if new.output_tokens is None else new.output_tokens,
+        return
+    old = out.usage or Usage()
+    out.usage = Usage(
+        input_tokens=old.input_tokens if new.input_tokens is None else new.input_tokens,
+        output_tokens=old.output_tokens if new.output_tokens is None else new.output_tokens,
     )
-    out.usage = Usage(input_tokens=counts.input_tokens, output_tokens=counts.output_tokens)
-    return counts
