@@ -139,13 +139,25 @@ def wait_for(url: str, sql: str, params: tuple[object, ...] = ()) -> Any:
 
 
 def last_attempts_by_replica(url: str, model: str) -> dict[str, datetime]:
+    """Each replica's last attempt on ``model``, trial calls aside."""
     found = rows(
         url,
         "SELECT writer, max(at) FROM events WHERE type = 'attempt_started' AND model_id = ? "
-        "GROUP BY writer",
+        "AND NOT body LIKE '%\"trial\":true%' GROUP BY writer",
         (model,),
     )
     return {writer: at(last) for writer, last in found}
+
+
+def trials_by_replica(url: str, model: str) -> dict[str, int]:
+    """How many trial calls each replica made on ``model``."""
+    found = rows(
+        url,
+        "SELECT writer, count(*) FROM events WHERE type = 'attempt_started' AND model_id = ? "
+        "AND body LIKE '%\"trial\":true%' GROUP BY writer",
+        (model,),
+    )
+    return {writer: int(count) for writer, count in found}
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -168,7 +180,8 @@ def test_a_fleet_shares_health_maintenance_and_one_log(
     time.sleep(0.5)  # every replica serves from the primary for a while
 
     # 1. The provider goes down; from the first failed probe on, within a second, nobody
-    #    sends to it any more.
+    #    sends to it any more, but for trial calls: one at a time per replica, each at least
+    #    trial_after (1 s) after the replica's last failure there.
     (control / "primary-down").touch()
     first_failed_probe = at(
         wait_for(
@@ -181,6 +194,8 @@ def test_a_fleet_shares_health_maintenance_and_one_log(
     for replica, last in last_attempts_by_replica(url, "primary").items():
         late = (last - first_failed_probe).total_seconds()
         assert late <= WITHIN, f"{replica} still sent to the primary {late:.3f}s after"
+    for replica, count in trials_by_replica(url, "primary").items():
+        assert count <= 2, f"{replica} made {count} trial calls in 1.5 s"
     judges = rows(url, "SELECT DISTINCT writer FROM events WHERE type = 'state_changed'")
     assert judges == [(REPLICAS[0],)]  # b and c stopped on a's word alone
 
