@@ -48,6 +48,7 @@ from loguru import logger
 from ..core.errors import EventLogError
 from ..core.events import EVENT_TYPES, Event, decode, encode
 from ..core.protocols import DURABILITIES, Durability
+from .snapshots import Snapshots
 
 PAGE: Final = 5_000
 # The incident queries' indexes: ``call_id`` and ``at`` on every row, ``type`` only on the rows
@@ -246,6 +247,7 @@ class GroupCommitStore(abc.ABC):
         strict: bool,
         lock_timeout: float,
         close_timeout: float,
+        snapshot_every: int | None = None,
     ) -> None:
         self.durability: Durability = validate_durability(durability)
         self.writer = default_writer() if writer is None else writer
@@ -284,6 +286,8 @@ class GroupCommitStore(abc.ABC):
         self._thread: threading.Thread | None = None
         self._append_lock = threading.Lock()
         self._close_lock = threading.Lock()
+        # Snapshots of the fold, kept every ``snapshot_every`` committed events and at close.
+        self.snapshots = Snapshots(self, every=snapshot_every)
 
     # -- what a backend implements -------------------------------------------------------
 
@@ -328,6 +332,11 @@ class GroupCommitStore(abc.ABC):
             self.location,
         )
         return 0
+
+    @abc.abstractmethod
+    def transaction(self, statements: Sequence[tuple[str, Sequence[object]]]) -> None:
+        """Run write ``statements`` (SQL with ``?`` placeholders, and their parameters) in one
+        transaction; ``EventLogError`` when it fails (nothing of it is then stored)."""
 
     @abc.abstractmethod
     def json_field(self, key: str) -> str:
@@ -466,6 +475,7 @@ class GroupCommitStore(abc.ABC):
             self._progress.notify_all()
             due = self._due_loops()
         self._wake_loops(due)
+        self.snapshots.committed(count)
         if recovered:
             logger.warning("event log {} writable again", self.location)
 
@@ -736,6 +746,7 @@ class GroupCommitStore(abc.ABC):
             self._progress.notify_all()
             due = self._due_loops()
         self._wake_loops(due)
+        self.snapshots.at_close()
         self._close_connection()
 
     async def aclose(self) -> None:

@@ -62,6 +62,7 @@ from ._group_commit import (
     body_text,
     schema_version,
 )
+from .snapshots import SNAPSHOT_EVERY, SNAPSHOTS_TABLE
 
 _SCHEMA_NAME: Final = re.compile(r"[a-z_][a-z0-9_]{0,47}")
 _SYNCHRONOUS_COMMIT: Final = {"buffered": "off", "process": "off", "power": "on"}
@@ -71,6 +72,7 @@ _FIRST_RECONNECT: Final = 0.05
 _LAST_RECONNECT: Final = 5.0
 _MASK: Final = "***"
 
+_SNAPSHOTS: Final = SNAPSHOTS_TABLE.format(int="bigint", blob="bytea")
 _COPY: Final = "COPY events (seq, type, at, call_id, model_id, writer, body) FROM STDIN"
 _COLUMNS: Final = """
 CREATE TABLE IF NOT EXISTS events (
@@ -192,6 +194,7 @@ class PostgresEventStore(GroupCommitStore):
         poll_interval: float = 1.0,
         follow_interval: float = 0.1,
         pool_size: int = 4,
+        snapshot_every: int | None = SNAPSHOT_EVERY,
     ) -> None:
         super().__init__(
             durability=durability,
@@ -201,6 +204,7 @@ class PostgresEventStore(GroupCommitStore):
             strict=strict,
             lock_timeout=lock_timeout,
             close_timeout=close_timeout,
+            snapshot_every=snapshot_every,
         )
         if not _SCHEMA_NAME.fullmatch(schema):
             raise ValueError(f"schema must be a lower-case SQL name (a-z, 0-9, _), got {schema!r}")
@@ -352,6 +356,8 @@ class PostgresEventStore(GroupCommitStore):
                     f"this version reads up to {SCHEMA_VERSION}: upgrade "
                     "devs-risks-multi-model-failover"
                 )
+            if create:  # a log from before snapshots
+                conn.execute(_SNAPSHOTS)
             return
         if any(have):
             raise EventLogError(
@@ -377,6 +383,7 @@ class PostgresEventStore(GroupCommitStore):
                 )
             )
         conn.execute(TYPE_INDEX)
+        conn.execute(_SNAPSHOTS)
 
     # -- writing -------------------------------------------------------------------------
 
@@ -533,6 +540,18 @@ class PostgresEventStore(GroupCommitStore):
         except psycopg.Error as exc:
             raise EventLogError(
                 f"cannot read event log {self.location}: {self._scrub(exc)}"
+            ) from exc
+
+    def transaction(self, statements: Sequence[tuple[str, Sequence[object]]]) -> None:
+        """Run write ``statements`` (``?`` placeholders) in one transaction on a pooled
+        connection; a database error becomes ``EventLogError``."""
+        try:
+            with self._reading() as conn, conn.transaction():
+                for statement, params in statements:
+                    conn.execute(to_psycopg(statement), tuple(params))
+        except psycopg.Error as exc:
+            raise EventLogError(
+                f"cannot write event log {self.location}: {self._scrub(exc)}"
             ) from exc
 
     def read_others(self, after: int) -> tuple[list[Event], int]:

@@ -51,6 +51,9 @@ from ._group_commit import (
     schema_version,
 )
 from ._group_commit import at_text as _at_text  # noqa: F401 - tests import it from here
+from .snapshots import SNAPSHOT_EVERY, SNAPSHOTS_TABLE
+
+_SNAPSHOTS: Final = SNAPSHOTS_TABLE.format(int="INTEGER", blob="BLOB")
 
 MEMORY: Final = ":memory:"
 _SYNCHRONOUS: Final = {"buffered": "NORMAL", "process": "NORMAL", "power": "FULL"}
@@ -128,6 +131,8 @@ def _ensure_schema(db: sqlite_utils.Database, path: str, *, create: bool) -> Non
                 f"{path} was written with event-log schema version {version}; this version "
                 f"reads up to {SCHEMA_VERSION}: upgrade devs-risks-multi-model-failover"
             )
+        if create and "snapshots" not in tables:  # a log from before snapshots
+            conn.execute(_SNAPSHOTS)
         return
     if tables - {"sqlite_sequence"} or not create:
         raise EventLogError(f"{path} is an SQLite database but not a failover event log")
@@ -154,6 +159,7 @@ def _ensure_schema(db: sqlite_utils.Database, path: str, *, create: bool) -> Non
             for column in INDEXED:
                 db.table("events").create_index([column], index_name=f"events_{column}")
             conn.execute(TYPE_INDEX)
+            conn.execute(_SNAPSHOTS)
         conn.execute("COMMIT")
     except BaseException:
         # The first error is the one to report; a failed BEGIN leaves nothing to roll back.
@@ -208,6 +214,7 @@ class SQLiteEventStore(GroupCommitStore):
         strict: bool = False,
         lock_timeout: float = 1.0,
         close_timeout: float = 5.0,
+        snapshot_every: int | None = SNAPSHOT_EVERY,
     ) -> None:
         super().__init__(
             durability=durability,
@@ -217,6 +224,7 @@ class SQLiteEventStore(GroupCommitStore):
             strict=strict,
             lock_timeout=lock_timeout,
             close_timeout=close_timeout,
+            snapshot_every=None if os.fspath(path) == MEMORY else snapshot_every,
         )
         self.path = os.fspath(path)
         self._lock = threading.Lock()  # one statement at a time on the shared connection
@@ -341,6 +349,25 @@ class SQLiteEventStore(GroupCommitStore):
         except sqlite3.Error as exc:
             raise EventLogError(f"cannot read event log {self.path}: {exc}") from exc
         return rows
+
+    def transaction(self, statements: Sequence[tuple[str, Sequence[object]]]) -> None:
+        """Run write ``statements`` in one ``BEGIN IMMEDIATE`` transaction (snapshots,
+        archives); an SQLite error becomes ``EventLogError`` and nothing of it is stored."""
+        try:
+            with self._lock:
+                self._reopen_for_reading()
+                conn = self._conn
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    for sql, params in statements:
+                        conn.execute(sql, tuple(params))
+                    conn.execute("COMMIT")
+                except BaseException:
+                    with contextlib.suppress(sqlite3.Error):
+                        conn.execute("ROLLBACK")
+                    raise
+        except sqlite3.Error as exc:
+            raise EventLogError(f"cannot write event log {self.path}: {exc}") from exc
 
     def read_others(self, after: int) -> tuple[list[Event], int]:
         """Events other writers stored with ``seq > after``, and the new cursor.
