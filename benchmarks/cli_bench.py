@@ -17,8 +17,8 @@ window. Everything is seeded, so two runs build the same log.
 from __future__ import annotations
 
 import argparse
+import itertools
 import random
-import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -41,7 +41,6 @@ from devs.risks.multi_model_failover.core.events import (
     HealthProbe,
     Maintenance,
     StateChanged,
-    encode,
 )
 from devs.risks.multi_model_failover.core.health import HealthState
 from devs.risks.multi_model_failover.storage.sqlite import SQLiteEventStore
@@ -158,44 +157,20 @@ class _Script:
         )
 
 
-def _rows(count: int, seed: int) -> Iterator[tuple[object, ...]]:
-    script = _Script(seed, timedelta(days=1), count)
-    for seq, event in zip(range(1, count + 1), script.events(), strict=False):
-        stamped = type(event)(**{**_fields(event), "seq": seq})
-        yield (
-            seq,
-            stamped.type,
-            stamped.at.isoformat(timespec="microseconds"),
-            getattr(stamped, "call_id", None),
-            getattr(stamped, "model_id", None),
-            WRITER,
-            encode(stamped).decode(),
-        )
-
-
-def _fields(event: Event) -> dict[str, object]:
-    return {name: getattr(event, name) for name in event.__struct_fields__}
+_FLUSH_EVERY = 200_000
 
 
 def build_log(path: Path, events: int, *, seed: int = 1) -> Path:
-    """Write a synthetic event log of ``events`` events at ``path`` (replacing it)."""
+    """Write a synthetic event log of ``events`` events at ``path`` (replacing it), through the
+    store itself (rows, snapshots and indexes exactly as the engine writes them)."""
     for suffix in ("", "-wal", "-shm"):
         Path(f"{path}{suffix}").unlink(missing_ok=True)
-    SQLiteEventStore(path).close()  # the schema, exactly as the engine creates it
-    conn = sqlite3.connect(path)
-    try:
-        conn.execute("PRAGMA journal_mode = WAL")
-        conn.execute("PRAGMA synchronous = OFF")
-        rows = _rows(events, seed)
-        with conn:
-            conn.executemany(
-                "INSERT INTO events (seq, type, at, call_id, model_id, writer, body) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                rows,
-            )
-        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-    finally:
-        conn.close()
+    script = _Script(seed, timedelta(days=1), events)
+    with SQLiteEventStore(path, durability="buffered", writer=WRITER) as store:
+        for n, event in enumerate(itertools.islice(script.events(), events), 1):
+            store.append(event)
+            if n % _FLUSH_EVERY == 0:  # stay well inside the store's buffer
+                store.flush(timeout=None)
     return path
 
 

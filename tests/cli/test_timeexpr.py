@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from devs.risks.multi_model_failover.adapters.cli.timeexpr import (
     TimeExpressionError,
-    log_text,
     parse_time,
 )
 
@@ -51,11 +50,6 @@ def test_relative_to_the_current_time_by_default() -> None:
     before = datetime.now(UTC)
     parsed = parse_time("-1m")
     assert before - timedelta(minutes=1, seconds=5) <= parsed <= datetime.now(UTC)
-
-
-def test_log_text_sorts_like_the_stored_at_column() -> None:
-    local = datetime(2024, 5, 1, 5, 0, tzinfo=timezone(timedelta(hours=2)))
-    assert log_text(local) == "2024-05-01T03:00:00.000000+00:00"
 
 
 @pytest.mark.parametrize(

@@ -153,9 +153,17 @@ class EventStoreContract:
 
     # -- hooks -----------------------------------------------------------------------------
 
+    # Whether ``process``/``power`` callers wait for commits (an in-memory log has nothing to
+    # wait for: its callers never wait, unless the store is strict).
+    waits_for_commits = True
+
     def make_store(self, durability: str = "process", **options: Any) -> StoreUnderTest:
         """A new, empty store. ``options``: ``strict``, ``max_buffer``, ``close_timeout``."""
         raise NotImplementedError
+
+    def skip_unless_waiting(self) -> None:
+        if not self.waits_for_commits:
+            pytest.skip("callers of this store never wait for commits")
 
     def reopen(self, store: StoreUnderTest) -> StoreUnderTest:
         """A new store object on the same (closed) log; skip for a store with no outside."""
@@ -309,6 +317,9 @@ class EventStoreContract:
     )
     def test_a_damaged_row_is_not_taken_for_a_newer_type(self, body: str) -> None:
         store = self.make_store("buffered")
+        if getattr(store, "compact", False) and not body.startswith('{"seq":'):
+            store.close()  # small rows keep seq in its column only: a body without one is normal
+            pytest.skip("a small row's body never holds its seq")
         for n in range(1, 6):
             store.append(attempt("c", n))
         assert store.flush()
@@ -341,6 +352,7 @@ class EventStoreContract:
     # -- waiting for commits ---------------------------------------------------------------
 
     async def test_process_mode_returns_once_committed(self) -> None:
+        self.skip_unless_waiting()
         store = self.make_store("process")
         for n in range(1, 21):
             await store.wait_committed(store.append(attempt("c", n)))
@@ -349,6 +361,7 @@ class EventStoreContract:
         await store.aclose()
 
     async def test_power_mode_returns_once_committed(self) -> None:
+        self.skip_unless_waiting()
         store = self.make_store("power")
         ticket = 0
         for n in range(1, 6):
@@ -368,6 +381,7 @@ class EventStoreContract:
         store.close()
 
     async def test_a_waiter_waits_for_a_held_commit(self) -> None:
+        self.skip_unless_waiting()
         store = self.make_store("process")
         done = anyio.Event()
 
@@ -422,6 +436,7 @@ class EventStoreContract:
         await store.aclose()
 
     async def test_a_cancelled_waiter_leaves_nothing_behind(self) -> None:
+        self.skip_unless_waiting()
         store = self.make_store("process")
         with self.hold_writes(store):
             ticket = store.append(attempt("c"))
@@ -434,6 +449,7 @@ class EventStoreContract:
         await store.aclose()
 
     async def test_waiters_return_while_writes_fail(self) -> None:
+        self.skip_unless_waiting()
         store = self.make_store("process", close_timeout=10)
         with self.refuse_writes(store):
             ticket = store.append(attempt("c", 1))
@@ -455,6 +471,7 @@ class EventStoreContract:
         assert store.count() == 1
 
     async def test_waiters_wake_when_a_held_commit_lands_at_close(self) -> None:
+        self.skip_unless_waiting()
         store = self.make_store("process")
         returned: list[int] = []
 

@@ -18,7 +18,7 @@ import msgspec
 from .errors import ErrorKind
 from .health import HealthState
 
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2
 
 
 class _Event(

@@ -37,7 +37,7 @@ import warnings
 import weakref
 from collections import Counter, deque
 from collections.abc import Callable, Iterator, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Any, Final, Self
 
@@ -60,6 +60,14 @@ INDEXED: Final = ("call_id", "at")
 HOT_TYPES: Final = ("call_started", "attempt_started", "attempt_succeeded", "call_succeeded")
 NOT_HOT: Final = f"type NOT IN ({', '.join(repr(t) for t in HOT_TYPES)})"
 TYPE_INDEX: Final = f"CREATE INDEX IF NOT EXISTS events_type_rare ON events (type) WHERE {NOT_HOT}"
+# A store whose callers commit their own events: how often its writer looks at the queue
+# (seconds), after how many empty looks it sleeps until woken, the most events a caller
+# commits itself (more go to the writer, so that one commit never stalls the event loop), and
+# the events committed between two WAL checkpoints (run by the writer, never by a caller).
+_LINGER: Final = 0.05
+_IDLE_LOOKS: Final = 20
+_INLINE_MOST: Final = 64
+_CHECKPOINT_EVERY: Final = 2_000
 _FIRST_RETRY: Final = 0.05
 _LAST_RETRY: Final = 5.0
 _HOST_CHARS: Final = 24
@@ -83,9 +91,13 @@ class _Envelope(msgspec.Struct):
 
 _envelope_decoder = msgspec.json.Decoder(_Envelope)
 
-# An event encoded and ready to insert, less its seq: type, at, call_id, model_id, and the
-# JSON body after its opening brace (the store splices ``{"seq":N,`` in front).
-Prepared = tuple[str, str, str | None, str | None, bytes]
+# An event encoded and ready to insert, less its seq: type, at, call_id, model_id, and the JSON
+# body. Row format 1 (logs of schema version 1): ``at`` as ISO text, and the body is the
+# event's whole JSON after its opening brace (the store splices ``{"seq":N,`` in front).
+# Row format 2 (new logs): ``at`` in integer microseconds since the Unix epoch (UTC), and the
+# body holds only the fields that have no column of their own (see ``compact``).
+Prepared = tuple[str, str | int, str | None, str | None, bytes]
+ROW_COLUMNS: Final = "seq, type, at, call_id, model_id, body"
 _Schedule = Callable[[Callable[[], object]], object]
 
 
@@ -127,6 +139,100 @@ def prepare(event: Event) -> Prepared:
         getattr(event, "model_id", None) if has_model_id else None,
         encode(event)[1:],
     )
+
+
+_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND: Final = timedelta(microseconds=1)
+_HEADS: Final = {cls: b'{"type":"%s",' % tag.encode() for tag, cls in EVENT_TYPES.items()}
+_AT_KEY: Final = b'"at":"'
+# The text of each second recently turned into ISO form (reads meet the same second often).
+_SECONDS: dict[int, str] = {}
+
+
+def at_micros(at: datetime) -> int:
+    """``at`` in whole microseconds since the Unix epoch; a naive time is taken as UTC."""
+    if at.tzinfo is None:
+        at = at.replace(tzinfo=UTC)
+    return (at - _EPOCH) // _MICROSECOND
+
+
+def micros_text(micros: int) -> str:
+    """The RFC 3339 UTC text of ``micros`` (microseconds since the Unix epoch)."""
+    seconds, fraction = divmod(micros, 1_000_000)
+    whole = _SECONDS.get(seconds)
+    if whole is None:
+        if len(_SECONDS) > 4096:
+            _SECONDS.clear()
+        t = time.gmtime(seconds)  # not strftime: "%Y" drops the zeros before year 1000
+        whole = _SECONDS[seconds] = (
+            f"{t.tm_year:04d}-{t.tm_mon:02d}-{t.tm_mday:02d}"
+            f"T{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d}"
+        )
+    return f"{whole}.{fraction:06d}Z"
+
+
+def compact(event: Event) -> Prepared:
+    """Row format 2: everything a row needs but its seq, the body without what the columns hold.
+
+    msgspec writes the tag first, then ``call_id`` and ``model_id`` (each event class declares
+    them first), the other fields, and ``at`` last: the body is what lies between. An event
+    that does not look like that is taken apart field by field instead.
+    """
+    tag, has_call_id, has_model_id = _SHAPES[type(event)]
+    call_id = getattr(event, "call_id", None) if has_call_id else None
+    model_id = getattr(event, "model_id", None) if has_model_id else None
+    raw = encode(event)
+    start = len(_HEADS[type(event)])
+    for value, key in ((call_id, b'"call_id":'), (model_id, b'"model_id":')):
+        if value is not None:
+            field = key + _encode_text(value) + b","
+            if not raw.startswith(field, start):
+                return tag, at_micros(event.at), call_id, model_id, _body_by_fields(event)
+            start += len(field)
+    end = raw.rfind(_AT_KEY)
+    if end < start or not raw.endswith(b'"}'):
+        return tag, at_micros(event.at), call_id, model_id, _body_by_fields(event)
+    return tag, at_micros(event.at), call_id, model_id, b"{" + raw[start:end].rstrip(b",") + b"}"
+
+
+def _body_by_fields(event: Event) -> bytes:
+    fields = msgspec.to_builtins(event, enc_hook=_iso)
+    for column in ("type", "seq", "at", "call_id", "model_id"):
+        fields.pop(column, None)
+    return msgspec.json.encode(fields)
+
+
+def _iso(obj: object) -> object:
+    if isinstance(obj, datetime):
+        return obj.isoformat()
+    raise NotImplementedError(f"cannot encode {type(obj).__name__}")
+
+
+_encode_text = msgspec.json.encode
+
+
+def event_text(
+    seq: int, tag: str, at: object, call_id: str | None, model_id: str | None, body: object
+) -> str:
+    """An event's whole JSON from its row, in either row format.
+
+    A format-1 body is the whole event already; a format-2 body gets the columns put back.
+    A body that is not text (a damaged row) comes back as text that does not decode.
+    """
+    if not isinstance(body, str):
+        body = body.decode("utf-8", "replace") if isinstance(body, bytes) else repr(body)
+    if body.startswith('{"seq":') or type(at) is not int:
+        return body
+    parts = [f'{{"seq":{seq},"type":{_encode_text(tag).decode()},"at":"{micros_text(at)}"']
+    if call_id is not None:
+        parts.append(f',"call_id":{_encode_text(call_id).decode()}')
+    if model_id is not None:
+        parts.append(f',"model_id":{_encode_text(model_id).decode()}')
+    if body != "{}":
+        parts.append("," + body[1:] if body.startswith("{") else "," + body)
+    else:
+        parts.append("}")
+    return "".join(parts)
 
 
 def schema_version(location: str, stored: object) -> int:
@@ -184,20 +290,42 @@ class _LoopWaiters:
         self.waiters: set[_Waiter] = set()
 
 
-def _write_events(store_ref: weakref.ref[GroupCommitStore], wake: threading.Event) -> None:
+def _write_events(
+    store_ref: weakref.ref[GroupCommitStore], wake: threading.Event, linger: float | None
+) -> None:
     """The writer thread: each time it is woken, write what is queued.
+
+    With ``linger`` (a store whose callers commit their own events, see ``_commit_inline``)
+    appends do not wake it: it looks at the queue every ``linger`` seconds instead, writes what
+    has waited since its previous look (events nobody waits for: probes, for instance; fresh
+    ones are their callers' to commit), and sleeps until woken once it has found nothing to do
+    for a while.
 
     It holds its store only while it writes: one the program lets go of is collected, and its
     ``__del__`` closes it (and so stops this thread).
     """
+    idle = 0
+    seen = 0  # the tickets appended by the previous look
     while True:
-        wake.wait()
+        timeout = linger
+        if linger is not None and idle >= _IDLE_LOOKS:
+            store = store_ref()
+            if store is None:
+                return
+            timeout = None if store._doze() else linger
+            del store
+        woken = wake.wait(timeout)
         store = store_ref()
         if store is None:
             return
+        store._asleep = False
         wake.clear()
-        if not store._drain():
+        busy = bool(store._queue)
+        if (woken or linger is None or store._committed < seen) and not store._drain():
             return
+        seen = store._appended
+        store._tidy()
+        idle = 0 if busy else idle + 1
         del store
 
 
@@ -251,6 +379,9 @@ class GroupCommitStore(abc.ABC):
     ) -> None:
         self.durability: Durability = validate_durability(durability)
         self.writer = default_writer() if writer is None else writer
+        # What the ``writer`` column holds for this writer's rows: its name, or (SQLite row
+        # format 2) its id in the ``writers`` table.
+        self.writer_key: object = self.writer
         self.strict = strict
         self.max_buffer = max_buffer
         self.batch_size = batch_size
@@ -262,6 +393,11 @@ class GroupCommitStore(abc.ABC):
         self.unknown: Counter[str] = Counter()
         self.skip_unknown = True
         self.resets = 0
+        # Row format 2 (small rows) for logs of schema version 2; a backend opening an older
+        # log sets it to False and keeps writing that log's format 1.
+        self.compact = True
+        # Whether the log has a ``snapshots`` table (an older log opened read-only may not).
+        self.has_snapshots = False
         self.last_error: str | None = None
         # Which log ``read_others``/``read_since`` last read (a backend sets it once open):
         # another one behind the same location is read from its start (see ``_cursor_for``).
@@ -282,6 +418,14 @@ class GroupCommitStore(abc.ABC):
         self._progress = threading.Condition()  # guards the state above and the waiters
         self._loops: dict[object, _LoopWaiters] = {}
         self._wake = threading.Event()
+        # Callers commit their own events when nobody else waits (``_commit_inline``); the
+        # writer then lingers instead of being woken by every append. A backend turns it on.
+        self._inline = False
+        self._asleep = False  # the lingering writer sleeps until woken (see ``_doze``)
+        self._drain_lock = threading.Lock()  # one drainer at a time: tickets commit in order
+        self._since_checkpoint = 0
+        # Whether ``wait_committed`` waits at all (an in-memory log has nothing to wait for).
+        self._waits = durability != "buffered"
         self._retry_now = threading.Event()
         self._thread: threading.Thread | None = None
         self._append_lock = threading.Lock()
@@ -370,7 +514,9 @@ class GroupCommitStore(abc.ABC):
             ticket = self._appended
             if self._thread is None:
                 self._start_writer()
-        if not self._wake.is_set():
+        if (not self._inline or self._asleep or len(self._queue) >= self.batch_size) and (
+            not self._wake.is_set()
+        ):
             self._wake.set()
         return ticket
 
@@ -391,7 +537,7 @@ class GroupCommitStore(abc.ABC):
     def _start_writer(self) -> None:
         self._thread = threading.Thread(
             target=_write_events,
-            args=(weakref.ref(self), self._wake),
+            args=(weakref.ref(self), self._wake, _LINGER if self._inline else None),
             name=f"failover-log-{self.writer}",
             daemon=True,
         )
@@ -402,19 +548,71 @@ class GroupCommitStore(abc.ABC):
         while True:
             # Read before the queue: once ``_closing`` is set, nothing more gets queued.
             closing = self._closing
-            if not self._queue:
-                return not closing
-            events = [self._queue.popleft() for _ in range(min(self.batch_size, len(self._queue)))]
-            if not self._store(self._prepare_batch(events)):
-                self._give_up(len(events))
-                return False
-            self._done(len(events))
+            with self._drain_lock:
+                if not self._queue:
+                    return not closing
+                count = min(self.batch_size, len(self._queue))
+                events = [self._queue.popleft() for _ in range(count)]
+                if not self._store(self._prepare_batch(events)):
+                    self._give_up(len(events))
+                    return False
+                self._done(len(events))
+
+    def _commit_inline(self) -> None:
+        """Commit what is queued on the calling thread, if that is quick and nobody is at it.
+
+        A sequential caller in ``process`` mode would otherwise wait for two thread hand-offs
+        (wake the writer, wake the loop), several times the commit itself. Only a few events,
+        only when the drain is free, and only if the backend can write without waiting for a
+        lock (``_write_inline``); otherwise the writer does it, as for everyone else.
+        """
+        if len(self._queue) > _INLINE_MOST or not self._drain_lock.acquire(blocking=False):
+            return
+        try:
+            if self._closing or self._failing or not self._queue:
+                return
+            events = list(self._queue)
+            try:
+                batch = [compact(event) if self.compact else prepare(event) for event in events]
+            except Exception:  # noqa: BLE001 - the writer drops and counts what cannot be stored
+                return
+            if self._write_inline(batch):
+                for _ in events:
+                    self._queue.popleft()
+                self._done(len(events))
+        finally:
+            self._drain_lock.release()
+
+    def _write_inline(self, batch: list[Prepared]) -> bool:
+        """Store ``batch`` at once on the calling thread, or False (nothing stored) if that
+        would wait for a lock or fails; a backend that can do so without blocking says so."""
+        return False
+
+    def _doze(self) -> bool:
+        """The lingering writer found nothing to do for a while: from now appends wake it.
+        False if something arrived meanwhile (it looks again instead of sleeping)."""
+        self._asleep = True
+        if self._queue:
+            self._asleep = False
+        return self._asleep
+
+    def _tidy(self) -> None:
+        """Upkeep on the writer thread between batches: a checkpoint when one is due."""
+        if self._inline and self._since_checkpoint >= _CHECKPOINT_EVERY:
+            self._since_checkpoint = 0
+            try:
+                self._checkpoint()
+            except Exception as exc:  # noqa: BLE001 - the next one will try again
+                logger.warning("event log {}: checkpoint failed ({})", self.location, exc)
+
+    def _checkpoint(self) -> None:  # noqa: B027 - only a backend whose callers commit inline
+        """Move committed pages into the main file (a backend whose callers commit inline)."""
 
     def _prepare_batch(self, events: list[Event]) -> list[Prepared]:
         batch: list[Prepared] = []
         for event in events:
             try:
-                batch.append(prepare(event))
+                batch.append(compact(event) if self.compact else prepare(event))
             except Exception as exc:  # noqa: BLE001 - one unencodable event must not stop the log
                 self._count_dropped(1)
                 self.errors += 1
@@ -472,6 +670,7 @@ class GroupCommitStore(abc.ABC):
         with self._progress:
             recovered, self._failing = self._failing, False
             self._committed += count
+            self._since_checkpoint += count
             self._progress.notify_all()
             due = self._due_loops()
         self._wake_loops(due)
@@ -510,8 +709,14 @@ class GroupCommitStore(abc.ABC):
         returns without waiting (or raises ``EventLogError`` with ``strict=True``): a failing
         log never holds up model answers.
         """
-        if self.durability == "buffered":
+        if not self._waits or self._committed >= ticket:
             return
+        if self._inline and not self._loops:
+            self._commit_inline()  # nobody else waiting: no group to join
+            if self._committed >= ticket:
+                return
+        if not self._wake.is_set():
+            self._wake.set()
         while self._committed < ticket:
             waiter = self._register(ticket)
             if waiter is None:
@@ -581,6 +786,7 @@ class GroupCommitStore(abc.ABC):
         if self._thread is None:
             return True
         target = self._appended
+        self._wake.set()
         with self._progress:
             return (
                 self._progress.wait_for(
@@ -592,10 +798,17 @@ class GroupCommitStore(abc.ABC):
     # -- reading -------------------------------------------------------------------------
 
     def _decode(
-        self, seq: int, body: str, *, lenient: bool, news: Counter[str], skip_unknown: bool = True
+        self,
+        row: Sequence[Any],
+        *,
+        lenient: bool,
+        news: Counter[str],
+        skip_unknown: bool = True,
     ) -> Event | None:
-        """The event of row ``seq``, or None for a row skipped; a newly skipped event of an
-        unknown type is counted in ``news`` too."""
+        """The event of ``row`` (``ROW_COLUMNS``), or None for a row skipped; a newly skipped
+        event of an unknown type is counted in ``news`` too."""
+        seq = row[0]
+        body = event_text(*row)
         try:
             return decode(body)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
@@ -655,14 +868,14 @@ class GroupCommitStore(abc.ABC):
         self.flush()
         skip = self.skip_unknown if skip_unknown is None else skip_unknown
         condition = f"seq > ? AND ({where})" if where else "seq > ?"
-        sql = f"SELECT seq, body FROM events WHERE {condition} ORDER BY seq LIMIT {PAGE}"  # noqa: S608 - fixed columns; values are parameters
+        sql = f"SELECT {ROW_COLUMNS} FROM events WHERE {condition} ORDER BY seq LIMIT {PAGE}"  # noqa: S608 - fixed columns; values are parameters
         last = after
         news: Counter[str] = Counter()
         try:
             while True:
                 rows = self.query(sql, (last, *params))
-                for seq, body in rows:
-                    event = self._decode(seq, body, lenient=lenient, news=news, skip_unknown=skip)
+                for row in rows:
+                    event = self._decode(row, lenient=lenient, news=news, skip_unknown=skip)
                     if event is not None:
                         yield event
                 if len(rows) < PAGE:
@@ -682,30 +895,41 @@ class GroupCommitStore(abc.ABC):
         A follower uses it to put its own events in their ``seq`` order among the others'.
         """
         self.flush()
-        sql = f"SELECT seq, writer, body FROM events WHERE seq > ? ORDER BY seq LIMIT {PAGE}"  # noqa: S608 - fixed columns; values are parameters
+        sql = f"SELECT writer, {ROW_COLUMNS} FROM events WHERE seq > ? ORDER BY seq LIMIT {PAGE}"  # noqa: S608 - fixed columns; values are parameters
         found: list[tuple[Event, bool]] = []
         last = after = self._cursor_for(after)
         news: Counter[str] = Counter()
         while True:
             rows = self.query(sql, (last,))
-            for seq, writer, body in rows:
-                event = self._decode(seq, body, lenient=True, news=news)
+            for writer, *row in rows:
+                event = self._decode(row, lenient=True, news=news)
                 if event is not None:
-                    found.append((event, writer == self.writer))
+                    found.append((event, writer == self.writer_key))
             if rows:
-                last = rows[-1][0]
+                last = rows[-1][1]
             if len(rows) < PAGE:
                 self._warn_unknown(news)
                 return found, last
 
-    def decode_others(self, rows: Sequence[tuple[int, str]]) -> list[Event]:
-        """The events of ``rows`` (seq, body) for ``read_others``: rows that do not decode are
-        skipped and counted in ``skipped``, events of unknown types in ``unknown``."""
+    def decode_others(self, rows: Sequence[Sequence[Any]]) -> list[Event]:
+        """The events of ``rows`` (``ROW_COLUMNS``) for ``read_others``: rows that do not
+        decode are skipped and counted in ``skipped``, events of unknown types in ``unknown``."""
         news: Counter[str] = Counter()
-        decoded = (self._decode(seq, body, lenient=True, news=news) for seq, body in rows)
+        decoded = (self._decode(row, lenient=True, news=news) for row in rows)
         events = [event for event in decoded if event is not None]
         self._warn_unknown(news)
         return events
+
+    def at_param(self, at: datetime) -> object:
+        """The value to compare the ``at`` column with, for ``at``: integer microseconds since
+        the Unix epoch (row format 2), ISO text in an older log."""
+        return at_micros(at) if self.compact else at_text(at.astimezone(UTC))
+
+    def at_time(self, stored: object) -> datetime:
+        """The time an ``at`` column value stands for (either row format)."""
+        if isinstance(stored, int):
+            return _EPOCH + stored * _MICROSECOND
+        return datetime.fromisoformat(str(stored))
 
     def last_seq(self) -> int:
         """The highest stored ``seq``; 0 for an empty log. Does not wait for queued events."""

@@ -44,6 +44,7 @@ from collections.abc import Callable, Iterator, Sequence
 from functools import lru_cache, partial
 from typing import Any, Final
 
+import msgspec
 import psycopg
 from loguru import logger
 from psycopg import sql
@@ -56,6 +57,7 @@ from ..core.protocols import Durability
 from ..core.scrub import scrub
 from ._group_commit import (
     INDEXED,
+    ROW_COLUMNS,
     TYPE_INDEX,
     GroupCommitStore,
     Prepared,
@@ -78,7 +80,7 @@ _COLUMNS: Final = """
 CREATE TABLE IF NOT EXISTS events (
     seq bigint PRIMARY KEY,
     type text COLLATE "C" NOT NULL,
-    at text COLLATE "C" NOT NULL,
+    at bigint NOT NULL,
     call_id text COLLATE "C",
     model_id text COLLATE "C",
     writer text COLLATE "C" NOT NULL,
@@ -152,6 +154,19 @@ def _configure(conn: psycopg.Connection[Any], *, schema: str, durability: Durabi
 def _text_column(value: str | None) -> str | None:
     # PostgreSQL text cannot hold NUL; the body keeps the exact value (JSON escapes it).
     return value.replace("\x00", "\ufffd") if value is not None and "\x00" in value else value
+
+
+def _compact_body(body: bytes, call_id: str | None, model_id: str | None) -> str:
+    """A row-format-2 body; a column value that PostgreSQL text cannot hold exactly (a NUL)
+    stays in the body too, where it wins over the column when the row is read back."""
+    exact = b"".join(
+        b'"%s":%s,' % (key, msgspec.json.encode(value))
+        for key, value in ((b"call_id", call_id), (b"model_id", model_id))
+        if value is not None and "\x00" in value
+    )
+    if not exact:
+        return body.decode()
+    return (b"{" + exact + body[1:] if body != b"{}" else b"{" + exact[:-1] + b"}").decode()
 
 
 class PostgresEventStore(GroupCommitStore):
@@ -228,6 +243,12 @@ class PostgresEventStore(GroupCommitStore):
         self.lock_key = _lock_key(schema)
         self._begin_batch = sql.SQL(
             "BEGIN; SELECT pg_advisory_xact_lock({}); SELECT coalesce(max(seq), 0) FROM events"
+        ).format(sql.Literal(self.lock_key))
+        # With snapshots: a seq is never given twice, even once an archive moved every event.
+        self._begin_batch_after_snapshots = sql.SQL(
+            "BEGIN; SELECT pg_advisory_xact_lock({}); SELECT greatest("
+            "(SELECT coalesce(max(seq), 0) FROM events), "
+            "(SELECT coalesce(max(cursor), 0) FROM snapshots))"
         ).format(sql.Literal(self.lock_key))
         self._channel = f"{schema}.events"
         self._pool: ConnectionPool[psycopg.Connection[tuple[Any, ...]]] | None = None
@@ -350,6 +371,7 @@ class PostgresEventStore(GroupCommitStore):
         if all(have):
             row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
             version = schema_version(self.location, row[0]) if row else 0
+            self.compact = version >= 2
             if version > SCHEMA_VERSION:
                 raise SchemaVersionError(
                     f"{self.location} was written with event-log schema version {version}; "
@@ -358,6 +380,9 @@ class PostgresEventStore(GroupCommitStore):
                 )
             if create:  # a log from before snapshots
                 conn.execute(_SNAPSHOTS)
+            self.has_snapshots = conn.execute(
+                "SELECT to_regclass(%s)", (f"{self.schema}.snapshots",)
+            ).fetchone() not in (None, (None,))
             return
         if any(have):
             raise EventLogError(
@@ -384,6 +409,7 @@ class PostgresEventStore(GroupCommitStore):
             )
         conn.execute(TYPE_INDEX)
         conn.execute(_SNAPSHOTS)
+        self.has_snapshots = True
 
     # -- writing -------------------------------------------------------------------------
 
@@ -418,7 +444,9 @@ class PostgresEventStore(GroupCommitStore):
         commit and carries the writer and its last ``seq``.
         """
         try:
-            cursor = conn.execute(self._begin_batch)
+            cursor = conn.execute(
+                self._begin_batch_after_snapshots if self.has_snapshots else self._begin_batch
+            )
             while cursor.nextset():  # BEGIN, the lock, then the max: its row is the last result
                 pass
             row = cursor.fetchone()
@@ -433,7 +461,9 @@ class PostgresEventStore(GroupCommitStore):
                             _text_column(call_id),
                             _text_column(model_id),
                             self.writer,
-                            body_text(seq, tail),
+                            _compact_body(tail, call_id, model_id)
+                            if self.compact
+                            else body_text(seq, tail),
                         )
                     )
             last += len(batch)
@@ -460,7 +490,9 @@ class PostgresEventStore(GroupCommitStore):
             (self._last_written, self.writer),
         ).fetchone()
         self._in_doubt = False
-        if row is None or row[1] != body_text(row[0], batch[0][4]):
+        _, _, call_id, model_id, first = batch[0]
+        body = _compact_body(first, call_id, model_id) if self.compact else None
+        if row is None or row[1] != (body if body is not None else body_text(row[0], first)):
             return False
         self._last_written = int(row[0]) + len(batch) - 1
         logger.warning(
@@ -590,7 +622,7 @@ class PostgresEventStore(GroupCommitStore):
                 and time.monotonic() - started < self.poll_interval
             )
 
-    def _others(self, after: int) -> tuple[list[tuple[int, str]], int]:
+    def _others(self, after: int) -> tuple[list[tuple[Any, ...]], int]:
         # Commit order is seq order: every row up to the max seen is committed, none can
         # appear below it later, so the cursor never skips a row.
         try:
@@ -598,8 +630,8 @@ class PostgresEventStore(GroupCommitStore):
                 top = conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()
                 cursor = int(top[0]) if top else 0
                 rows = conn.execute(
-                    "SELECT seq, body FROM events WHERE seq > %s AND seq <= %s AND writer <> %s "
-                    "ORDER BY seq",
+                    f"SELECT {ROW_COLUMNS} FROM events "  # noqa: S608 - fixed columns
+                    "WHERE seq > %s AND seq <= %s AND writer <> %s ORDER BY seq",
                     (after, cursor, self.writer),
                 ).fetchall()
         except psycopg.Error as exc:

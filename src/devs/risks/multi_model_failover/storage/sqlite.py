@@ -44,6 +44,7 @@ from ..core.events import SCHEMA_VERSION, Event
 from ..core.protocols import Durability
 from ._group_commit import (
     INDEXED,
+    ROW_COLUMNS,
     TYPE_INDEX,
     GroupCommitStore,
     Prepared,
@@ -54,6 +55,25 @@ from ._group_commit import at_text as _at_text  # noqa: F401 - tests import it f
 from .snapshots import SNAPSHOT_EVERY, SNAPSHOTS_TABLE
 
 _SNAPSHOTS: Final = SNAPSHOTS_TABLE.format(int="INTEGER", blob="BLOB")
+# Row format 2 names each writer once; an event's ``writer`` column holds its id.
+_WRITERS: Final = "CREATE TABLE writers (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE)"
+# For people reading the log with ``sqlite3``: the rows with ``at`` as text (to the
+# millisecond) and each writer's name.
+_VIEW: Final = """
+CREATE VIEW events_view AS
+SELECT events.seq, events.type,
+       strftime('%Y-%m-%dT%H:%M:%fZ', events.at / 1000000.0, 'unixepoch') AS at,
+       events.call_id, events.model_id, writers.name AS writer, events.body
+FROM events LEFT JOIN writers ON writers.id = events.writer
+"""
+_MAX_SEQ: Final = "SELECT coalesce(max(seq), 0) FROM events"
+_VERSION: Final = "SELECT value FROM meta WHERE key = 'schema_version'"
+# The next seq follows the last event, or the last snapshot's cursor when an archive moved
+# every event out (a seq is never given twice).
+_LAST_SEQ: Final = (
+    "SELECT max(coalesce((SELECT max(seq) FROM events), 0), "
+    "coalesce((SELECT max(cursor) FROM snapshots), 0))"
+)
 
 MEMORY: Final = ":memory:"
 _SYNCHRONOUS: Final = {"buffered": "NORMAL", "process": "NORMAL", "power": "FULL"}
@@ -119,8 +139,9 @@ def _connect(path: str, *, create: bool) -> sqlite3.Connection:
     return conn
 
 
-def _ensure_schema(db: sqlite_utils.Database, path: str, *, create: bool) -> None:
-    """Create the tables on a new log; refuse a file that is not ours or is newer."""
+def _ensure_schema(db: sqlite_utils.Database, path: str, *, create: bool) -> int:
+    """Create the tables on a new log; refuse a file that is not ours or is newer. Returns the
+    log's schema version."""
     conn = db.conn
     tables = set(db.table_names())
     if "events" in tables and "meta" in tables:
@@ -133,9 +154,12 @@ def _ensure_schema(db: sqlite_utils.Database, path: str, *, create: bool) -> Non
             )
         if create and "snapshots" not in tables:  # a log from before snapshots
             conn.execute(_SNAPSHOTS)
-        return
+        return version
     if tables - {"sqlite_sequence"} or not create:
         raise EventLogError(f"{path} is an SQLite database but not a failover event log")
+    # Before the first table: the pages an archive frees can then be given back to the file
+    # system a slice at a time (``PRAGMA incremental_vacuum``), without a whole-file VACUUM.
+    conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
     conn.execute("BEGIN IMMEDIATE")
     try:
         if not db.table("events").exists():
@@ -147,10 +171,10 @@ def _ensure_schema(db: sqlite_utils.Database, path: str, *, create: bool) -> Non
                 {
                     "seq": int,
                     "type": str,
-                    "at": str,
+                    "at": int,  # microseconds since the Unix epoch, UTC (row format 2)
                     "call_id": str,
                     "model_id": str,
-                    "writer": str,
+                    "writer": int,  # writers.id (row format 2)
                     "body": str,
                 },
                 pk="seq",
@@ -160,12 +184,15 @@ def _ensure_schema(db: sqlite_utils.Database, path: str, *, create: bool) -> Non
                 db.table("events").create_index([column], index_name=f"events_{column}")
             conn.execute(TYPE_INDEX)
             conn.execute(_SNAPSHOTS)
+            conn.execute(_WRITERS)
+            conn.execute(_VIEW)
         conn.execute("COMMIT")
     except BaseException:
         # The first error is the one to report; a failed BEGIN leaves nothing to roll back.
         with contextlib.suppress(sqlite3.Error):
             conn.execute("ROLLBACK")
         raise
+    return schema_version(path, conn.execute(_VERSION).fetchone()[0])  # created meanwhile
 
 
 def _insert(conn: sqlite3.Connection, rows: list[tuple[object, ...]]) -> None:
@@ -185,9 +212,15 @@ def _insert_sql(rows: int) -> str:
     return _INSERT + ", (?, ?, ?, ?, ?, ?, ?)" * (rows - 1)
 
 
-def _rows(batch: list[Prepared], first: int, writer: str) -> Iterator[tuple[object, ...]]:
-    for seq, (tag, at, call_id, model_id, tail) in enumerate(batch, first):
-        yield seq, tag, at, call_id, model_id, writer, body_text(seq, tail)
+def _rows(
+    batch: list[Prepared], first: int, writer: object, *, compact: bool
+) -> Iterator[tuple[object, ...]]:
+    if compact:
+        for seq, (tag, at, call_id, model_id, body) in enumerate(batch, first):
+            yield seq, tag, at, call_id, model_id, writer, body.decode()
+    else:
+        for seq, (tag, at, call_id, model_id, tail) in enumerate(batch, first):
+            yield seq, tag, at, call_id, model_id, writer, body_text(seq, tail)
 
 
 class SQLiteEventStore(GroupCommitStore):
@@ -227,6 +260,12 @@ class SQLiteEventStore(GroupCommitStore):
             snapshot_every=None if os.fspath(path) == MEMORY else snapshot_every,
         )
         self.path = os.fspath(path)
+        # An in-memory log cannot outlive the process: waiting for its commits buys nothing
+        # (a strict store still waits, to raise while its log cannot be written).
+        self._waits = self._waits and (self.path != MEMORY or strict)
+        # ``process`` mode commits a sequential caller's events on its own thread (a WAL commit
+        # without fsync takes tens of microseconds; two thread hand-offs took 100).
+        self._inline = self.durability == "process" and self.path != MEMORY
         self._lock = threading.Lock()  # one statement at a time on the shared connection
         self._conn_closed = False
         self._inode: tuple[int, int] | None = None
@@ -248,10 +287,15 @@ class SQLiteEventStore(GroupCommitStore):
         try:
             db = sqlite_utils.Database(conn)
             # First: someone else's database is refused before anything in it changes.
-            _ensure_schema(db, self.path, create=create)
+            version = _ensure_schema(db, self.path, create=create)
+            self.compact = version >= 2
+            self.has_snapshots = "snapshots" in db.table_names()
+            self.writer_key = self._writer_id(conn, create=create) if self.compact else self.writer
             if self.path != MEMORY:
                 conn.execute("PRAGMA journal_mode = WAL")
                 conn.execute(f"PRAGMA synchronous = {_SYNCHRONOUS[self.durability]}")
+                if self._inline:  # a checkpoint fsyncs: the writer runs them, not the callers
+                    conn.execute("PRAGMA wal_autocheckpoint = 0")
             conn.execute(f"PRAGMA busy_timeout = {int(self.lock_timeout * 1000)}")
             log_id = conn.execute("SELECT value FROM meta WHERE key = 'log_id'").fetchone()
         except sqlite3.Error as exc:
@@ -266,6 +310,14 @@ class SQLiteEventStore(GroupCommitStore):
         # its inode from being reused). Nothing is written to it just to read it.
         self._identity = log_id[0] if log_id else (self.path, self._inode)
         return conn
+
+    def _writer_id(self, conn: sqlite3.Connection, *, create: bool) -> int:
+        """This writer's id in ``writers`` (registered when the store may write; -1, which no
+        row holds, for a reader whose name the log does not know)."""
+        if create:
+            conn.execute("INSERT OR IGNORE INTO writers (name) VALUES (?)", (self.writer,))
+        row = conn.execute("SELECT id FROM writers WHERE name = ?", (self.writer,)).fetchone()
+        return int(row[0]) if row else -1
 
     def _file_id(self) -> tuple[int, int] | None:
         """The device and inode now at ``path``; None when nothing is there (or in memory)."""
@@ -285,13 +337,44 @@ class SQLiteEventStore(GroupCommitStore):
             conn = self._conn
             conn.execute("BEGIN IMMEDIATE")
             try:
-                (last,) = conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()
-                _insert(conn, list(_rows(batch, last + 1, self.writer)))
+                (last,) = conn.execute(_LAST_SEQ if self.has_snapshots else _MAX_SEQ).fetchone()
+                _insert(conn, list(_rows(batch, last + 1, self.writer_key, compact=self.compact)))
                 conn.execute("COMMIT")
             except BaseException:
                 with contextlib.suppress(sqlite3.Error):
                     conn.execute("ROLLBACK")
                 raise
+
+    def _write_inline(self, batch: list[Prepared]) -> bool:
+        """``_write`` on the caller's thread, or False at once: the connection is busy, another
+        connection holds the write lock (no waiting for it), the file is not the one we opened,
+        or the write fails (the writer thread then does it, with its retries)."""
+        if not self._lock.acquire(blocking=False):
+            return False
+        try:
+            if self._conn_closed or self._file_id() != self._inode:
+                return False
+            conn = self._conn
+            conn.execute("PRAGMA busy_timeout = 0")
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                (last,) = conn.execute(_LAST_SEQ if self.has_snapshots else _MAX_SEQ).fetchone()
+                _insert(conn, list(_rows(batch, last + 1, self.writer_key, compact=self.compact)))
+                conn.execute("COMMIT")
+            except sqlite3.Error:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+                return False
+            finally:
+                conn.execute(f"PRAGMA busy_timeout = {int(self.lock_timeout * 1000)}")
+            return True
+        finally:
+            self._lock.release()
+
+    def _checkpoint(self) -> None:
+        with self._lock:
+            if not self._conn_closed:
+                self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
 
     def _check_file(self) -> None:
         """Start a new log file if ours was deleted or replaced; the caller holds ``_lock``.
@@ -385,16 +468,16 @@ class SQLiteEventStore(GroupCommitStore):
         events = self.decode_others(rows)
         return events, max(cursor, after)
 
-    def _others(self, after: int) -> tuple[list[tuple[int, str]], int]:
+    def _others(self, after: int) -> tuple[list[tuple[Any, ...]], int]:
         # One read transaction: the cursor and the rows come from the same snapshot.
         conn = self._conn
         conn.execute("BEGIN")
         try:
             (cursor,) = conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()
             rows = conn.execute(
-                "SELECT seq, body FROM events WHERE seq > ? AND seq <= ? AND writer != ? "
+                f"SELECT {ROW_COLUMNS} FROM events WHERE seq > ? AND seq <= ? AND writer != ? "  # noqa: S608 - fixed columns
                 "ORDER BY seq",
-                (after, cursor, self.writer),
+                (after, cursor, self.writer_key),
             ).fetchall()
         finally:
             conn.execute("COMMIT")

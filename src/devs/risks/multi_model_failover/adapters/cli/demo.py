@@ -373,8 +373,7 @@ def summarise(store: SQLiteEventStore, out: Output) -> None:
 def try_next(path: Path, out: Output) -> None:
     """The commands worth trying on the demo's log."""
     with SQLiteEventStore(path, create=False) as store:
-        first = store.query("SELECT min(at) FROM events")[0][0]
-    start = datetime.fromisoformat(first)
+        start = store.at_time(store.query("SELECT min(at) FROM events")[0][0])
     outage = _iso(start + timedelta(seconds=(DOWN_AT + RECOVERED_AT) / 2))
     window = (
         _iso(start + timedelta(seconds=DOWN_AT - 60)),

@@ -19,7 +19,6 @@ from typing import Any, Final
 from ...core.events import EVENT_TYPES, EngineStarted, Event
 from ...core.projections import Snapshot, apply
 from ...storage import HOT_TYPES, NOT_HOT, GroupCommitStore
-from .timeexpr import log_text
 
 STATE_TYPES: Final = ("engine_started", "state_changed", "maintenance")
 AUDIT_TYPES: Final = ("state_changed", "maintenance")
@@ -52,12 +51,16 @@ def _seq_window(store: GroupCommitStore, flt: EventFilter) -> tuple[int, int | N
     low = 0
     high = flt.upto
     if flt.since is not None:
-        first = scalar(store, "SELECT min(seq) FROM events WHERE at >= ?", (log_text(flt.since),))
+        first = scalar(
+            store, "SELECT min(seq) FROM events WHERE at >= ?", (store.at_param(flt.since),)
+        )
         if first is None:
             return None
         low = int(first) - 1
     if flt.until is not None:
-        last = scalar(store, "SELECT max(seq) FROM events WHERE at <= ?", (log_text(flt.until),))
+        last = scalar(
+            store, "SELECT max(seq) FROM events WHERE at <= ?", (store.at_param(flt.until),)
+        )
         if last is None:
             return None
         high = int(last) if high is None else min(high, int(last))
@@ -96,10 +99,10 @@ def _condition(
         params.extend([flt.model_id] * 3)
     if flt.since is not None:
         terms.append(f"{plain('at')} >= ?")
-        params.append(log_text(flt.since))
+        params.append(store.at_param(flt.since))
     if flt.until is not None:
         terms.append(f"{plain('at')} <= ?")
-        params.append(log_text(flt.until))
+        params.append(store.at_param(flt.until))
     if high is not None:
         terms.append("seq <= ?")
         params.append(high)

@@ -85,8 +85,3 @@ def _parse_iso(text: str) -> datetime:
     if parsed.tzinfo is None:
         return parsed.replace(tzinfo=UTC)
     return parsed.astimezone(UTC)
-
-
-def log_text(instant: datetime) -> str:
-    """``instant`` as the event log stores ``at`` (UTC, microseconds), for SQL comparisons."""
-    return instant.astimezone(UTC).isoformat(timespec="microseconds")
