@@ -28,6 +28,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import os
+import re
 import socket
 import sys
 import threading
@@ -218,21 +219,41 @@ def event_text(
 
     A format-1 body is the whole event already; a format-2 body gets the columns put back.
     A body that is not text (a damaged row) comes back as text that does not decode.
+    Every read of the log runs this once a row: it is written for speed.
     """
-    if not isinstance(body, str):
-        body = body.decode("utf-8", "replace") if isinstance(body, bytes) else repr(body)
-    if body.startswith('{"seq":') or type(at) is not int:
+    body = as_text(body)
+    if type(at) is not int or body.startswith('{"seq":'):
         return body
-    parts = [f'{{"seq":{seq},"type":{_encode_text(tag).decode()},"at":"{micros_text(at)}"']
+    head = _TEXT_HEADS.get(tag)
+    if head is None:  # a type this version does not know, or a damaged one
+        head = '{"type":' + _json_string(tag) + ',"seq":'
+    text = f'{head}{seq},"at":"{micros_text(at)}"'
     if call_id is not None:
-        parts.append(f',"call_id":{_encode_text(call_id).decode()}')
+        text += ',"call_id":' + _json_string(call_id)
     if model_id is not None:
-        parts.append(f',"model_id":{_encode_text(model_id).decode()}')
-    if body != "{}":
-        parts.append("," + body[1:] if body.startswith("{") else "," + body)
-    else:
-        parts.append("}")
-    return "".join(parts)
+        text += ',"model_id":' + _json_string(model_id)
+    if body == "{}":
+        return text + "}"
+    return text + "," + (body[1:] if body.startswith("{") else body)
+
+
+def as_text(value: object) -> str:
+    """A stored body as text: one that is not (a damaged row) becomes text that does not
+    decode as an event."""
+    if type(value) is str:
+        return value
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else repr(value)
+
+
+_TEXT_HEADS: Final = {tag: f'{{"type":"{tag}","seq":' for tag in EVENT_TYPES}
+# A string that JSON needs no escape for: no quote, backslash or control character.
+_needs_no_escape = re.compile(r'[^"\\\x00-\x1f]*').fullmatch
+
+
+def _json_string(value: str) -> str:
+    if _needs_no_escape(value):
+        return f'"{value}"'
+    return _encode_text(value).decode()
 
 
 def schema_version(location: str, stored: object) -> int:
@@ -434,6 +455,15 @@ class GroupCommitStore(abc.ABC):
         self.snapshots = Snapshots(self, every=snapshot_every)
 
     # -- what a backend implements -------------------------------------------------------
+
+    # What a read selects of each row: its seq first, then what ``_row_text`` turns into the
+    # event's JSON (by default the columns of either row format, put together by
+    # ``event_text``; a backend may have the database put the JSON together instead).
+    event_columns: str = ROW_COLUMNS
+
+    def _row_text(self, row: Sequence[Any]) -> str:
+        """The JSON of the event in ``row`` (selected by ``event_columns``)."""
+        return event_text(*row)
 
     @property
     @abc.abstractmethod
@@ -805,10 +835,10 @@ class GroupCommitStore(abc.ABC):
         news: Counter[str],
         skip_unknown: bool = True,
     ) -> Event | None:
-        """The event of ``row`` (``ROW_COLUMNS``), or None for a row skipped; a newly skipped
+        """The event of ``row`` (``event_columns``), or None for a row skipped; a newly skipped
         event of an unknown type is counted in ``news`` too."""
         seq = row[0]
-        body = event_text(*row)
+        body = self._row_text(row)
         try:
             return decode(body)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
@@ -868,7 +898,7 @@ class GroupCommitStore(abc.ABC):
         self.flush()
         skip = self.skip_unknown if skip_unknown is None else skip_unknown
         condition = f"seq > ? AND ({where})" if where else "seq > ?"
-        sql = f"SELECT {ROW_COLUMNS} FROM events WHERE {condition} ORDER BY seq LIMIT {PAGE}"  # noqa: S608 - fixed columns; values are parameters
+        sql = f"SELECT {self.event_columns} FROM events WHERE {condition} ORDER BY seq LIMIT {PAGE}"  # noqa: S608 - fixed columns; values are parameters
         last = after
         news: Counter[str] = Counter()
         try:
@@ -895,7 +925,7 @@ class GroupCommitStore(abc.ABC):
         A follower uses it to put its own events in their ``seq`` order among the others'.
         """
         self.flush()
-        sql = f"SELECT writer, {ROW_COLUMNS} FROM events WHERE seq > ? ORDER BY seq LIMIT {PAGE}"  # noqa: S608 - fixed columns; values are parameters
+        sql = f"SELECT writer, {self.event_columns} FROM events WHERE seq > ? ORDER BY seq LIMIT {PAGE}"  # noqa: S608 - fixed columns; values are parameters
         found: list[tuple[Event, bool]] = []
         last = after = self._cursor_for(after)
         news: Counter[str] = Counter()
@@ -912,7 +942,7 @@ class GroupCommitStore(abc.ABC):
                 return found, last
 
     def decode_others(self, rows: Sequence[Sequence[Any]]) -> list[Event]:
-        """The events of ``rows`` (``ROW_COLUMNS``) for ``read_others``: rows that do not
+        """The events of ``rows`` (``event_columns``) for ``read_others``: rows that do not
         decode are skipped and counted in ``skipped``, events of unknown types in ``unknown``."""
         news: Counter[str] = Counter()
         decoded = (self._decode(row, lenient=True, news=news) for row in rows)
