@@ -6,6 +6,9 @@
   loops;
 - ``log``: every event appended and folded live with the fold ``replay`` uses.
 
+Building an engine reads nothing of the log; its first async use loads it on a worker thread
+(a synchronous accessor used before that loads it at once; see ``livelog``).
+
 The engine owns the lifecycle: ``async with`` runs the loops and, however the block is left
 (return, exception, cancellation), closes the engine; ``aclose`` stops new calls, lets calls in
 flight finish within a grace period, cuts the rest short (each still ends in one terminal
@@ -109,7 +112,7 @@ class FailoverEngine:
         self._stopped: anyio.Event | None = None  # set once a close has finished
         self._task_group: anyio.abc.TaskGroup | None = None
         self._loop_scope: anyio.CancelScope | None = None
-        self.log.load()
+        self.log.pin()
         self.log.emit(
             EngineStarted(
                 at=wall_clock(),
@@ -129,11 +132,13 @@ class FailoverEngine:
     @property
     def states(self) -> dict[str, HealthState]:
         """Each configured model's health state now."""
+        self.log.load()
         return {mid: self.monitor.state(mid) for mid in self.registry.ids}
 
     @property
     def rotation(self) -> list[str]:
         """The model ids the next call would try, in order."""
+        self.log.load()
         return list(self.runner.plan()[0])
 
     @property
@@ -172,6 +177,8 @@ class FailoverEngine:
 
     async def call_with_outcome(self, prompt: Any, *, timeout: float | None = None) -> CallOutcome:
         """As ``call``, but returns the response with the serving model, counts and call id."""
+        if not self.log.loaded:
+            await self.log.aload()
         runner = self.runner
         call, order = runner.begin(prompt, timeout)
         try:
@@ -214,23 +221,15 @@ class FailoverEngine:
         self, prompt: Any, timeout: float | None, recovery: str | None
     ) -> FailoverStream[Any]:
         """``stream`` without its typing overloads (for wrappers of the engine)."""
-        from .streaming import (  # noqa: PLC0415 - keeps calls import-light
-            FailoverStream,
-            check_recovery,
-            stream_with_failover,
-        )
+        from .streaming import open_stream  # noqa: PLC0415 - keeps calls import-light
 
-        mode = check_recovery(recovery)
-        return FailoverStream(
-            lambda holder: stream_with_failover(
-                self.runner, self.log, prompt, holder, timeout=timeout, recovery=mode
-            )
-        )
+        return open_stream(self.runner, self.log, prompt, timeout, recovery)
 
     # -- health and operators ------------------------------------------------------------
 
     async def check_health(self) -> dict[str, HealthState]:
         """Probe every client not in maintenance now; returns the states afterwards."""
+        await self.log.aload()
         return await self.monitor.check_health()
 
     async def follow(self) -> int:
@@ -246,6 +245,7 @@ class FailoverEngine:
         maintenance.
         """
         self.registry.check_known(model_id)
+        await self.log.aload()
         if self._closed:
             raise EngineClosedError("this MultiModelFailover is closed")
         self.log.emit(Maintenance(at=self._now(), model_id=model_id, on=on, reason=reason, by=by))
@@ -266,6 +266,12 @@ class FailoverEngine:
             raise EngineClosedError("this MultiModelFailover is closed")
         if self._task_group is not None:
             raise RuntimeError("this MultiModelFailover is already running")
+        try:
+            await self.log.aload()
+        except BaseException:  # the caller never gets the engine to close: close it here
+            with anyio.CancelScope(shield=True):
+                await self.aclose()
+            raise
         group = anyio.create_task_group()
         await group.__aenter__()
         self._task_group = group
@@ -314,6 +320,7 @@ class FailoverEngine:
         self.runner.ledger.closing = True
         self.monitor.close()
         try:
+            await self.log.settle()  # a load under way reads the store: let it end first
             await self._drain(grace)
         finally:
             self._end_all_calls()  # those still open after a cancelled close

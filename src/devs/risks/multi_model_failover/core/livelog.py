@@ -8,6 +8,12 @@ Two views: ``snap`` is the whole log (what ``replay`` gives); ``health`` decides
 With the ``fleet`` scope they are one object; with the ``replica`` scope ``health`` holds this
 engine's own events and everyone's maintenance.
 
+Start-up reads nothing on the event loop: ``pin`` notes where the log ends before the engine
+emits its first event, and ``aload`` folds the log up to there on a worker thread (from the
+store's latest snapshot when it keeps them), then folds the events the engine emitted
+meanwhile on top, once each. ``load`` does the same at once, blocking, for a caller that
+cannot wait (a synchronous accessor before any async use).
+
 In a shared log the live view is the fold of the log read so far, in ``seq`` order, plus this
 engine's own events not yet read back, in the order they were emitted. Another writer's events
 may land before some of ours in ``seq`` order, and the fold depends on order (a transition whose
@@ -23,15 +29,17 @@ import itertools
 from collections import deque
 from collections.abc import Callable, Iterable
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 import anyio
+import anyio.lowlevel
 import anyio.to_thread
 import msgspec
 
 from .events import EngineStarted, Event, Maintenance, StateChanged
-from .projections import Metrics, Snapshot, apply
-from .protocols import EventStore
+from .health import HealthState
+from .projections import Metrics, ModelState, Snapshot, apply
+from .protocols import EventStore, SnapshotLoader
 
 WallClock = Callable[[], datetime]
 
@@ -39,6 +47,8 @@ WallClock = Callable[[], datetime]
 _MOST_UNREAD = 10_000
 # How far into our unread events a read-back event is looked for (past dropped ones).
 _LOOK_AHEAD = 64
+# Events folded on the event loop between two checkpoints while following (about 1 ms).
+_SLICE = 2_000
 
 # The events after which the rotation must be worked out again.
 _CHANGES_ROTATION: frozenset[type[Event]] = frozenset({StateChanged, Maintenance, EngineStarted})
@@ -53,22 +63,99 @@ class LiveLog:
         self.health = self.snap if shared_health else Snapshot()
         self.cursor = 0
         self.ticket = 0
+        # Whether the log's history is folded in; until then the views hold only our events.
+        self.loaded = False
+        self._upto: int | None = None  # where the log ended at ``pin``: the load stops there
+        self._loading: anyio.Event | None = None  # set once the load under way has ended
+        self._refolding = anyio.Lock()
         # Once another writer shows up: the fold of the log up to ``_base_cursor`` in seq
         # order, and our own events emitted since the first re-fold began, not yet read back.
+        # Before the load: our events emitted so far, folded again on top of the loaded log.
         self._base: tuple[Snapshot, Snapshot | None] | None = None
         self._base_cursor = 0
-        self._unread: deque[Event] | None = None
+        self._unread: deque[Event] | None = deque()
         # The store's count of logs it found replaced under it (0 for a store that cannot tell).
         self._resets = 0
         # Called after an event that may change the rotation (the engine drops its plan).
         self.on_rotation_change: Callable[[], None] = lambda: None
 
+    def pin(self) -> None:
+        """Note where the log ends, before the engine emits anything (at start-up): the
+        load folds the log up to there. An empty log is loaded at once (nothing to read)."""
+        self._upto = self._end()
+        if self._upto == 0:
+            self.load()
+
+    def _end(self) -> int:
+        """The log's last seq, this store's own queued appends included."""
+        flush = getattr(self.store, "flush", None)
+        if callable(flush):
+            flush()
+        return self.store.last_seq()
+
     def load(self) -> None:
-        """Fold in everything the store already holds (at start-up)."""
+        """Fold in the log up to the pinned seq (unpinned: all of it) now, blocking."""
+        if not self.loaded:
+            self._install(*self._read())
+
+    async def aload(self) -> None:
+        """Fold in the log up to the pinned seq, read and folded on a worker thread (the
+        event loop runs on meanwhile), then our events emitted since. Tasks that ask while a
+        load is under way wait for it. Raises what reading the log raises
+        (``EventLogError``)."""
+        while not self.loaded:
+            loading = self._loading
+            if loading is not None:
+                await loading.wait()
+                continue  # loaded, or failed: then this task tries (and raises) itself
+            self._loading = done = anyio.Event()
+            try:
+                prefix = await anyio.to_thread.run_sync(self._read)
+                self._install(*prefix)
+            finally:
+                self._loading = None
+                done.set()
+
+    async def settle(self) -> None:
+        """Wait for a load under way to end (before the store closes under it)."""
+        loading = self._loading
+        if loading is not None:
+            await loading.wait()
+
+    def _read(self) -> tuple[Snapshot, int]:
+        """The fold of the log up to the pinned seq, and its cursor (on any thread)."""
+        upto = self._end() if self._upto is None else self._upto
+        loader = getattr(self.store, "snapshots", None)
+        if callable(getattr(loader, "load", None)):
+            snap, cursor = cast(SnapshotLoader, loader).load(upto, keep=True)
+            # Past ``upto`` only when an archive moved every event out: the cut is the end.
+            return snap, max(cursor, upto)
+        snap = Snapshot()
+        for event in self.store.read():
+            if event.seq > upto:
+                break
+            apply(snap, event)
+        return snap, upto
+
+    def _install(self, snap: Snapshot, cursor: int) -> None:
+        """Make ``snap`` (the log up to ``cursor``) the live view, with the events emitted
+        since the pin folded on top of it. On the event loop's thread, like ``emit``."""
+        if self.loaded:  # a synchronous load got there first
+            return
+        shared = self.health is self.snap
+        early = self._unread or ()
         self._resets = getattr(self.store, "resets", 0)
-        self.fold_others(self.store.read())
-        self._base_cursor = self.cursor
-        self._base = (_copy(self.snap), None if self.health is self.snap else _copy(self.health))
+        self.cursor = self._base_cursor = cursor
+        self.snap = snap
+        self.health = snap if shared else _maintenance_view(snap)
+        self._base = (_copy(self.snap), None if shared else _copy(self.health))
+        self._unread = None
+        self.loaded = True
+        for event in early:
+            apply(self.snap, event)
+            if not shared:
+                apply(self.health, event)
+        self.on_rotation_change()
 
     def emit(self, event: Event) -> None:
         """Append ``event`` to the store and fold it into the live views."""
@@ -109,6 +196,7 @@ class LiveLog:
 
     async def follow(self) -> int:
         """Fold in what other writers appended since the last follow; returns how many."""
+        await self.aload()
         events, cursor = await anyio.to_thread.run_sync(self.store.read_others, self.cursor)
         self._start_over_if_replaced()
         read_since = getattr(self.store, "read_since", None)
@@ -135,12 +223,20 @@ class LiveLog:
         """Fold the log past the checkpoint in seq order; rebuild the live views from it."""
         if self._unread is None:
             self._unread = deque()  # ours from now on; older ones are in the read below
+        async with self._refolding:  # one re-fold at a time: each yields between slices
+            return await self._refold_now(read_since)
+
+    async def _refold_now(
+        self, read_since: Callable[[int], tuple[list[tuple[Event, bool]], int]]
+    ) -> int:
         rows, cursor = await anyio.to_thread.run_sync(read_since, self._base_cursor)
         self._start_over_if_replaced()  # the rows may be the new log's, from its start
         assert self._base is not None  # noqa: S101 - set by load()
         whole, local = self._base
         others = 0
-        for event, mine in rows:
+        for index, (event, mine) in enumerate(rows, 1):
+            if index % _SLICE == 0:  # a busy fleet's backlog never holds the loop for long
+                await anyio.lowlevel.checkpoint()
             if event.seq <= self._base_cursor:  # a concurrent follow folded it already
                 continue
             self._base_cursor = event.seq
@@ -155,7 +251,7 @@ class LiveLog:
         self.cursor = max(self.cursor, self._base_cursor)
         self.snap = _copy(whole)
         self.health = self.snap if local is None else _copy(local)
-        for event in self._unread:
+        for event in self._unread or ():
             apply(self.snap, event)
             if self.health is not self.snap:
                 apply(self.health, event)
@@ -174,11 +270,13 @@ class LiveLog:
                 return
 
     def metrics(self) -> Metrics:
-        """A copy of the live metrics."""
+        """A copy of the live metrics (the log loaded first, if it is not yet)."""
+        self.load()
         return msgspec.msgpack.decode(msgspec.msgpack.encode(self.snap.metrics), type=Metrics)
 
     def snapshot(self) -> Snapshot:
-        """A copy of the whole live projection."""
+        """A copy of the whole live projection (the log loaded first, if it is not yet)."""
+        self.load()
         return _copy(self.snap)
 
     def status(self) -> dict[str, Any]:
@@ -189,6 +287,19 @@ class LiveLog:
             "dropped": getattr(store, "dropped", 0),
             "last_error": getattr(store, "last_error", None),
         }
+
+
+def _maintenance_view(whole: Snapshot) -> Snapshot:
+    """The replica scope's health view of a loaded log: the log's maintenance. Only
+    maintenance events enter or leave maintenance, so a model is in maintenance in the whole
+    fold exactly when it is in the fold of the maintenance events alone."""
+    view = Snapshot(models=whole.models)
+    for model_id, state in whole.states.items():
+        if state.state is HealthState.MAINTENANCE:
+            view.states[model_id] = ModelState(
+                state=state.state, since=state.since, reason=state.reason, cause=state.cause
+            )
+    return view
 
 
 def _copy(snap: Snapshot) -> Snapshot:

@@ -11,6 +11,7 @@ arguments and never looks at ``seq``.
 
 from __future__ import annotations
 
+import hashlib
 from bisect import bisect_left
 from collections.abc import Callable, Iterable
 from datetime import datetime
@@ -309,6 +310,38 @@ _HANDLERS: Final[dict[type[Any], Callable[[Snapshot, Any], None]]] = {
     EngineStarted: _engine_started,
     EngineStopped: _engine_stopped,
 }
+
+
+# The fold's version. Bump it whenever ``apply`` changes what it makes of the log (an event
+# folded differently, a new handler, a counter counted another way): a snapshot is stored with
+# ``FOLD_KEY`` and one written under another key is ignored, never trusted.
+FOLD_VERSION: Final = 1
+
+
+def fold_key(layout: type[Any] = Snapshot, *, version: int = FOLD_VERSION) -> str:
+    """``version`` and a short hash of ``layout``'s structure (field names, types, defaults,
+    enum values; not its docstrings) and of the latency buckets: the key a stored snapshot
+    must carry to be trusted. A changed ``Snapshot`` changes it by itself."""
+    shape = _structure(msgspec.json.schema(layout))
+    digest = hashlib.sha256(msgspec.json.encode([shape, LATENCY_BUCKETS], order="sorted"))
+    return f"{version}-{digest.hexdigest()[:12]}"
+
+
+def _structure(schema: object) -> object:
+    """A JSON schema less its prose (descriptions and titles)."""
+    if isinstance(schema, dict):
+        return {
+            key: _structure(value)
+            for key, value in schema.items()
+            if key not in ("description", "title")
+        }
+    if isinstance(schema, list):
+        return [_structure(value) for value in schema]
+    return schema
+
+
+# What a stored snapshot's ``fold`` must say (see ``storage.snapshots``).
+FOLD_KEY: Final = fold_key()
 
 
 def apply(snap: Snapshot, event: Event) -> Snapshot:

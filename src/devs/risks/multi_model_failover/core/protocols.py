@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import AbstractContextManager
-from typing import Any, Literal, Protocol, TypeAlias, runtime_checkable
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeAlias, runtime_checkable
 
 import anyio
 
 from .events import Event
+
+if TYPE_CHECKING:
+    from .projections import Snapshot
 
 Durability: TypeAlias = Literal["buffered", "process", "power"]
 DURABILITIES: tuple[str, ...] = ("buffered", "process", "power")
@@ -70,3 +73,20 @@ class EventStore(Protocol):
 
     async def aclose(self) -> None:
         """Flush and close without blocking the event loop."""
+
+
+class SnapshotLoader(Protocol):
+    """What a store's ``snapshots`` attribute offers, when it has one
+    (``storage.snapshots.Snapshots``): the fold of the log without reading all of it."""
+
+    def load(
+        self,
+        upto: int | None = None,
+        *,
+        from_start: bool = False,
+        lenient: bool = False,
+        keep: bool = False,
+    ) -> tuple[Snapshot, int]:
+        """The fold of the log up to seq ``upto`` (default: all of it) and its cursor, from
+        the latest snapshot (``from_start``: from the log's base). ``keep``: save the result
+        as a snapshot when the load folded many events."""

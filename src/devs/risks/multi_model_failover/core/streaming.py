@@ -114,6 +114,18 @@ class FailoverStream(ChunkStream[_Chunk_co]):
         self._chunks = start(self)
 
 
+def open_stream(
+    runner: CallRunner, log: LiveLog, prompt: Any, timeout: float | None, recovery: str | None
+) -> FailoverStream[Any]:
+    """The stream of ``FailoverEngine.stream``: it starts when first iterated."""
+    mode = check_recovery(recovery)
+    return FailoverStream(
+        lambda holder: stream_with_failover(
+            runner, log, prompt, holder, timeout=timeout, recovery=mode
+        )
+    )
+
+
 def check_recovery(recovery: object) -> Recovery:
     """``recovery`` checked; ``ValueError`` naming it unless it is one of ``RECOVERIES``."""
     if recovery is None:
@@ -155,6 +167,7 @@ async def stream_with_failover(
     Raises what ``engine.call`` raises when no client delivers a first chunk, and
     ``StreamInterruptedError`` when the answer breaks and cannot be finished.
     """
+    await log.aload()  # at once when the log is loaded (the engine's first use loads it)
     call, order = runner.begin(prompt, timeout)
     attempt = StreamAttempt(runner, call)
     delivered = _Delivered(keep=recovery == "continue")

@@ -135,7 +135,7 @@ def prepare(event: Event) -> Prepared:
     tag, has_call_id, has_model_id = _SHAPES[type(event)]
     return (
         tag,
-        at_text(event.at),
+        at_text(utc(event.at)),  # in UTC, so that the column sorts in time order
         getattr(event, "call_id", None) if has_call_id else None,
         getattr(event, "model_id", None) if has_model_id else None,
         encode(event)[1:],
@@ -150,11 +150,16 @@ _AT_KEY: Final = b'"at":"'
 _SECONDS: dict[int, str] = {}
 
 
+def utc(at: datetime) -> datetime:
+    """``at`` in UTC; a naive time is taken as UTC (never as the machine's local time)."""
+    if at.tzinfo is None:
+        return at.replace(tzinfo=UTC)
+    return at if at.tzinfo is UTC else at.astimezone(UTC)
+
+
 def at_micros(at: datetime) -> int:
     """``at`` in whole microseconds since the Unix epoch; a naive time is taken as UTC."""
-    if at.tzinfo is None:
-        at = at.replace(tzinfo=UTC)
-    return (at - _EPOCH) // _MICROSECOND
+    return (utc(at) - _EPOCH) // _MICROSECOND
 
 
 def micros_text(micros: int) -> str:
@@ -837,13 +842,13 @@ class GroupCommitStore(abc.ABC):
     ) -> Event | None:
         """The event of ``row`` (``event_columns``), or None for a row skipped; a newly skipped
         event of an unknown type is counted in ``news`` too."""
-        seq = row[0]
+        seq, column = row[0], row[1]
         body = self._row_text(row)
         try:
-            return decode(body)
+            event = decode(body)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             tag = unknown_type(seq, body)
-            if tag is not None:
+            if tag is not None and tag == column:
                 if not skip_unknown:
                     raise EventLogError(
                         f"event log {self.location}: row seq={seq} is a {tag!r} event, a type "
@@ -851,12 +856,22 @@ class GroupCommitStore(abc.ABC):
                     ) from exc
                 self._count_unknown(seq, tag, news)
                 return None
-            if lenient:
-                self.skipped += 1
-                return None
+            self._damaged(seq, str(exc), lenient=lenient)
+            return None
+        if event.type != column:  # the body says another type than its row: damaged
+            self._damaged(
+                seq, f"its type column says {column!r}, its body {event.type!r}", lenient=lenient
+            )
+            return None
+        return event
+
+    def _damaged(self, seq: int, why: str, *, lenient: bool) -> None:
+        """A row that does not decode: skipped and counted, or ``EventLogError``."""
+        if not lenient:
             raise EventLogError(
-                f"event log {self.location}: row seq={seq} is not a valid event: {exc}"
-            ) from exc
+                f"event log {self.location}: row seq={seq} is not a valid event: {why}"
+            )
+        self.skipped += 1
 
     def _count_unknown(self, seq: int, tag: str, news: Counter[str]) -> None:
         with self._unknown_lock:
@@ -925,7 +940,10 @@ class GroupCommitStore(abc.ABC):
         A follower uses it to put its own events in their ``seq`` order among the others'.
         """
         self.flush()
-        sql = f"SELECT writer, {self.event_columns} FROM events WHERE seq > ? ORDER BY seq LIMIT {PAGE}"  # noqa: S608 - fixed columns; values are parameters
+        sql = (
+            f"SELECT writer, {self.event_columns} FROM events "  # noqa: S608 - fixed columns
+            f"WHERE seq > ? ORDER BY seq LIMIT {PAGE}"
+        )
         found: list[tuple[Event, bool]] = []
         last = after = self._cursor_for(after)
         news: Counter[str] = Counter()
@@ -941,6 +959,35 @@ class GroupCommitStore(abc.ABC):
                 self._warn_unknown(news)
                 return found, last
 
+    def read_written(self, *, after: int, upto: int) -> list[tuple[Event, str]]:
+        """The events with ``after < seq <= upto``, oldest first, each with the name of the
+        writer that stored it (for copying a log's events elsewhere, e.g. an archive).
+
+        A row this version cannot read, damaged or of an unknown type, raises
+        ``EventLogError`` naming its seq: a copy must not leave anything behind.
+        """
+        sql = (
+            f"SELECT writer, {self.event_columns} FROM events "  # noqa: S608 - fixed columns
+            f"WHERE seq > ? AND seq <= ? ORDER BY seq LIMIT {PAGE}"
+        )
+        names = self._writer_names()
+        found: list[tuple[Event, str]] = []
+        news: Counter[str] = Counter()
+        last = after
+        while True:
+            rows = self.query(sql, (last, upto))
+            for writer, *row in rows:
+                event = self._decode(row, lenient=False, news=news, skip_unknown=False)
+                if event is not None:
+                    found.append((event, names.get(writer, str(writer))))
+            if len(rows) < PAGE:
+                return found
+            last = rows[-1][1]
+
+    def _writer_names(self) -> dict[object, str]:
+        """What the ``writer`` column holds, to the writers' names (empty: the names)."""
+        return {}
+
     def decode_others(self, rows: Sequence[Sequence[Any]]) -> list[Event]:
         """The events of ``rows`` (``event_columns``) for ``read_others``: rows that do not
         decode are skipped and counted in ``skipped``, events of unknown types in ``unknown``."""
@@ -953,7 +1000,7 @@ class GroupCommitStore(abc.ABC):
     def at_param(self, at: datetime) -> object:
         """The value to compare the ``at`` column with, for ``at``: integer microseconds since
         the Unix epoch (row format 2), ISO text in an older log."""
-        return at_micros(at) if self.compact else at_text(at.astimezone(UTC))
+        return at_micros(at) if self.compact else at_text(utc(at))
 
     def at_time(self, stored: object) -> datetime:
         """The time an ``at`` column value stands for (either row format)."""

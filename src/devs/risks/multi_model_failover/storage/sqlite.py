@@ -49,7 +49,9 @@ from ._group_commit import (
     Prepared,
     as_text,
     body_text,
+    compact,
     micros_text,
+    prepare,
     schema_version,
 )
 from ._group_commit import at_text as _at_text  # noqa: F401 - tests import it from here
@@ -71,8 +73,8 @@ FROM events LEFT JOIN writers ON writers.id = events.writer
 # twin). SQLite puts all of it together but the time (about twice as fast as in Python), which
 # ``_row_text`` appends: SQLite's strftime would cost as much as the rest. A row of the older
 # format comes as it is stored.
-_EVENT_JSON: Final = """CASE WHEN typeof(at) != 'integer' OR substr(body, 1, 7) = '{"seq":'
-THEN body ELSE
+_EVENT_JSON: Final = """CASE WHEN typeof(at) != 'integer' OR typeof(body) != 'text'
+OR substr(body, 1, 7) = '{"seq":' THEN body ELSE
 '{"type":' || json_quote(type) || ',"seq":' || seq ||
 coalesce(',"call_id":' || json_quote(call_id), '') ||
 coalesce(',"model_id":' || json_quote(model_id), '') ||
@@ -285,13 +287,13 @@ class SQLiteEventStore(GroupCommitStore):
         self._read_log = self._identity
         self._opened = True
 
-    event_columns = f"seq, at, {_EVENT_JSON}"
+    event_columns = f"seq, type, at, {_EVENT_JSON}"
 
     def __repr__(self) -> str:
         return f"SQLiteEventStore({self.path!r}, durability={self.durability!r})"
 
     def _row_text(self, row: Sequence[Any]) -> str:
-        _, at, text = row
+        _, _, at, text = row
         if type(at) is int and type(text) is str and not text.startswith('{"seq":'):
             return f'{text},"at":"{micros_text(at)}"}}'
         return as_text(text)
@@ -394,6 +396,44 @@ class SQLiteEventStore(GroupCommitStore):
         with self._lock:
             if not self._conn_closed:
                 self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+
+    def write_events(self, written: Sequence[tuple[Event, str]]) -> None:
+        """Store ``written`` (events with their seqs, each with its writer's name) as they are,
+        in one transaction, in this log's row format: for copying events from another log
+        (an archive). Not through the queue: the seqs are the events' own."""
+        ids = self._writer_ids({name for _, name in written})
+        rows: list[object] = []
+        for event, name in written:
+            tag, at, call_id, model_id, body = self._row(event)
+            rows.extend((event.seq, tag, at, call_id, model_id, ids[name], body))
+        per = _CHUNK * 7
+        self.transaction(
+            [
+                (_insert_sql(len(rows[start : start + per]) // 7), rows[start : start + per])
+                for start in range(0, len(rows), per)
+            ]
+        )
+
+    def _row(self, event: Event) -> tuple[str, object, str | None, str | None, str]:
+        """Type, at, call_id, model_id and body of ``event``'s row in this log's format."""
+        if self.compact:
+            tag, at, call_id, model_id, body = compact(event)
+            return tag, at, call_id, model_id, body.decode()
+        tag, at, call_id, model_id, tail = prepare(event)
+        return tag, at, call_id, model_id, body_text(event.seq, tail)
+
+    def _writer_ids(self, names: set[str]) -> dict[str, object]:
+        """What the ``writer`` column holds for each of ``names`` (registered as needed)."""
+        if not self.compact:
+            return {name: name for name in names}
+        register = "INSERT OR IGNORE INTO writers (name) VALUES (?)"
+        self.transaction([(register, (name,)) for name in sorted(names)])
+        return {str(name): key for name, key in self.query("SELECT name, id FROM writers")}
+
+    def _writer_names(self) -> dict[object, str]:
+        if not self.compact:
+            return {}
+        return {key: str(name) for key, name in self.query("SELECT id, name FROM writers")}
 
     def _check_file(self) -> None:
         """Start a new log file if ours was deleted or replaced; the caller holds ``_lock``.

@@ -1,0 +1,637 @@
+"""Snapshots of the fold: where a load begins instead of event 1, in both stores.
+
+A snapshot is the fold of the log up to its cursor. ``load`` starts from the latest one this
+version's fold wrote and folds only what follows; ``from_start`` folds from the base (the
+latest archive cut, or nothing). A snapshot of another fold, or one that does not decode, is
+never trusted. Each test runs on a file SQLite log and on PostgreSQL (skipped with no server).
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from devs.risks.multi_model_failover.core import events as ev
+from devs.risks.multi_model_failover.core import projections
+from devs.risks.multi_model_failover.core.errors import ErrorKind, EventLogError
+from devs.risks.multi_model_failover.core.health import HealthState
+from devs.risks.multi_model_failover.core.projections import (
+    FOLD_KEY,
+    FOLD_VERSION,
+    Snapshot,
+    fold,
+)
+from devs.risks.multi_model_failover.storage._group_commit import GroupCommitStore
+from devs.risks.multi_model_failover.storage.snapshots import SnapshotCheck
+from devs.risks.multi_model_failover.storage.sqlite import SQLiteEventStore
+
+T0 = datetime(2025, 3, 1, tzinfo=UTC)
+GUARD = 10.0  # seconds: a hang guard, never a timing assertion
+OLD_KEY = "0-0123456789ab"
+
+OpenLog = Callable[..., GroupCommitStore]
+
+
+# -- events --------------------------------------------------------------------------------
+
+
+def at(n: int) -> datetime:
+    return T0 + timedelta(milliseconds=n)
+
+
+def a_call(n: int, model: str = "a", *, ok: bool = True) -> list[ev.Event]:
+    """One call on ``model``: its four (or five) events."""
+    call = f"c-{n}"
+    started: list[ev.Event] = [
+        ev.CallStarted(at=at(n), call_id=call, order=(model,)),
+        ev.AttemptStarted(at=at(n), call_id=call, model_id=model, attempt=1),
+    ]
+    if ok:
+        return [
+            *started,
+            ev.AttemptSucceeded(at=at(n), call_id=call, model_id=model, attempt=1, latency=0.01),
+            ev.CallSucceeded(
+                at=at(n), call_id=call, model_id=model, attempts=1, failovers=0, latency=0.01
+            ),
+        ]
+    return [
+        *started,
+        ev.AttemptFailed(
+            at=at(n), call_id=call, model_id=model, attempt=1, latency=0.5,
+            error_kind=ErrorKind.SERVER, final=True,
+        ),
+        ev.StateChanged(
+            at=at(n), model_id=model, from_state=HealthState.HEALTHY,
+            to_state=HealthState.DEGRADED, reason="a call failed",
+        ),
+        ev.CallFailed(
+            at=at(n), call_id=call, reason="exhausted", error_kind=ErrorKind.SERVER,
+            attempts=1, failovers=0, latency=0.5,
+        ),
+    ]  # fmt: skip
+
+
+def history(calls: int, first: int = 0) -> list[ev.Event]:
+    """An engine start, then ``calls`` calls (every third one failing) and a maintenance."""
+    events: list[ev.Event] = [ev.EngineStarted(at=at(first), models=("a", "b"))]
+    for n in range(first, first + calls):
+        events += a_call(n, "a" if n % 2 else "b", ok=n % 3 != 0)
+    events.append(ev.Maintenance(at=at(first + calls), model_id="b", on=True, reason="deploy"))
+    return events
+
+
+def write(store: GroupCommitStore, events: list[ev.Event]) -> int:
+    """Append ``events`` and wait until they are committed; the log's last seq."""
+    for event in events:
+        store.append(event)
+    assert store.flush(GUARD)
+    return store.last_seq()
+
+
+def true_fold(store: GroupCommitStore, upto: int | None = None) -> Snapshot:
+    """The fold of every stored event (up to ``upto``), without any snapshot."""
+    return fold(e for e in store.read() if upto is None or e.seq <= upto)
+
+
+def rows(store: GroupCommitStore) -> list[tuple[int, str, str]]:
+    """The snapshot rows: (cursor, kind, fold), oldest first."""
+    return [
+        (int(c), k, f)
+        for c, k, f in store.query("SELECT cursor, kind, fold FROM snapshots ORDER BY cursor")
+    ]
+
+
+def put_row(store: GroupCommitStore, cursor: int, kind: str, key: str, body: bytes) -> None:
+    """A snapshot row as another version (or a damaged disk) would have left it."""
+    store.transaction(
+        [
+            (
+                "INSERT INTO snapshots (cursor, kind, fold, at, body) VALUES (?, ?, ?, ?, ?)",
+                (cursor, kind, key, "2025-01-01T00:00:00+00:00", body),
+            )
+        ]
+    )
+
+
+def refuse_snapshots(store: GroupCommitStore) -> None:
+    """From now on, saving a snapshot fails (as on a full disk)."""
+    if isinstance(store, SQLiteEventStore):
+        store.transaction(
+            [
+                (
+                    "CREATE TRIGGER refuse_snapshots BEFORE INSERT ON snapshots "
+                    "BEGIN SELECT RAISE(ABORT, 'snapshots refused by the test'); END",
+                    (),
+                )
+            ]
+        )
+        return
+    store.transaction(
+        [
+            (
+                "CREATE FUNCTION refuse_snapshots() RETURNS trigger LANGUAGE plpgsql AS "
+                "$$ BEGIN RAISE EXCEPTION 'snapshots refused by the test'; END $$",
+                (),
+            ),
+            (
+                "CREATE TRIGGER refuse_snapshots BEFORE INSERT ON snapshots "
+                "FOR EACH STATEMENT EXECUTE FUNCTION refuse_snapshots()",
+                (),
+            ),
+        ]
+    )
+
+
+def archive(store: GroupCommitStore, cut: int) -> Snapshot:
+    """What an archive does to the live log: a 'cut' snapshot, the events up to it gone."""
+    at_cut = true_fold(store, cut)
+    store.snapshots.save(at_cut, cut, "cut")
+    store.transaction([("DELETE FROM events WHERE seq <= ?", (cut,))])
+    return at_cut
+
+
+# -- the logs ------------------------------------------------------------------------------
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def open_log(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[OpenLog]:
+    """Opens a store on the test's one log (each call a new store object on the same log)."""
+    opened: list[GroupCommitStore] = []
+    if request.param == "sqlite":
+        path = tmp_path / "events.sqlite3"
+
+        def make(**options: Any) -> GroupCommitStore:
+            options.setdefault("snapshot_every", None)
+            store = SQLiteEventStore(path, **options)
+            opened.append(store)
+            return store
+
+    else:
+        pytest.importorskip("psycopg", reason="psycopg is not installed (the postgres extra)")
+        from devs.risks.multi_model_failover.storage.postgres import (  # noqa: PLC0415
+            PostgresEventStore,
+        )
+
+        url = request.getfixturevalue("pg_url")
+
+        def make(**options: Any) -> GroupCommitStore:
+            options.setdefault("snapshot_every", None)
+            options.setdefault("lock_timeout", 10.0)
+            store = PostgresEventStore(url, **options)
+            opened.append(store)
+            return store
+
+    yield make
+    for store in opened:
+        store.close()
+
+
+# -- the fold key --------------------------------------------------------------------------
+
+
+def test_the_fold_key_is_pinned() -> None:
+    # Changing the fold (``apply``) or the layout of ``Snapshot`` changes this key: every
+    # snapshot written before is then ignored (folded over once). Update it on purpose.
+    assert FOLD_VERSION == 1
+    assert FOLD_KEY == "1-9e14a6f93d2a"
+
+
+def layout(doc: str, *, extra: bool) -> type[Any]:
+    """A struct named ``Layout``, with one more field or not, documented as ``doc``."""
+    fields: list[Any] = [("events", int, 0)] + ([("new_counter", int, 0)] if extra else [])
+    made = msgspec.defstruct("Layout", fields, kw_only=True)
+    made.__doc__ = doc
+    return made
+
+
+def test_the_fold_key_follows_the_snapshot_layout_not_its_docs() -> None:
+    plain = projections.fold_key(layout("A layout.", extra=False))
+    assert projections.fold_key(layout("A layout.", extra=True)) != plain
+    assert projections.fold_key(layout("Said another way.", extra=False)) == plain
+    assert projections.fold_key(Snapshot, version=FOLD_VERSION + 1) != FOLD_KEY
+    assert projections.fold_key(Snapshot) == FOLD_KEY
+
+
+# -- taking and loading --------------------------------------------------------------------
+
+
+def test_take_stores_the_fold_up_to_the_last_event(open_log: OpenLog) -> None:
+    store = open_log()
+    last = write(store, history(20))
+
+    assert store.snapshots.take() == last
+    assert rows(store) == [(last, "periodic", FOLD_KEY)]
+    assert store.snapshots.load() == (true_fold(store), last)
+    assert store.snapshots.take() is None, "nothing new since the last snapshot"
+
+
+def test_load_starts_from_the_latest_snapshot_and_folds_what_follows(open_log: OpenLog) -> None:
+    store = open_log()
+    first = write(store, history(5))
+    # A snapshot that says something the events do not: only a load that starts from it
+    # sees the 1000 calls.
+    planted = true_fold(store)
+    planted.metrics.calls += 1000
+    store.snapshots.save(planted, first, "periodic")
+    last = write(store, history(5, first=100))
+
+    snap, cursor = store.snapshots.load()
+    assert cursor == last
+    assert snap.metrics.calls == true_fold(store).metrics.calls + 1000
+    assert store.snapshots.load(from_start=True) == (true_fold(store), last)
+
+
+def test_load_up_to_a_seq_uses_the_latest_snapshot_at_or_before_it(open_log: OpenLog) -> None:
+    store = open_log()
+    first = write(store, history(4))
+    store.snapshots.take()
+    middle = write(store, history(4, first=50))
+    store.snapshots.take()
+    write(store, history(4, first=90))
+
+    for upto in (0, 1, first - 1, first, first + 3, middle, middle + 2):
+        snap, cursor = store.snapshots.load(upto)
+        assert snap == true_fold(store, upto), upto
+        assert cursor == upto
+
+
+def test_another_folds_snapshot_is_ignored_and_logged_once(
+    open_log: OpenLog, log_records: list[dict[str, Any]]
+) -> None:
+    store = open_log()
+    last = write(store, history(6))
+    lying = true_fold(store)
+    lying.metrics.calls = 12345
+    put_row(store, last, "periodic", OLD_KEY, msgspec.msgpack.encode(lying))
+
+    assert store.snapshots.load() == (true_fold(store), last)
+    assert store.snapshots.load() == (true_fold(store), last)
+
+    warnings = [r for r in log_records if "snapshot" in str(r["message"])]
+    assert len(warnings) == 1, "logged once, not at every load"
+    assert warnings[0]["level"].name == "WARNING"
+    assert store.location in str(warnings[0]["message"])
+    assert OLD_KEY in str(warnings[0]["message"])
+
+
+def test_a_stale_snapshot_is_replaced_by_the_next_one(open_log: OpenLog) -> None:
+    store = open_log()
+    last = write(store, history(6))
+    put_row(store, last, "periodic", OLD_KEY, msgspec.msgpack.encode(true_fold(store)))
+
+    assert store.snapshots.take() == last, "a stale snapshot does not count as one"
+    assert rows(store) == [(last, "periodic", FOLD_KEY)]
+
+
+def test_a_damaged_snapshot_is_ignored(
+    open_log: OpenLog, log_records: list[dict[str, Any]]
+) -> None:
+    store = open_log()
+    last = write(store, history(6))
+    put_row(store, last, "periodic", FOLD_KEY, b"\xc1 not msgpack")
+
+    assert store.snapshots.load() == (true_fold(store), last)
+    assert any("does not decode" in str(r["message"]) for r in log_records)
+
+
+def test_an_archive_cut_is_the_base_of_every_fold(open_log: OpenLog) -> None:
+    store = open_log()
+    cut = write(store, history(8))
+    last = write(store, history(8, first=100))
+    whole = true_fold(store)
+    archive(store, cut)
+    assert store.count() == last - cut
+
+    assert store.snapshots.load(from_start=True) == (whole, last)
+    assert store.snapshots.load() == (whole, last)
+    assert store.snapshots.take() == last
+    assert store.snapshots.load(from_start=True) == (whole, last)
+    with pytest.raises(EventLogError, match=f"up to seq {cut} are archived"):
+        store.snapshots.load(cut - 1)
+
+
+def test_a_snapshot_from_before_the_cut_is_never_used(open_log: OpenLog) -> None:
+    store = open_log()
+    early = write(store, history(3))
+    planted = true_fold(store)
+    planted.metrics.calls += 1000
+    store.snapshots.save(planted, early, "periodic")
+    cut = write(store, history(3, first=10))
+    last = write(store, history(3, first=20))
+    whole = true_fold(store)
+    archive(store, cut)
+
+    assert store.snapshots.load() == (whole, last)
+    assert [kind for _, kind, _ in rows(store)] == ["cut"], "pruned: it can never be used"
+
+
+def test_a_stale_cut_cannot_be_folded_over(open_log: OpenLog) -> None:
+    store = open_log()
+    cut = write(store, history(4))
+    write(store, history(4, first=50))
+    put_row(store, cut, "cut", OLD_KEY, msgspec.msgpack.encode(true_fold(store, cut)))
+    store.transaction([("DELETE FROM events WHERE seq <= ?", (cut,))])
+
+    with pytest.raises(EventLogError, match=f"up to seq {cut} are archived") as raised:
+        store.snapshots.load()
+    assert store.location in str(raised.value)
+    assert "another version" in str(raised.value)
+
+    store.transaction(
+        [
+            (
+                "CREATE TABLE archives (path text, first_seq bigint, last_seq bigint, at text)",
+                (),
+            ),
+            (
+                "INSERT INTO archives (path, first_seq, last_seq, at) VALUES (?, ?, ?, ?)",
+                ("/srv/archive/2025-02.sqlite3", 1, cut, "2025-03-01"),
+            ),
+        ]
+    )
+    with pytest.raises(EventLogError, match=r"2025-02\.sqlite3"):
+        store.snapshots.load(from_start=True)
+
+
+def test_a_stale_cut_with_a_snapshot_after_it_loads_from_that(open_log: OpenLog) -> None:
+    store = open_log()
+    cut = write(store, history(4))
+    last = write(store, history(4, first=50))
+    whole = true_fold(store)
+    put_row(store, cut, "cut", OLD_KEY, msgspec.msgpack.encode(true_fold(store, cut)))
+    store.snapshots.save(whole, last, "close")
+    store.transaction([("DELETE FROM events WHERE seq <= ?", (cut,))])
+
+    assert store.snapshots.load() == (whole, last)
+    with pytest.raises(EventLogError, match="archived"):
+        store.snapshots.load(from_start=True)
+
+
+def test_pruning_keeps_the_latest_cut_and_the_two_latest_others(open_log: OpenLog) -> None:
+    store = open_log()
+    cursors = []
+    for n in range(5):
+        cursors.append(write(store, history(2, first=10 * n)))
+        store.snapshots.take()
+    assert [c for c, _, _ in rows(store)] == cursors[-2:]
+
+    archive(store, cursors[-1])
+    assert [(c, k) for c, k, _ in rows(store)] == [(cursors[-1], "cut")]
+    later = [write(store, history(2, first=100 + 10 * n)) for n in range(3)]
+    for cursor in later:
+        store.snapshots.save(true_fold(store, cursor), cursor, "close")
+    assert [(c, k) for c, k, _ in rows(store)] == [
+        (cursors[-1], "cut"),
+        (later[1], "close"),
+        (later[2], "close"),
+    ]
+
+
+def test_a_snapshot_never_replaces_a_cut_at_the_same_cursor(open_log: OpenLog) -> None:
+    store = open_log()
+    cut = write(store, history(3))
+    archive(store, cut)
+    store.snapshots.save(Snapshot(), cut, "periodic")
+
+    assert rows(store) == [(cut, "cut", FOLD_KEY)]
+
+
+# -- when the store takes them -------------------------------------------------------------
+
+
+def wait_for(condition: Callable[[], bool]) -> None:
+    deadline = time.monotonic() + GUARD
+    while not condition():
+        assert time.monotonic() < deadline, "condition never held"
+        time.sleep(0.01)
+
+
+def test_a_snapshot_is_taken_every_n_committed_events(open_log: OpenLog) -> None:
+    store = open_log(snapshot_every=40)
+    write(store, history(15))  # 1 + 15 * ~4.3 + 1 events: at least one snapshot
+
+    wait_for(lambda: bool(rows(store)))
+    cursor, kind, key = rows(store)[-1]
+    assert (kind, key) == ("periodic", FOLD_KEY)
+    assert cursor >= 40
+    assert store.snapshots.load(cursor) == (true_fold(store, cursor), cursor)
+    assert store.errors == 0
+
+
+def test_a_failing_periodic_snapshot_is_counted_and_never_stops_the_log(
+    open_log: OpenLog, log_records: list[dict[str, Any]]
+) -> None:
+    store = open_log(snapshot_every=10)
+    refuse_snapshots(store)
+    write(store, history(5))
+
+    wait_for(lambda: store.errors > 0)
+    assert "snapshot" in str(store.last_error)
+    assert any(r["level"].name == "ERROR" and "snapshot" in str(r["message"]) for r in log_records)
+    last = write(store, history(5, first=50))
+    assert store.count() == last, "the events are all written"
+
+
+def test_closing_a_store_that_appended_takes_a_close_snapshot(open_log: OpenLog) -> None:
+    store = open_log(snapshot_every=1000)
+    last = write(store, history(10))
+    store.close()
+
+    reader = open_log(snapshot_every=1000)
+    assert rows(reader) == [(last, "close", FOLD_KEY)]
+    assert reader.snapshots.load() == (true_fold(reader), last)
+    reader.close()
+    assert rows(open_log()) == [(last, "close", FOLD_KEY)], "a store that wrote nothing took none"
+
+
+def test_no_close_snapshot_when_snapshots_are_off(open_log: OpenLog) -> None:
+    store = open_log(snapshot_every=None)
+    write(store, history(10))
+    store.close()
+
+    assert rows(open_log()) == []
+
+
+def test_close_snapshots_everything_committed_after_a_running_periodic_one(
+    open_log: OpenLog,
+) -> None:
+    store = open_log(snapshot_every=5)
+    for n in range(10):
+        write(store, history(3, first=10 * n))
+    last = store.last_seq()
+    store.close()
+
+    reader = open_log()
+    cursor, kind, key = rows(reader)[-1]
+    # A periodic snapshot that got to the end first leaves the close nothing to add.
+    assert (cursor, key) == (last, FOLD_KEY)
+    assert kind in ("periodic", "close")
+    assert reader.snapshots.load() == (true_fold(reader), last)
+    assert store.errors == 0
+
+
+def test_an_in_memory_log_never_snapshots_by_itself() -> None:
+    store = SQLiteEventStore()
+    write(store, history(30))
+    store.close()
+
+    assert store.snapshots.every is None
+    assert rows(store) == []
+
+
+def test_a_log_from_before_snapshots_loads_by_folding(tmp_path: Path) -> None:
+    path = tmp_path / "old.sqlite3"
+    with SQLiteEventStore(path, snapshot_every=None) as store:
+        last = write(store, history(5))
+        store.transaction([("DROP TABLE snapshots", ())])
+    with SQLiteEventStore(path, create=False) as old:
+        assert old.snapshots.load() == (true_fold(old), last)
+        check = old.snapshots.verify()
+        assert check.ok
+        assert any("no snapshot" in note for note in check.notes)
+
+
+# -- verify --------------------------------------------------------------------------------
+
+
+def test_verify_checks_every_snapshot_against_the_fold(open_log: OpenLog) -> None:
+    store = open_log()
+    first = write(store, history(5))
+    store.snapshots.take()
+    last = write(store, history(5, first=100))
+    store.snapshots.take()
+
+    check = store.snapshots.verify()
+    assert isinstance(check, SnapshotCheck)
+    assert check.ok
+    assert check.problems == ()
+    assert check.checked == (first, last)
+    assert check.lines() == [f"snapshots agree with the log: seq {first}, {last}"]
+
+
+def test_verify_finds_a_snapshot_that_disagrees_with_the_log(open_log: OpenLog) -> None:
+    store = open_log()
+    last = write(store, history(5))
+    wrong = true_fold(store)
+    wrong.metrics.calls += 1
+    wrong.states["a"].streak = 7
+    store.snapshots.save(wrong, last, "periodic")
+
+    check = store.snapshots.verify()
+    assert not check.ok
+    (problem,) = check.problems
+    assert f"seq {last}" in problem
+    assert "metrics.calls" in problem
+    assert "states.a.streak" in problem
+    assert any(line.startswith("problem:") for line in check.lines())
+
+
+def test_verify_notes_stale_and_damaged_snapshots(open_log: OpenLog) -> None:
+    store = open_log()
+    first = write(store, history(3))
+    put_row(store, first, "periodic", OLD_KEY, msgspec.msgpack.encode(true_fold(store)))
+    last = write(store, history(3, first=10))
+    put_row(store, last, "periodic", FOLD_KEY, b"junk")
+
+    check = store.snapshots.verify()
+    assert check.ok, "nothing trusted disagrees"
+    assert check.checked == ()
+    notes = " | ".join(check.notes)
+    assert f"seq {first}" in notes
+    assert OLD_KEY in notes
+    assert f"seq {last}" in notes
+    assert "does not decode" in notes
+
+
+def test_verify_reports_a_damaged_row_before_a_snapshot_as_a_problem(open_log: OpenLog) -> None:
+    store = open_log()
+    write(store, history(3))
+    store.snapshots.take()
+    store.transaction([("UPDATE events SET body = ? WHERE seq = 2", ("{not json",))])
+
+    check = store.snapshots.verify()
+    assert not check.ok
+    assert "seq=2" in check.problems[-1]
+
+
+def test_verify_reports_a_stale_cut_as_a_problem(open_log: OpenLog) -> None:
+    store = open_log()
+    cut = write(store, history(3))
+    write(store, history(3, first=10))
+    put_row(store, cut, "cut", OLD_KEY, msgspec.msgpack.encode(true_fold(store, cut)))
+    store.transaction([("DELETE FROM events WHERE seq <= ?", (cut,))])
+
+    check = store.snapshots.verify()
+    assert not check.ok
+    assert "archived" in check.problems[0]
+
+
+# -- the property --------------------------------------------------------------------------
+
+_MODELS = ("a", "b")
+_event = st.one_of(
+    st.builds(
+        lambda n, m, ok: a_call(n, m, ok=ok),
+        st.integers(0, 1000),
+        st.sampled_from(_MODELS),
+        st.booleans(),
+    ),
+    st.builds(
+        lambda m, on: [ev.Maintenance(at=at(0), model_id=m, on=on)],
+        st.sampled_from(_MODELS),
+        st.booleans(),
+    ),
+    st.builds(
+        lambda m, frm, to: [ev.StateChanged(at=at(1), model_id=m, from_state=frm, to_state=to)],
+        st.sampled_from(_MODELS),
+        st.sampled_from(HealthState),
+        st.sampled_from(HealthState),
+    ),
+    st.builds(
+        lambda m, ok, lat: [ev.HealthProbe(at=at(2), model_id=m, ok=ok, latency=lat)],
+        st.sampled_from(_MODELS),
+        st.booleans(),
+        st.floats(0, 100),
+    ),
+    st.just([ev.EngineStarted(at=at(3), models=_MODELS)]),
+)
+# A script: groups of events, each followed or not by a snapshot (and which kind).
+_script = st.lists(st.tuples(_event, st.sampled_from([None, "periodic", "close"])), max_size=12)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(script=_script, cut_at=st.none() | st.integers(0, 11))
+def test_a_load_from_any_snapshot_equals_the_fold_from_the_start(
+    script: list[tuple[list[ev.Event], str | None]], cut_at: int | None
+) -> None:
+    with SQLiteEventStore() as store:
+        written: list[ev.Event] = []
+        cut = 0
+        for step, (events, kind) in enumerate(script):
+            written += events
+            last = write(store, events) if events else store.last_seq()
+            if kind is not None:
+                store.snapshots.take(kind)
+            if step == cut_at and last:
+                cut = last
+                store.snapshots.save(fold(written), last, "cut")
+        whole = store.last_seq()
+        if cut:
+            store.transaction([("DELETE FROM events WHERE seq <= ?", (cut,))])
+
+        for upto in itertools.chain(range(cut, whole + 1), [None]):
+            snap, cursor = store.snapshots.load(upto)
+            expected = fold(written[: whole if upto is None else upto])
+            assert snap == expected, upto
+            assert cursor == (whole if upto is None else upto)
+        assert store.snapshots.load(from_start=True) == (fold(written), whole)
+        assert store.snapshots.verify().ok
