@@ -25,7 +25,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -122,8 +122,11 @@ def rows(url: str, sql: str, params: tuple[object, ...] = ()) -> list[tuple[Any,
         return store.query(sql, params)
 
 
-def at(value: str | datetime) -> datetime:
-    """A stored time stamp (ISO text, or a datetime where the column is a timestamp)."""
+def at(value: int | str | datetime) -> datetime:
+    """A stored time stamp (microseconds since the epoch, ISO text in an older log, or a
+    datetime where the column is a timestamp)."""
+    if isinstance(value, int):
+        return datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=value)
     return value if isinstance(value, datetime) else datetime.fromisoformat(value)
 
 

@@ -72,7 +72,7 @@ def test_three_processes_append_to_one_log_without_loss_or_duplicates(tmp_path: 
     outcomes = assert_one_terminal_each(events)
     assert sum(outcomes.values()) == PROCESSES * CALLS_EACH
     with_writer = Counter(
-        row for (row,) in _query(log, "SELECT writer FROM events WHERE type = 'call_started'")
+        row for (row,) in _query(log, "SELECT writer FROM events_view WHERE type = 'call_started'")
     )
     assert with_writer == dict(reports)
     # The three writers really interleaved: their events alternate in the log.

@@ -37,9 +37,8 @@ from devs.risks.multi_model_failover.core.events import (  # noqa: E402
     EngineStarted,
     Failover,
     Maintenance,
-    encode,
 )
-from devs.risks.multi_model_failover.storage._group_commit import body_text  # noqa: E402
+from devs.risks.multi_model_failover.storage._group_commit import at_micros, compact  # noqa: E402
 from devs.risks.multi_model_failover.storage.postgres import (  # noqa: E402
     PostgresEventStore,
     masked_url,
@@ -155,7 +154,7 @@ def test_the_schema_has_the_sqlite_columns_indexes_and_version(pg_url: str) -> N
     assert columns == [
         ("seq", "bigint", "NO"),
         ("type", "text", "NO"),
-        ("at", "text", "NO"),
+        ("at", "bigint", "NO"),
         ("call_id", "text", "YES"),
         ("model_id", "text", "YES"),
         ("writer", "text", "NO"),
@@ -428,7 +427,7 @@ def test_a_lost_notification_delays_events_by_the_poll_interval_at_most(pg_url: 
         conn.execute(
             "INSERT INTO failover.events (seq, type, at, writer, body) "
             "VALUES (1, 'engine_started', %s, 'manual', %s)",
-            ("2025-01-01T00:00:00.000000+00:00", body_text(1, encode(STARTED)[1:])),
+            (at_micros(STARTED.at), compact(STARTED)[4].decode()),
         )
     calls = 0
     seen: list[Any] = []

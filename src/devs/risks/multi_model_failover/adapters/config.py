@@ -121,6 +121,23 @@ class ClientConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
         )
 
 
+class RetentionConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """``retention``: archive the events older than ``keep_days`` into ``archive_dir`` (one
+    SQLite archive file per day of events), every ``interval`` seconds, in the background of
+    an engine that is open (``async with``). See ``adapters.retention``."""
+
+    keep_days: float
+    archive_dir: str
+    interval: float = 3600.0
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.keep_days) and self.keep_days > 0):
+            raise ValueError(f"keep_days must be > 0 and finite, got {self.keep_days!r}")
+        if not self.archive_dir.strip() or "\x00" in self.archive_dir:
+            raise ValueError("archive_dir must name a folder")
+        _check_seconds("interval", self.interval)
+
+
 class FailoverConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """The ``multi_model_failover`` section."""
 
@@ -138,6 +155,8 @@ class FailoverConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     replica: str | None = None
     # Seconds between reads of the other replicas' events (default: the store's own).
     follow_interval: float | None = None
+    # Old events archived in the background (None: the log keeps everything).
+    retention: RetentionConfig | None = None
 
     def __post_init__(self) -> None:
         if not self.clients:

@@ -16,7 +16,7 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from types import TracebackType
-from typing import Any, Literal, Self, overload
+from typing import Any, Literal, Self, cast, overload
 
 import anyio
 
@@ -29,11 +29,13 @@ from ..core.health import HealthState
 from ..core.livelog import WallClock
 from ..core.policies import HealthPolicy, RetryPolicy
 from ..core.projections import Metrics, Snapshot, fold
-from ..core.protocols import Clock, EventStore, Sleep
+from ..core.protocols import Clock, EventStore, Sleep, SnapshotLoader
 from ..core.scrub import register_secret
 from ..core.streaming import FailoverStream, StreamSwitch
+from ..storage import GroupCommitStore
 from ..storage.sqlite import SQLiteEventStore
 from .config import FailoverConfig, load_config
+from .retention import Retention, RetentionTask
 
 POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 
@@ -111,7 +113,9 @@ class MultiModelFailover:
     ``clients``: a sequence or a mapping of model clients (``call(prompt)`` and
     ``health_check()``, sync or async). See the package docs for every keyword. ``clock`` may
     be a ``VirtualClock`` (the test mode): its ``sleep``, timeouts and UTC time are then used
-    too. ``call_ids`` makes call ids (default: a random prefix and a counter).
+    too. ``call_ids`` makes call ids (default: a random prefix and a counter). ``retention``
+    (``adapters.retention.Retention`` or a dict of its keys): while the engine is open
+    (``async with``), archive the log's old events in the background.
     """
 
     def __init__(
@@ -131,9 +135,13 @@ class MultiModelFailover:
         replica: str | None = None,
         follow_interval: float | None = None,
         call_ids: Callable[[], str] | None = None,
+        retention: Retention | Mapping[str, Any] | None = None,
     ) -> None:
+        policy = None if retention is None else Retention.coerce(retention)
+        seams = _time_seams(clock, sleep, wall_clock)
         store = open_store(event_store, durability, replica=replica)
         try:
+            self._retention = None if policy is None else _retention(store, policy, seams)
             self._engine = FailoverEngine(
                 clients,
                 retry_policy,
@@ -144,7 +152,7 @@ class MultiModelFailover:
                 rng=rng if rng is not None else random.Random(),  # noqa: S311 - jitter, not crypto
                 call_ids=call_ids if call_ids is not None else _random_call_ids(),
                 fingerprint=fingerprinter(secrets.token_bytes(16)) if fingerprint_prompts else None,
-                **_time_seams(clock, sleep, wall_clock),
+                **seams,
             )
         except BaseException:
             if store is not event_store:
@@ -259,8 +267,15 @@ class MultiModelFailover:
         """Take ``model_id`` out of rotation (``on=True``) or put it back (``on=False``)."""
         await self._engine.set_maintenance(model_id, on, reason=reason, by=by)
 
+    @property
+    def retention(self) -> RetentionTask | None:
+        """The background archiving of old events (None without ``retention``)."""
+        return self._retention
+
     async def __aenter__(self) -> Self:
         await self._engine.__aenter__()
+        if self._retention is not None:
+            await self._retention.start()  # after the engine's loops: left before them
         return self
 
     async def __aexit__(
@@ -270,15 +285,23 @@ class MultiModelFailover:
         tb: TracebackType | None,
     ) -> None:
         try:
-            await self._engine.__aexit__(exc_type, exc, tb)
+            try:
+                if self._retention is not None:
+                    await self._retention.exit()
+            finally:
+                await self._engine.__aexit__(exc_type, exc, tb)
         finally:
             await self._close_clients()
 
     async def aclose(self, *, grace: float = DEFAULT_GRACE) -> None:
         """Close the engine (calls in flight get ``grace`` seconds), flush and close the log,
-        close clients built from config."""
+        close clients built from config. Background archiving stops first."""
         try:
-            await self._engine.aclose(grace=grace)
+            try:
+                if self._retention is not None:
+                    await self._retention.stop()
+            finally:
+                await self._engine.aclose(grace=grace)
         finally:
             await self._close_clients()
 
@@ -327,6 +350,7 @@ class MultiModelFailover:
             "durability": config.durability,
             "replica": config.replica,
             "follow_interval": config.follow_interval,
+            "retention": config.retention,
         }
         password = config.event_log_password(env)
         opened: EventStore | None = None
@@ -347,25 +371,43 @@ class MultiModelFailover:
         return engine
 
 
+def _retention(store: EventStore, policy: Retention, seams: Mapping[str, Any]) -> RetentionTask:
+    """The background archiving of ``store`` on the engine's wall clock and sleep."""
+    if not isinstance(store, GroupCommitStore):
+        raise TypeError(
+            f"retention needs an SQLite or PostgreSQL event store, not {type(store).__name__}"
+        )
+    return RetentionTask(store, policy, now=seams["wall_clock"], sleep=seams["sleep"])
+
+
 def replay(
-    source: EventStore | Iterable[Event] | str | os.PathLike[str], *, lenient: bool = False
+    source: EventStore | Iterable[Event] | str | os.PathLike[str],
+    *,
+    from_start: bool = False,
+    lenient: bool = False,
 ) -> Snapshot:
-    """Fold a whole log into a ``Snapshot``: metrics, per-model states and the audit trail.
+    """Fold a log into a ``Snapshot``: metrics, per-model states and the audit trail.
 
     ``source``: a store, an iterable of events, the path of an SQLite event log or the
-    ``postgresql://`` URL of a shared one.
+    ``postgresql://`` URL of a shared one. A log is folded from its latest snapshot (the store
+    keeps one every so many events and at close) through the events after it;
+    ``from_start=True`` folds every event from the log's base instead (its first event, or the
+    snapshot an archive left at its cut) and trusts no other snapshot. ``lenient``: rows that
+    do not decode are skipped (counted in the store's ``skipped``) rather than raising
+    ``EventLogError``. An iterable of events is folded as it is.
     """
     if is_postgres_url(source):
         from ..storage.postgres import PostgresEventStore  # noqa: PLC0415 - optional extra
 
         with PostgresEventStore(str(source), create=False) as shared:
-            return fold(shared.read(lenient=lenient))
+            return shared.snapshots.load(from_start=from_start, lenient=lenient)[0]
     if isinstance(source, str | os.PathLike):
         with SQLiteEventStore(source, create=False) as store:
-            return fold(store.read(lenient=lenient))
-    if isinstance(source, SQLiteEventStore):
-        return fold(source.read(lenient=lenient))
+            return store.snapshots.load(from_start=from_start, lenient=lenient)[0]
+    loader = getattr(source, "snapshots", None)
+    if callable(getattr(loader, "load", None)):
+        return cast(SnapshotLoader, loader).load(from_start=from_start, lenient=lenient)[0]
     read = getattr(source, "read", None)
     if callable(read):
-        return fold(read())
+        return fold(read(lenient=True) if lenient else read())
     return fold(source)  # type: ignore[arg-type]

@@ -18,8 +18,8 @@ import select
 import sqlite3
 import sys
 import time
-from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections import Counter, deque
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -34,21 +34,41 @@ from ...core.events import EVENT_TYPES, Event, Maintenance, encode
 from ...core.health import HealthState
 from ...core.scrub import scrub
 from ...storage import GroupCommitStore
+from ...storage.archive import ArchiveError, ArchiveRecord, ArchiveResult, records
+from ...storage.archive import archive as archive_log
 from ...storage.sqlite import SQLiteEventStore
 from ..exposition import prometheus_text
 from ..facade import is_postgres_url
+from .archived import (
+    ArchiveChainError,
+    Chain,
+    chain,
+    fold_log,
+    horizon,
+    live_first,
+    where_archived,
+)
+from .archived import missing as archived_since
 from .files import is_sqlite
-from .queries import STATE_TYPES, EventFilter, known_models, nth_last_seq, read_events, snapshot_at
+from .queries import (
+    STATE_TYPES,
+    EventFilter,
+    first_seen,
+    known_models,
+    nth_last_seq,
+    read_events,
+)
 from .render import (
     AUDIT_HEADERS,
     STATE_STYLES,
     Output,
     audit_rows,
+    clock_text,
     describe,
     visible,
     visible_json,
 )
-from .tables import print_metrics, print_states, state_rows
+from .tables import print_metrics, print_state_rows, rows_of
 from .timeexpr import TimeExpressionError, parse_time
 
 
@@ -98,7 +118,8 @@ app = typer.Typer(
 
 @app.callback()
 def _root() -> None:
-    """Inspect multi-model failover event logs: timelines, states, metrics, audits.
+    """Inspect multi-model failover event logs: timelines, states, metrics, audits; archive
+    their old events.
 
     Times are UTC. A time (--since, --until, --at) is ISO-8601 (2024-05-01T03:12:00Z), relative
     to now (-15m, -2h, -1d), ``now``, or a clock time (03:12): the most recent one, today's or
@@ -128,6 +149,14 @@ StrictOpt = Annotated[
     typer.Option(
         "--strict",
         help="Fail on events of types this version does not know, instead of skipping them.",
+    ),
+]
+ArchivesOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--archive",
+        help="An archive file of this log (from `failover archive`), read before the log to "
+        "answer for times before its cut (repeatable).",
     ),
 ]
 POLL_SECONDS: Final = 0.5
@@ -220,8 +249,11 @@ def _time(option: str, text: str | None) -> datetime | None:
         raise fail(f"{option}: {exc}") from None
 
 
-def _check_model(store: GroupCommitStore, model_id: str) -> None:
+def _check_model(store: GroupCommitStore, model_id: str, chained: Chain | None = None) -> None:
     known = known_models(store)
+    if chained is not None:
+        for segment in chained.segments[:-1]:
+            known += [m for m in known_models(segment.store) if m not in known]
     if model_id not in known:
         listed = ", ".join(known) if known else "none: the log names no model yet"
         raise fail(f"unknown model id {model_id!r} in {store.location} (known: {listed})")
@@ -235,6 +267,59 @@ def _check_types(types: Iterable[str]) -> tuple[str, ...]:
             f"unknown event type(s): {', '.join(unknown)} (known: {', '.join(sorted(EVENT_TYPES))})"
         )
     return wanted
+
+
+# -- archives read before the log ----------------------------------------------------------
+
+
+@contextlib.contextmanager
+def with_archives(
+    store: GroupCommitStore, archives: Sequence[str] | None, *, strict: bool
+) -> Iterator[Chain | None]:
+    """The ``--archive`` files and the live log as one ``Chain`` (None without any); a file
+    that is not an archive of this log, or archives that leave a gap, end the command with one
+    line and exit 2."""
+    if not archives:
+        yield None
+        return
+    with contextlib.ExitStack() as stack:
+        opened = [stack.enter_context(reading(path, strict=strict)) for path in archives]
+        try:
+            with chain(store, opened) as chained:
+                yield chained
+        except ArchiveChainError as exc:
+            raise fail(str(exc)) from None
+
+
+def before_cut(
+    store: GroupCommitStore, chained: Chain | None, instant: datetime | None, option: str
+) -> Chain | None:
+    """The chain to fold for the log up to ``instant``, or None when the live log alone
+    answers (its cut snapshot holds every archived event). An instant before an archived
+    event that no ``--archive`` given holds ends the command (exit 2), naming the files."""
+    if instant is None:
+        return None
+    found = chained.records if chained is not None else tuple(records(store))
+    latest = horizon(found, live_first(store, found))
+    if latest is None or instant >= latest:
+        return None
+    first = chained.first if chained is not None else live_first(store, found)
+    reached = horizon(found, first)
+    if chained is not None and (reached is None or instant >= reached):
+        return chained
+    raise fail(
+        f"{option} {clock_text(instant)} is before the cut of {scrub(store.location)}: "
+        f"{where_archived(archived_since(found, first, instant))}"
+    )
+
+
+def note_archived(store: GroupCommitStore, chained: Chain | None, since: datetime | None) -> None:
+    """One line on stderr when events from ``since`` on (None: any) are archived and not read."""
+    found = chained.records if chained is not None else tuple(records(store))
+    first = chained.first if chained is not None else live_first(store, found)
+    outside = archived_since(found, first, since)
+    if outside:
+        typer.echo(f"note: {visible(where_archived(outside))}", err=True)
 
 
 # -- timeline ------------------------------------------------------------------------------
@@ -262,12 +347,18 @@ def timeline(
     ] = False,
     as_json: JsonOpt = False,
     strict: StrictOpt = False,
+    archives: ArchivesOpt = None,
 ) -> None:
     """The events in order, one line each: time, call, model, what happened, error kind, delay.
 
-    Filters combine. With --json each line is the stored event as JSON.
+    Filters combine. With --json each line is the stored event as JSON. Events moved out by
+    `failover archive` are read from the --archive files given (a note says which files hold
+    the events asked for and not given).
     """
-    with reading(log, strict=strict) as store:
+    with (
+        reading(log, strict=strict) as store,
+        with_archives(store, archives, strict=strict) as chained,
+    ):
         flt = EventFilter(
             since=_time("--since", since),
             until=_time("--until", until),
@@ -277,10 +368,15 @@ def timeline(
             upto=store.last_seq(),
         )
         if model is not None:
-            _check_model(store, model)
-        after = nth_last_seq(store, flt, last) if last is not None else 0
+            _check_model(store, model, chained)
+        note_archived(store, chained, flt.since)
         out = Output()
-        _print_events(out, read_events(store, flt, after=after), as_json=as_json)
+        if chained is None:
+            after = nth_last_seq(store, flt, last) if last is not None else 0
+            _print_events(out, read_events(store, flt, after=after), as_json=as_json)
+        else:
+            events = chained.events(flt)
+            _print_events(out, deque(events, last) if last is not None else events, as_json=as_json)
         if follow:
             _follow(out, store, flt, as_json=as_json)
 
@@ -327,17 +423,31 @@ def _follow(out: Output, store: GroupCommitStore, flt: EventFilter, *, as_json: 
 
 @app.command(epilog=TIMES_HELP)
 def state(
-    log: LogArg, at: AtOpt = None, as_json: JsonOpt = False, strict: StrictOpt = False
+    log: LogArg,
+    at: AtOpt = None,
+    as_json: JsonOpt = False,
+    strict: StrictOpt = False,
+    archives: ArchivesOpt = None,
 ) -> None:
-    """Each model's health state at an instant (default: now), since when and why."""
-    with reading(log, strict=strict) as store:
+    """Each model's health state at an instant (default: now), since when and why.
+
+    An instant before the log's cut (see `failover archive`) needs its --archive files.
+    """
+    with (
+        reading(log, strict=strict) as store,
+        with_archives(store, archives, strict=strict) as chained,
+    ):
         instant = _time("--at", at)
+        source = before_cut(store, chained, instant, "--at")
+        if source is None:
+            rows = rows_of(fold_log(store, instant, STATE_TYPES), first_seen(store, instant))
+        else:
+            rows = rows_of(source.fold(instant, STATE_TYPES), source.first_seen(instant))
         if as_json:
-            rows = state_rows(store, instant)
             document = {"at": instant, "models": {row.model: row for row in rows}}
             typer.echo(visible_json(msgspec.json.encode(document)))
             return
-        print_states(Output(), store, instant)
+        print_state_rows(Output(), rows, store.location, instant)
 
 
 # -- metrics -------------------------------------------------------------------------------
@@ -367,11 +477,20 @@ def metrics(
         str, typer.Option("--format", help="text, json or prometheus.")
     ] = MetricsFormat.TEXT.value,
     strict: StrictOpt = False,
+    archives: ArchivesOpt = None,
 ) -> None:
-    """The metrics replayed from the log (up to --at): text, JSON or Prometheus exposition."""
+    """The metrics replayed from the log (up to --at): text, JSON or Prometheus exposition.
+
+    An instant before the log's cut (see `failover archive`) needs its --archive files.
+    """
     chosen = _choice("--format", output_format, MetricsFormat)
-    with reading(log, strict=strict) as store:
-        snap = snapshot_at(store, _time("--at", at))
+    with (
+        reading(log, strict=strict) as store,
+        with_archives(store, archives, strict=strict) as chained,
+    ):
+        instant = _time("--at", at)
+        source = before_cut(store, chained, instant, "--at")
+        snap = fold_log(store, instant) if source is None else source.fold(instant)
     if chosen is MetricsFormat.JSON:
         typer.echo(visible_json(msgspec.json.encode(snap.metrics)))
     elif chosen is MetricsFormat.PROMETHEUS:
@@ -395,7 +514,7 @@ def audit(
         if model is not None:
             _check_model(store, model)
         entries = [
-            e for e in snapshot_at(store, None, STATE_TYPES).audit if model in (None, e.model_id)
+            e for e in fold_log(store, None, STATE_TYPES).audit if model in (None, e.model_id)
         ]
     if as_json:
         for entry in entries:
@@ -447,7 +566,7 @@ def maintenance(
     _check_utf8("--by", by or "")
     with open_log(log) as store:
         _check_model(store, model)
-        before = snapshot_at(store, None, STATE_TYPES).state_of(model).state
+        before = fold_log(store, None, STATE_TYPES).state_of(model).state
         on = chosen is Switch.ON
         who = by or _operator()
         store.append(
@@ -455,7 +574,7 @@ def maintenance(
         )
         if not store.flush():
             raise fail(f"could not write to {scrub(log)}: {store.last_error}", code=1)
-        seq = store.query("SELECT max(seq) FROM events WHERE writer = ?", (store.writer,))[0][0]
+        seq = store.query("SELECT max(seq) FROM events WHERE writer = ?", (store.writer_key,))[0][0]
         if seq is None:  # the store dropped the event (it logs why): never claim it was recorded
             raise fail(f"could not record the action in {scrub(log)}", code=1)
     after = (
@@ -496,32 +615,51 @@ LogsArg = Annotated[
 def verify(
     logs: LogsArg,
     expect: Annotated[
-        list[str],
+        list[str] | None,
         typer.Option("--expect", help="An event type the log must hold (repeatable)."),
-    ],
+    ] = None,
     min_count: Annotated[
         int, typer.Option("--min", min=1, help="How many of each expected event, at least.")
     ] = 1,
     strict: StrictOpt = False,
 ) -> None:
-    """Exit 0 when the logs together hold the expected events (e.g. a failover), else 1."""
+    """Exit 0 when the logs' snapshots agree with their events and hold --expect; else 1.
+
+    Each snapshot a log keeps is compared with a fold of its events from the start (from the
+    cut, in an archived log); a disagreement is named, figure by figure. With --expect, the
+    logs together must also hold that many events of each type (e.g. a failover).
+    """
+    expect = expect or []
     unknown = sorted(set(expect) - set(EVENT_TYPES))
     if unknown:
         raise fail(
             f"unknown event type(s): {', '.join(unknown)} (known: {', '.join(sorted(EVENT_TYPES))})"
         )
     counts: Counter[str] = Counter()
+    checked: list[str] = []
+    problems: list[str] = []
     for log in logs:
         with reading(log, strict=strict) as store:
-            counts.update(count_types(store, expect))
+            if expect:
+                counts.update(count_types(store, expect))
+            check = store.snapshots.verify()
+        lines = [f"{scrub(log)}: {line}" for line in check.lines()]
+        (checked if check.ok else problems).extend(lines)
+    if problems:
+        for line in problems:
+            typer.echo(f"failover: {visible(line)}", err=True)
+        raise fail("snapshots disagree with the log: see above", code=1)
     where = scrub(logs[0]) if len(logs) == 1 else f"{len(logs)} logs"
     missing = [
         f"{kind} ({counts[kind]} < {min_count})" for kind in expect if counts[kind] < min_count
     ]
     if missing:
         raise fail(f"{where}: expected events missing: {', '.join(missing)}", code=1)
-    found = ", ".join(f"{counts[kind]} {kind}" for kind in dict.fromkeys(expect))
-    say(f"ok: {where} hold(s) {found}")
+    if expect:
+        found = ", ".join(f"{counts[kind]} {kind}" for kind in dict.fromkeys(expect))
+        say(f"ok: {where} hold(s) {found}")
+    for line in checked:
+        say(f"ok: {line}")
 
 
 def count_types(store: GroupCommitStore, types: list[str]) -> Counter[str]:
@@ -529,6 +667,106 @@ def count_types(store: GroupCommitStore, types: list[str]) -> Counter[str]:
     commands read it (an indexed read of those types)."""
     flt = EventFilter(types=tuple(dict.fromkeys(types)), upto=store.last_seq())
     return Counter(event.type for event in read_events(store, flt))
+
+
+# -- archive -------------------------------------------------------------------------------
+
+
+@app.command(name="archive", epilog=TIMES_HELP)
+def archive_command(
+    log: LogArg,
+    before: Annotated[str, typer.Option("--before", help="Move the events older than this time.")],
+    to: Annotated[
+        Path,
+        typer.Option(
+            "--to", help="The archive: an SQLite file, created, or continued if it exists."
+        ),
+    ],
+    as_json: JsonOpt = False,
+) -> None:
+    """Move the events older than --before into an archive file; the log gets smaller.
+
+    The archive is an event log that every command reads (--archive FILE on state, metrics
+    and timeline, to answer for times before the cut). The log keeps a snapshot at the cut:
+    its totals, states and replay stay what they were. Safe while engines append to the log;
+    an interrupted run loses nothing, and run again with the same --to it completes.
+    """
+    when = _time("--before", before)
+    assert when is not None  # noqa: S101 - a required option
+    if not to.parent.is_dir():
+        raise fail(f"--to: the folder {to.parent} does not exist (create it first)")
+    _refuse_foreign_database(to)
+    with open_log(log):  # one clear line for a missing, foreign or newer log; nothing created
+        pass
+    try:
+        with _writable(log) as store:
+            result = archive_log(store, before=when, to=to)
+            found = records(store)
+    except ArchiveError as exc:
+        raise fail(str(exc)) from None
+    except EventLogError as exc:
+        raise fail(
+            f"archive stopped: {exc}; nothing is lost: run it again with the same --to", code=1
+        ) from None
+    if as_json:
+        typer.echo(visible_json(msgspec.json.encode(result)))
+        return
+    for line in archive_lines(scrub(log), when, result, found):
+        say(line)
+
+
+@contextlib.contextmanager
+def _writable(target: str) -> Iterator[GroupCommitStore]:
+    """An existing log opened to be written (its snapshots table created if it is older)."""
+    try:
+        if is_postgres_url(target):
+            from ...storage.postgres import PostgresEventStore  # noqa: PLC0415 - optional
+
+            store: GroupCommitStore = PostgresEventStore(target, create=True)
+        else:
+            store = SQLiteEventStore(target, create=True)
+    except EventLogError as exc:
+        raise fail(str(exc)) from None
+    with store:
+        yield store
+
+
+def archive_lines(
+    log: str, before: datetime, result: ArchiveResult, found: Sequence[ArchiveRecord]
+) -> list[str]:
+    """What ``archive`` prints: what moved where, the cut, the sizes, the time taken."""
+    if result.first_seq is None and not result.moved:
+        return [f"nothing to move: {log} holds no event before {clock_text(before)}"]
+    lines = []
+    if result.first_seq is not None and result.last_seq is not None:
+        span = [r for r in found if r.last_seq == result.last_seq]
+        when = (
+            f", {clock_text(span[-1].first_at)} to {clock_text(span[-1].last_at)}" if span else ""
+        )
+        lines.append(
+            f"moved {result.moved} event(s) (seq {result.first_seq} to {result.last_seq}{when}) "
+            f"into {result.archive}"
+        )
+    else:
+        lines.append(f"completed an interrupted archive: {result.moved} event(s) moved out")
+    rate = f", {result.moved / result.seconds:,.0f} events/s" if result.seconds > 0 else ""
+    lines.append(
+        f"{log}: cut at seq {result.cut}; {_size(result.size_before)} -> "
+        f"{_size(result.size_after)} ({result.space}); {result.seconds:.2f}s{rate}"
+    )
+    if not result.complete:
+        lines.append("stopped before the end: run it again with the same --to to complete it")
+    return lines
+
+
+def _size(count: int | None) -> str:
+    if count is None:
+        return "-"
+    for unit in ("bytes", "KB", "MB", "GB"):
+        if count < 1024 or unit == "GB":
+            return f"{count} {unit}" if unit == "bytes" else f"{count:.1f} {unit}"
+        count /= 1024  # type: ignore[assignment]
+    return f"{count} bytes"  # pragma: no cover - the loop returns
 
 
 # -- report and demo -----------------------------------------------------------------------
@@ -547,9 +785,9 @@ def report(
 
     _refuse_database_output(output)
     with reading(log, strict=strict) as store:
-        page, summary = build_report(
-            store, since=_time("--since", since), until=_time("--until", until)
-        )
+        start = _time("--since", since)
+        note_archived(store, None, start)
+        page, summary = build_report(store, since=start, until=_time("--until", until))
     try:
         output.write_text(page, encoding="utf-8")
     except OSError as exc:

@@ -169,8 +169,16 @@ def snapshot_at(
     """The projection of the log up to ``at`` (default: all of it), as replay would fold it.
 
     ``types`` restricts the fold to those event types (enough for states or the audit trail,
-    and far fewer rows to read).
+    and far fewer rows to read). The whole fold (no ``types``) starts from the log's latest
+    snapshot at or before ``at``: up to the event stamped last at or before ``at``, in seq
+    order.
     """
+    if not types:
+        if at is None:
+            return store.snapshots.load()[0]
+        upto = scalar(store, "SELECT max(seq) FROM events WHERE at <= ?", (store.at_param(at),))
+        if upto is not None:
+            return store.snapshots.load(int(upto))[0]
     return fold_into(Snapshot(), read_events(store, pinned(store, at, types=types)))
 
 

@@ -22,7 +22,8 @@ from ...core.events import CallFailed, CallSucceeded, Event, Failover, Maintenan
 from ...core.health import HealthState
 from ...core.projections import AuditEntry, Metrics, ModelState, Snapshot, apply
 from ...storage import GroupCommitStore
-from .queries import STATE_TYPES, pinned, read_events, snapshot_at
+from .archived import fold_log, live_chain
+from .queries import STATE_TYPES, pinned, read_events
 from .render import (
     AUDIT_HEADERS,
     MODEL_HEADERS,
@@ -80,7 +81,8 @@ def gather(
     store: GroupCommitStore, since: datetime | None = None, until: datetime | None = None
 ) -> Incident | None:
     """Read the log between ``since`` and ``until`` (default: all of it); None if empty."""
-    before = snapshot_at(store, since, STATE_TYPES) if since is not None else Snapshot()
+    # An archived log: the states at its cut, where it now starts (or the fold to ``since``).
+    before = fold_log(store, since, STATE_TYPES) if since is not None else live_chain(store).base()
     snap = Snapshot(
         states={m: ModelState(state=s.state) for m, s in before.states.items()},
         models=before.models,

@@ -52,8 +52,12 @@ class StateRow(msgspec.Struct, kw_only=True):
 
 def state_rows(store: GroupCommitStore, at: datetime | None) -> list[StateRow]:
     """Each model's state at ``at`` (None: the end of the log), in configured order."""
-    snap = snapshot_at(store, at, STATE_TYPES)
-    seen = first_seen(store, at)
+    return rows_of(snapshot_at(store, at, STATE_TYPES), first_seen(store, at))
+
+
+def rows_of(snap: Snapshot, seen: dict[str, datetime]) -> list[StateRow]:
+    """Each model's state in ``snap``, in configured order; ``seen``: when each model was
+    first configured (the ``since`` of a model whose state never changed)."""
     rows = []
     for model_id in _model_order(snap):
         state = snap.states[model_id]
@@ -74,10 +78,16 @@ def state_rows(store: GroupCommitStore, at: datetime | None) -> list[StateRow]:
 
 def print_states(out: Output, store: GroupCommitStore, instant: datetime | None) -> None:
     """The table of each model's state at ``instant`` (None: the end of the log)."""
-    rows = state_rows(store, instant)
+    print_state_rows(out, state_rows(store, instant), store.location, instant)
+
+
+def print_state_rows(
+    out: Output, rows: list[StateRow], location: str, instant: datetime | None
+) -> None:
+    """The table of ``rows``: each model's state at ``instant`` in the log at ``location``."""
     when = clock_text(instant) if instant is not None else "the end of the log"
     if not rows:
-        out.text(f"{store.location} names no model at {when}")
+        out.text(f"{location} names no model at {when}")
         return
     reference = instant or datetime.now(UTC)
     table = [
