@@ -3,6 +3,7 @@ named for what it holds, read with --archive, and `verify` checking the snapshot
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
 import time
@@ -156,7 +157,7 @@ def test_to_that_is_someone_elses_database_is_refused_untouched(
     import sqlite3  # noqa: PLC0415
 
     other = tmp_path / "app.db"
-    with sqlite3.connect(other) as conn:
+    with contextlib.closing(sqlite3.connect(other)) as conn, conn:
         conn.execute("CREATE TABLE users (id INTEGER PRIMARY KEY)")
     content = other.read_bytes()
     line = one_line(run_cli("archive", incident_log, "--before", CUT_TIME, "--to", other))

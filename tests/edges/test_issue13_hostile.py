@@ -5,6 +5,7 @@ Each test that fails shows a defect; the ones that pass guard what held up under
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import sqlite3
@@ -230,7 +231,7 @@ def test_hostile_model_ids_round_trip_through_small_rows_and_the_view(
     write(log, events)
     back = [e for e, _ in everything(log)]
     assert [msgspec.structs.replace(e, seq=0) for e in back] == events
-    with sqlite3.connect(log) as conn:
+    with contextlib.closing(sqlite3.connect(log)) as conn, conn:
         rows = conn.execute(
             "SELECT model_id, json_extract(body, '$.message'), json_extract(body, '$.reason') "
             "FROM events_view ORDER BY seq"

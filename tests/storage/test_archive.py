@@ -5,6 +5,7 @@ space given back. On SQLite files and, where a server can run, on PostgreSQL.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 import stat
@@ -301,7 +302,7 @@ def test_a_file_that_is_not_an_event_log_is_refused_untouched(
     text = tmp_path / "notes.txt"
     text.write_text("not a database, but a long enough text to be read as one\n" * 20)
     foreign = tmp_path / "someone.db"
-    with sqlite3.connect(foreign) as conn:
+    with contextlib.closing(sqlite3.connect(foreign)) as conn, conn:
         conn.execute("CREATE TABLE accounts (id INTEGER PRIMARY KEY, name TEXT)")
     foreign_bytes = foreign.read_bytes()
 
@@ -373,7 +374,7 @@ def test_a_row_this_version_cannot_read_stops_the_archive_before_anything_is_del
     with SQLiteEventStore(path) as live:
         for event in history(60):
             live.append(event)
-    with sqlite3.connect(path) as conn:
+    with contextlib.closing(sqlite3.connect(path)) as conn, conn:
         conn.execute("UPDATE events SET type = 'from_the_future' WHERE seq = 10")
 
     with SQLiteEventStore(path) as live, pytest.raises(EventLogError, match="seq=10"):
@@ -635,7 +636,10 @@ def test_a_log_without_incremental_vacuum_is_rewritten_once_and_then_has_it(
     with SQLiteEventStore(path, batch_size=50_000) as log:
         for event in history(20_000):
             log.append(event)
-    with sqlite3.connect(path, isolation_level=None) as conn:  # as a log made before
+    with (
+        contextlib.closing(sqlite3.connect(path, isolation_level=None)) as conn,
+        conn,
+    ):  # as a log made before
         conn.execute("PRAGMA auto_vacuum = NONE")
         conn.execute("VACUUM")
         assert conn.execute("PRAGMA auto_vacuum").fetchone() == (0,)

@@ -5,6 +5,7 @@ share group commits, and events nobody waits for still reach the file."""
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import threading
 import time
@@ -30,7 +31,7 @@ def started(n: int) -> CallStarted:
 
 def stored(path: Path) -> int:
     """Rows another connection sees committed in the file."""
-    with sqlite3.connect(path) as conn:
+    with contextlib.closing(sqlite3.connect(path)) as conn, conn:
         return int(conn.execute("SELECT count(*) FROM events").fetchone()[0])
 
 
@@ -165,12 +166,12 @@ async def test_the_write_ahead_log_stays_bounded_under_inline_commits(
         await file_store.wait_committed(file_store.append(started(n)))
     with anyio.fail_after(5):  # the writer checkpoints between its looks at the queue
         while True:
-            with sqlite3.connect(path) as conn:
+            with contextlib.closing(sqlite3.connect(path)) as conn, conn:
                 (_, wal_pages, moved) = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
             wal = Path(f"{path}-wal").stat().st_size  # noqa: ASYNC240 - a test
             if moved == wal_pages and wal < 40 * 2**20:
                 break
             await anyio.sleep(0.05)
-    with sqlite3.connect(path) as conn:
+    with contextlib.closing(sqlite3.connect(path)) as conn, conn:
         assert conn.execute("PRAGMA wal_autocheckpoint").fetchone() == (1000,)  # theirs
     assert stored(path) == 6_000

@@ -4,6 +4,7 @@ writable in their own format."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sqlite3
@@ -51,7 +52,7 @@ class Answers:
 
 
 def rows(path: Path) -> list[tuple[object, ...]]:
-    with sqlite3.connect(path) as conn:
+    with contextlib.closing(sqlite3.connect(path)) as conn, conn:
         return conn.execute(
             "SELECT seq, type, at, call_id, model_id, writer, body FROM events ORDER BY seq"
         ).fetchall()
@@ -87,7 +88,7 @@ async def test_the_body_holds_only_what_no_column_holds(tmp_path: Path) -> None:
         assert isinstance(at, int)
         assert isinstance(writer, int)
         assert not COLUMNS & set(json.loads(str(body)))
-    with sqlite3.connect(path) as conn:
+    with contextlib.closing(sqlite3.connect(path)) as conn, conn:
         (name,) = conn.execute("SELECT name FROM writers").fetchone()
     assert name == fo.event_store.writer
     assert replay(str(path)).metrics.calls_succeeded == 1
@@ -107,7 +108,7 @@ def test_fields_without_a_column_stay_readable_with_json_extract(tmp_path: Path)
                 message="overloaded",
             )
         )
-    with sqlite3.connect(path) as conn:
+    with contextlib.closing(sqlite3.connect(path)) as conn, conn:
         found = conn.execute(
             "SELECT call_id, model_id, json_extract(body, '$.error_kind'), "
             "json_extract(body, '$.message') FROM events WHERE type = 'attempt_failed'"
@@ -123,7 +124,7 @@ async def test_the_hot_path_costs_at_most_160_bytes_an_event_on_disk(tmp_path: P
     for _ in range(5_000):
         await fo.call("hello")
     await fo.aclose()
-    with sqlite3.connect(path) as conn:
+    with contextlib.closing(sqlite3.connect(path)) as conn, conn:
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         (events,) = conn.execute("SELECT count(*) FROM events").fetchone()
         (pages,) = conn.execute("PRAGMA page_count").fetchone()
@@ -138,7 +139,7 @@ def old_log(path: Path) -> None:
     """A log as the first row format wrote it: ``at`` as text, the whole event in the body."""
     started = EngineStarted(at=AT, models=("primary",))
     call = CallStarted(at=AT + timedelta(seconds=1), call_id="c-1", order=("primary",))
-    with sqlite3.connect(path) as conn:
+    with contextlib.closing(sqlite3.connect(path)) as conn, conn:
         conn.executescript(
             """
             CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT);
