@@ -21,8 +21,17 @@ from .health import HealthState
 SCHEMA_VERSION: Final = 2
 
 
+# ``gc=False``: an event never refers to itself, so the garbage collector need not track it.
+# Reading a long log makes millions of them; tracked, they made full collections (which stop
+# every thread, the event loop's included) take hundreds of milliseconds.
 class _Event(
-    msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, tag_field="type", tag=True
+    msgspec.Struct,
+    frozen=True,
+    kw_only=True,
+    omit_defaults=True,
+    tag_field="type",
+    tag=True,
+    gc=False,
 ):
     seq: int = 0
     at: datetime
