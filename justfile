@@ -60,7 +60,8 @@ fmt:
 verify:
     bash scripts/verify_multi_model_failover.sh
 
-# Benchmarks: per-call overhead against a hand-written floor, log throughput.
+# Benchmarks into docs/performance.md: per-call overhead against a hand-written floor, log
+# throughput, memory, engine start/replay/archive on logs up to 10M events, the command line on
+# the largest (whole and half archived). `just bench --fast`: smaller logs; `--help`: options.
 bench *args:
     {{python}} benchmarks/run.py {{args}}
-    {{python}} benchmarks/cli_bench.py

@@ -1,11 +1,16 @@
 """How fast the `failover` command line answers on a large event log.
 
-Builds a synthetic log of N events (default 1,000,000) by inserting rows directly with
-``executemany`` (the engine would take minutes to write that many), then times `timeline`,
-`state --at` and `metrics` as a user runs them: a fresh `failover` process each, its output
-redirected to a file. Prints one line per command. Usage::
+Builds a synthetic log of N events (default 1,000,000) through the store itself (``buffered``
+appends: rows, indexes and snapshots as the engine writes them), then times `timeline`,
+`state`, `metrics` and `audit` as a user runs them: a fresh `failover` process each, its
+output redirected to a file. Prints one line per command. Usage::
 
     python benchmarks/cli_bench.py [--events N] [--log PATH] [--keep]
+    python benchmarks/cli_bench.py --archived [--events N] [--log-dir DIR]
+
+``--archived`` also times each command on a copy of the log whose first half (the events
+before its middle event's time) was moved out by ``failover archive``'s code, side by side
+(``just bench`` does this on its largest log).
 
 A ``--log`` that already holds N benchmark events is reused rather than rebuilt.
 
@@ -24,6 +29,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -200,9 +206,32 @@ def _time(args: list[str], sink: Path) -> tuple[float, int]:
         )
 
 
-def cases(log: Path) -> list[list[str]]:
-    """The commands timed, as argument lists."""
-    middle = (START + timedelta(hours=12)).isoformat()
+def event_time(log: Path, fraction: float) -> datetime:
+    """The time of the event ``fraction`` of the way into ``log`` (by seq)."""
+    with SQLiteEventStore(log, create=False) as store:
+        seq = max(1, int(store.last_seq() * fraction))
+        event = next(store.read(after=seq - 1, where="seq <= ?", params=(seq,)))
+    return event.at
+
+
+def cases(
+    log: Path,
+    archive: Path | None = None,
+    *,
+    middle: datetime | None = None,
+    quarter: datetime | None = None,
+) -> list[list[str]]:
+    """The commands timed, as argument lists. ``middle`` and ``quarter`` (default: noon and
+    6 am of the log's first day) are instants commands ask about; ``archive``: the log was
+    archived into that file before ``middle`` (then the two commands about ``quarter`` read it
+    with ``--archive``)."""
+    middle = middle or START + timedelta(hours=12)
+    quarter = quarter or START + timedelta(hours=6)
+    return _cases(log, archive, middle.isoformat(), quarter.isoformat())
+
+
+def _cases(log: Path, archive: Path | None, middle: str, morning: str) -> list[list[str]]:
+    reading = ["--archive", str(archive)] if archive is not None else []
     return [
         ["timeline", str(log)],
         ["timeline", str(log), "--type", "failover"],
@@ -213,7 +242,58 @@ def cases(log: Path) -> list[list[str]]:
         ["metrics", str(log)],
         ["metrics", str(log), "--at", middle, "--format", "prometheus"],
         ["audit", str(log)],
+        ["state", str(log), "--at", morning, *reading],
+        ["metrics", str(log), "--at", morning, *reading],
     ]
+
+
+@dataclass(frozen=True)
+class Timed:
+    """One command: how it reads (``LOG`` and ``ARCHIVE`` for the paths), seconds, lines out."""
+
+    command: str
+    seconds: float
+    lines: int
+
+
+def shown(args: list[str], log: Path, archive: Path | None = None, **instants: datetime) -> str:
+    """``failover ...`` with the log's path as LOG, the archive's as ARCHIVE, and each of
+    ``instants`` as its name in capitals."""
+    names = {str(log): "LOG", str(archive): "ARCHIVE"}
+    names.update({at.isoformat(): name.upper() for name, at in instants.items()})
+    return "failover " + " ".join(names.get(a, a) for a in args)
+
+
+def time_cases(log: Path, folder: Path, archive: Path | None = None) -> list[Timed]:
+    """Each command of ``cases`` once, a fresh process each, its output into a file."""
+    found = []
+    sink = folder / "output.txt"
+    try:
+        for args in cases(log, archive):
+            elapsed, printed = _time(args, sink)
+            found.append(Timed(shown(args, log, archive), elapsed, printed))
+    finally:
+        sink.unlink(missing_ok=True)
+    return found
+
+
+def compare(log: Path, archived: Path, archive: Path, folder: Path) -> list[tuple[Timed, Timed]]:
+    """Each command on ``log`` and on ``archived`` (the same log with its events before its
+    middle event moved into ``archive``), side by side; the two runs of a command follow each
+    other. MIDDLE is the time of the middle event (the cut), QUARTER that of the event a
+    quarter of the way in (archived)."""
+    at = {"middle": event_time(log, 0.5), "quarter": event_time(log, 0.25)}
+    pairs = []
+    sink = folder / "output.txt"
+    try:
+        for plain, cut in zip(cases(log, **at), cases(archived, archive, **at), strict=True):
+            seconds, lines = _time(plain, sink)
+            a = Timed(shown(plain, log, **at), seconds, lines)
+            seconds, lines = _time(cut, sink)
+            pairs.append((a, Timed(shown(cut, archived, archive, **at), seconds, lines)))
+    finally:
+        sink.unlink(missing_ok=True)
+    return pairs
 
 
 def main() -> None:
@@ -224,7 +304,19 @@ def main() -> None:
     parser.add_argument(
         "--keep", action="store_true", help="keep the log afterwards (a later --log reuses it)"
     )
+    parser.add_argument(
+        "--archived",
+        action="store_true",
+        help="also time each command on a copy of the log whose first half is archived, "
+        "side by side",
+    )
+    parser.add_argument(
+        "--log-dir", type=Path, default=None, help="with --archived: keep and reuse the logs here"
+    )
     options = parser.parse_args()
+    if options.archived:
+        _main_archived(options.events, options.log_dir)
+        return
     folder = tempfile.mkdtemp(prefix="failover-cli-bench-")
     log = options.log or Path(folder) / "events.sqlite3"
     size = log.stat().st_size / 2**20 if log.exists() else 0.0
@@ -238,17 +330,35 @@ def main() -> None:
         print(f"built {options.events:,} events in {built:.1f}s ({size:.0f} MiB) at {log}")
     print(f"{'seconds':>8}  {'lines out':>10}  command")
     worst = 0.0
-    for args in cases(log):
-        elapsed, printed = _time(args, Path(folder) / "output.txt")
-        worst = max(worst, elapsed)
-        shown = " ".join(a if a != str(log) else "LOG" for a in args)
-        print(f"{elapsed:8.2f}  {printed:>10,}  failover {shown}")
+    for found in time_cases(log, Path(folder)):
+        worst = max(worst, found.seconds)
+        print(f"{found.seconds:8.2f}  {found.lines:>10,}  {found.command}")
     print(f"slowest: {worst:.2f}s (target: under 5s each on a 2-core machine)")
-    Path(folder, "output.txt").unlink(missing_ok=True)
     if not options.keep and options.log is None:
         for suffix in ("", "-wal", "-shm"):
             Path(f"{log}{suffix}").unlink(missing_ok=True)
     Path(folder).rmdir()
+
+
+def _main_archived(events: int, log_dir: Path | None) -> None:
+    """The commands on the log and on its half-archived copy, side by side."""
+    from log_scale import LogCache  # noqa: PLC0415 - it imports this module
+
+    with tempfile.TemporaryDirectory(prefix="failover-cli-bench-") as tmp:
+        cache = LogCache(log_dir or Path(tmp))
+        log = cache.log(events)
+        archived, archive, figures = cache.archived(events)
+        if figures is not None:
+            print(
+                f"archived {figures.moved:,} of {events:,} events in {figures.seconds:.1f}s: "
+                f"{figures.size_before / 2**20:.0f} MiB -> {figures.size_after / 2**20:.0f} MiB"
+            )
+        print(f"{'whole':>8}  {'archived':>8}  {'lines':>10}  {'lines':>10}  command")
+        for whole, cut in compare(log, archived, archive, Path(tmp)):
+            print(
+                f"{whole.seconds:8.2f}  {cut.seconds:8.2f}  {whole.lines:>10,}  {cut.lines:>10,}"
+                f"  {cut.command}"
+            )
 
 
 if __name__ == "__main__":

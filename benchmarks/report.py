@@ -14,8 +14,10 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from cli_bench import Timed
 from contenders import ENGINE_MODES, FLOOR, LITELLM, TENACITY, label
 from fakes import SCENARIOS
+from log_scale import ArchiveFigures, Scale, ScaleReport, median, mib, ms, size_label
 from overhead import Result
 
 PACKAGES = ("devs-risks-multi-model-failover", "msgspec", "anyio", "pyperf", "tenacity", "litellm")
@@ -68,6 +70,13 @@ class Report:
     memory: dict[str, float] | None = None
     in_flight: int = 0
     skipped: list[str] = field(default_factory=list)
+    # The log as it grows: engine start, replay, disk, archive (log_scale), and the command
+    # line on the largest log, whole and half archived (cli_bench.compare).
+    scale: ScaleReport | None = None
+    cli: list[tuple[Timed, Timed]] = field(default_factory=list)
+    cli_events: int = 0
+    cli_archive: ArchiveFigures | None = None  # the archive made for it (None: cached)
+    cli_load: tuple[float, float] = (0.0, 0.0)
     # 1-minute load averages at the start and the end: other work on the machine skews figures.
     load: tuple[float, float] = (0.0, 0.0)
 
@@ -138,7 +147,7 @@ def overhead_tables(report: Report) -> list[str]:
 
 
 def targets(report: Report) -> list[list[str]]:
-    """Each target of issues 2 and 6 with the measured figure and whether it is met."""
+    """Each target of issues 2, 6 and 13 with the measured figure and whether it is met."""
     rows: list[list[str]] = []
 
     def add(target: str, figure: str, met: bool | None) -> None:
@@ -187,7 +196,11 @@ def targets(report: Report) -> list[list[str]]:
         add("sustained appends >= 300,000 events/s", f"{rate:,.0f} events/s", rate >= 300_000)
     if report.replay is not None:
         rate = report.replay["replay_rate"]
-        add("replay into metrics >= 700,000 events/s", f"{rate:,.0f} events/s", rate >= 700_000)
+        add(
+            "replay into metrics (from the start) >= 700,000 events/s",
+            f"{rate:,.0f} events/s",
+            rate >= 700_000,
+        )
     if report.memory is not None:
         kib = report.memory["engine"] - report.memory["bare client"]
         add(
@@ -195,7 +208,296 @@ def targets(report: Report) -> list[list[str]]:
             f"{kib:.2f} KiB",
             kib < 5,
         )
+    rows += durability_targets(report)
+    if report.scale is not None:
+        rows += scale_targets(report.scale)
     return rows
+
+
+def durability_targets(report: Report) -> list[list[str]]:
+    """Issue 13: sequential calls in the default and ``process`` modes against ``buffered``
+    (table (a))."""
+    rows: list[list[str]] = []
+    buffered = report.find("success", "buffered")
+    for mode, name, factor in (
+        ("memory", "default engine (:memory:, process)", 2),
+        ("process", "file log, process", 4),
+    ):
+        engine = report.find("success", mode)
+        if engine and buffered:
+            ratio = engine.median_us / buffered.median_us
+            rows.append(
+                [
+                    f"{name}, sequential success: <= {factor}x buffered",
+                    f"{ratio:.2f}x ({_us(engine.median_us)} vs {_us(buffered.median_us)} us)",
+                    "yes" if ratio <= factor else "**no**",
+                ]
+            )
+    return rows
+
+
+# A stall longer than this is more than "a few milliseconds" (issue 13).
+STALL_TARGET = 0.010
+
+
+def scale_targets(scale: ScaleReport) -> list[list[str]]:
+    """Issue 13's targets: bytes per event, start and replay flat in the log's size, no stall."""
+    rows: list[list[str]] = []
+
+    def add(target: str, figure: str, met: bool) -> None:
+        rows.append([target, figure, "yes" if met else "**no**"])
+
+    if scale.hot_path is not None:
+        per_event = scale.hot_path.per_event
+        add(
+            "bytes per event on disk, hot-path mix, indexes included: <= 160",
+            f"{per_event:.0f} B",
+            per_event <= 160,
+        )
+    if len(scale.sizes) >= 2:
+        small, large = scale.sizes[0], scale.sizes[-1]
+        for what, figure in (
+            ("engine start to first answer", lambda s: median([x.seconds for x in s.starts])),
+            ("replay(path)", lambda s: median(s.replay)),
+        ):
+            a, b = figure(small), figure(large)
+            add(
+                f"{what}: flat in the log's size ({large.label} events within 2x of {small.label})",
+                f"{ms(b)} vs {ms(a)} ms",
+                b <= 2 * a,
+            )
+    if scale.sizes:
+        worst = max(scale.sizes, key=lambda s: _gap(s.starts))
+        add(
+            f"longest event-loop stall during engine start: a few ms (<= {STALL_TARGET * 1e3:.0f} "
+            "ms, median of the starts, worst size)",
+            f"{ms(_gap(worst.starts))} ms ({worst.label} events)",
+            _gap(worst.starts) <= STALL_TARGET,
+        )
+        crash = max(scale.sizes, key=lambda s: _gap(s.crash_starts))
+        add(
+            f"... starting after a crash (~10,000 events past the snapshot): <= "
+            f"{STALL_TARGET * 1e3:.0f} ms",
+            f"{ms(_gap(crash.crash_starts))} ms ({crash.label} events)",
+            _gap(crash.crash_starts) <= STALL_TARGET,
+        )
+    if scale.archives:
+        gap = median([a.gap for a in scale.archives])
+        add(
+            f"longest event-loop stall while archiving (on a worker thread): <= "
+            f"{STALL_TARGET * 1e3:.0f} ms",
+            f"{ms(gap)} ms",
+            gap <= STALL_TARGET,
+        )
+    return rows
+
+
+def _gc_longest(scale: ScaleReport) -> float:
+    """The longest full garbage collection during any engine start."""
+    starts = [x for s in scale.sizes for x in [*s.starts, *s.crash_starts]]
+    return max((x.gc_longest for x in starts), default=0.0)
+
+
+def _gap(found: Sequence[Any]) -> float:
+    """The median of the longest gaps of several runs."""
+    return median([x.gap for x in found])
+
+
+def _gaps(found: Sequence[Any]) -> str:
+    """``median (max)`` of the longest gaps of several runs, in ms."""
+    if not found:
+        return "-"
+    return f"{ms(_gap(found))} ({ms(max(x.gap for x in found))})"
+
+
+def scale_lines(report: Report) -> list[str]:
+    """Engine start and replay by log size, disk, archive, the command line."""
+    scale = report.scale
+    lines: list[str] = []
+    if scale is not None and scale.sizes:
+        load = f"load average {scale.load[0]:.2f} at the start, {scale.load[1]:.2f} at the end"
+        lines += [
+            "### Engine start by log size",
+            "",
+            f"Milliseconds, median of {len(scale.sizes[0].starts)} starts; the stall is the "
+            f"longest gap between two wake-ups of a 1 ms ticker on the same loop, median "
+            f"(worst) of the starts: an idle loop shows {ms(scale.idle_gap)} ms. {load}.",
+            "",
+            *_table(
+                [
+                    "log",
+                    "start to first answer",
+                    "of which constructor",
+                    "loop stall",
+                    "after a crash (~10k events past the snapshot)",
+                    "its stall",
+                    "first start in a fresh process",
+                    "its stall",
+                ],
+                [_start_row(s) for s in scale.sizes],
+            ),
+            "",
+            f"The longest full garbage collection during any of these starts took "
+            f"{ms(_gc_longest(scale))} ms.",
+            "",
+            "### Replay and disk by log size",
+            "",
+            *_table(
+                [
+                    "log",
+                    "events",
+                    "file",
+                    "bytes/event (table + indexes)",
+                    "replay(path), ms",
+                    "replay(path, from_start=True)",
+                    "built in",
+                ],
+                [_replay_row(s) for s in scale.sizes],
+            ),
+            "",
+        ]
+        odd = [s.label for s in scale.sizes if not s.same_fold]
+        if odd:
+            lines += [
+                f"**replay(path) and replay(path, from_start=True) disagree on: "
+                f"{', '.join(odd)}.**",
+                "",
+            ]
+    if scale is not None and scale.hot_path is not None:
+        d = scale.hot_path
+        lines += [
+            "### Bytes per event on disk",
+            "",
+            *_table(
+                ["log", "events", "bytes/event", "events table", "its indexes"],
+                [
+                    [
+                        f"hot path: {scale.hot_path_calls:,} engine calls on gpt-4o-mini and "
+                        "claude-haiku-4-5 (1 in 10 failed over)",
+                        f"{d.events:,}",
+                        f"{d.per_event:.1f}",
+                        _per_event(d.table, d.events),
+                        _per_event(d.indexes, d.events),
+                    ],
+                    *(
+                        [
+                            f"{s.label}-event log (a day on three models, see below)",
+                            f"{s.disk.events:,}",
+                            f"{s.disk.per_event:.1f}",
+                            _per_event(s.disk.table, s.disk.events),
+                            _per_event(s.disk.indexes, s.disk.events),
+                        ]
+                        for s in scale.sizes
+                        if s.disk is not None
+                    ),
+                ],
+            ),
+            "",
+        ]
+    archives = list(scale.archives if scale is not None else [])
+    if archives or report.cli_archive is not None:
+        rows = [_archive_row(a, f"run {n}") for n, a in enumerate(archives, 1)]
+        if report.cli_archive is not None:
+            rows.append(_archive_row(report.cli_archive, "for the command line below"))
+        lines += [
+            "### Archive: half a log's events moved out",
+            "",
+            *_table(
+                [
+                    "log",
+                    "events moved",
+                    "seconds",
+                    "events/s",
+                    "live file before",
+                    "after",
+                    "archive file",
+                    "loop stall (s into the run)",
+                    "longest full GC meanwhile",
+                    "same fold after",
+                ],
+                rows,
+            ),
+            "",
+        ]
+    if report.cli:
+        a, b = report.cli_load
+        lines += [
+            f"### Command line on the {size_label(report.cli_events)}-event log, whole and "
+            "half archived",
+            "",
+            f"Seconds, one fresh `failover` process per command, output to a file (load average "
+            f"{a:.2f} at the start, {b:.2f} at the end). `--archive ARCHIVE` is given on the "
+            "archived log only; elsewhere the archived log answers from its live half and its "
+            "cut snapshot.",
+            "",
+            *_table(
+                ["command", "whole log", "lines out", "half archived", "lines out"],
+                [
+                    [
+                        f"`{cut.command}`",
+                        f"{whole.seconds:.2f}",
+                        f"{whole.lines:,}",
+                        f"{cut.seconds:.2f}",
+                        f"{cut.lines:,}",
+                    ]
+                    for whole, cut in report.cli
+                ],
+            ),
+            "",
+        ]
+    return lines
+
+
+def _start_row(s: Scale) -> list[str]:
+    cold = s.cold
+    return [
+        s.label,
+        ms(median([x.seconds for x in s.starts])),
+        ms(median([x.constructor for x in s.starts])),
+        _gaps(s.starts),
+        ms(median([x.seconds for x in s.crash_starts])),
+        _gaps(s.crash_starts),
+        ms(cold.seconds) if cold else "-",
+        ms(cold.gap) if cold else "-",
+    ]
+
+
+def _replay_row(s: Scale) -> list[str]:
+    whole = median(s.from_start)
+    d = s.disk
+    split = ""
+    if d is not None and d.table is not None and d.indexes is not None and d.events:
+        split = f" ({d.table / d.events:.0f} + {d.indexes / d.events:.0f})"
+    return [
+        s.label,
+        f"{s.held:,}",
+        mib(d.used) if d else "-",
+        f"{d.per_event:.0f}{split}" if d else "-",
+        ms(median(s.replay)),
+        f"{whole:.2f} s ({s.held / whole:,.0f} events/s, {len(s.from_start)} run(s))"
+        if whole
+        else "-",
+        f"{s.built:.0f} s" if s.built is not None else "cached",
+    ]
+
+
+def _archive_row(a: ArchiveFigures, what: str) -> list[str]:
+    return [
+        f"{size_label(a.log_events)} events, {what}",
+        f"{a.moved:,}",
+        f"{a.seconds:.1f}",
+        f"{a.rate:,.0f}",
+        mib(a.size_before),
+        mib(a.size_after),
+        mib(a.archive_size),
+        f"{ms(a.gap)} ms ({a.gap_at:.1f} s)",
+        f"{ms(a.gc_longest)} ms",
+        "yes" if a.same_fold else "**no**",
+    ]
+
+
+def _per_event(size: int | None, events: int) -> str:
+    return f"{size / events:.1f}" if size is not None and events else "-"
 
 
 def log_lines(report: Report) -> list[str]:
@@ -251,7 +553,8 @@ def _replay_rows(r: dict[str, Any] | None, source: str, *, fold: bool = True) ->
         return []
     rows = [
         [
-            f"replay({source}) of {r['events']:,} events into metrics (read, decode, fold)",
+            f"replay({source}, from_start=True) of {r['events']:,} events into metrics "
+            "(read, decode, fold)",
             f"{r['replay_rate']:,.0f} events/s ({r['replay'].median():.2f} s)",
         ],
     ]
@@ -307,8 +610,9 @@ METHOD = """\
   10 fails over) appended into a `buffered` file log for `--append-seconds` (10 s; `--long`:
   60 s), the producer at most two windows of 5,000 calls ahead of the writer; the rate counts
   events committed by the end. Replay: a file log of `--replay-events` events (200,000;
-  `--long`: 1,000,000), `replay(path)` (read, decode, fold into metrics) and the fold alone,
-  timed by pyperf.
+  `--long`: 1,000,000), `replay(path, from_start=True)` (read, decode, fold into metrics every
+  event: a plain `replay(path)` starts from the snapshot the log took at close) and the fold
+  alone, timed by pyperf.
 - **PostgreSQL.** The same append and replay measures on a throwaway local cluster
   (Debian's PostgreSQL, started in a temporary folder on 127.0.0.1 by the tests' own set-up,
   `tests/storage/pg_server.py`, default settings), a fresh database each; skipped with the
@@ -316,13 +620,59 @@ METHOD = """\
 - **Memory.** `--in-flight` calls (10,000) held in flight by a client that awaits an
   `anyio.Event`, traced with `tracemalloc` once all are in flight (the writer's queue drained
   first): the bare client, the floor and the engine (buffered file log), in KiB per call.
+- **The log as it grows** (`benchmarks/log_scale.py`; `--log-sizes`, default 10k,1M,10M
+  events, `--fast` 10k,100k,1M). Each log is built once per run through the store itself
+  (`cli_bench.build_log`: a day of traffic on three models, mostly clean calls with bursts of
+  retries, failovers and state changes, probes, maintenance; appended `buffered` and flushed
+  every 200,000 appends so that the buffer never overflows) and closed cleanly, so its latest
+  snapshot is the close one. `--log-dir` keeps the logs for later runs.
+  - *Engine start*: on a fresh event loop per start, a ticker task sleeps 1 ms at a time and
+    keeps the longest gap between two of its wake-ups; meanwhile
+    `MultiModelFailover([primary, secondary], event_store=path)` is built (default
+    durability, `process`) and its first call answered. The time runs from the constructor to
+    that answer; the stall is the longest gap (the loop ran nothing else that long; an idle
+    loop's figure is given beside it). `--log-repeats` starts (5), median; the stall as median
+    (worst). Starts go in rounds, each round every log once in a shuffled order, and the
+    garbage of what ran before is collected before each one. A warm-up start on a small log
+    comes first, so that what is imported at first use is not counted; the *fresh process*
+    column is one start in a new process (the package imported, nothing used yet), where it
+    is.
+  - *After a crash*: the same on a copy of the log with 9,999 events appended after its latest
+    snapshot by a store that takes none (what a process killed just before its next periodic
+    snapshot leaves; the default period is 10,000 events), and an engine whose store takes
+    none either, so each start folds them again.
+  - *Replay*: `replay(path)` (the latest snapshot and what follows), `--log-repeats` runs in
+    the same rounds as the starts, median; `replay(path, from_start=True)` (every event), 3
+    runs (1 above 2M events: about a minute each). Both must give the same fold (a line below
+    the table says when not).
+  - *Bytes per event*: `(page_count - freelist_count) * page_size / count(*)` after `PRAGMA
+    wal_checkpoint(TRUNCATE)`, so indexes, snapshots and the free space inside pages are
+    included; SQLite's `dbstat` splits the events table from its indexes. The hot-path mix
+    (the target's): `--hot-path-calls` (100,000) sequential engine calls on a `buffered` file
+    log, two clients named `gpt-4o-mini` and `claude-haiku-4-5`, the first failing every 10th
+    call with a server error (`max_attempts=1`: a failover), engine call ids.
+  - *Archive*: a copy of the 1M-event log (the largest one up to 1M with `--log-sizes`) is
+    archived before the time of its middle event (half its events) with
+    `storage.archive.archive(store, before=..., to=...)` on a worker thread while the ticker
+    watches the loop; `--archive-repeats` copies (3; `--fast` 1). Events moved per second is
+    `ArchiveResult.moved / seconds` (copy, cut snapshot, delete, giving the space back);
+    sizes are the live file with its WAL before and after (`ArchiveResult`); the live log must
+    replay to the same fold as before.
+  - *Command line*: `cli_bench.compare` on the largest log and on a copy of it archived the
+    same way (its archive is the last row of the archive table): each command once, a fresh
+    `failover` process, its output to a file, the two logs one after the other. MIDDLE is the
+    time of the log's middle event (where the archive cut it), QUARTER that of the event a
+    quarter of the way in (archived: `--archive ARCHIVE` reads it).
+- **Durability targets** (issue 13) come from table (a): the default engine (`:memory:` log,
+  `process`) and the file log in `process` mode against the buffered file log, sequential
+  calls on the success path.
 - **Reading the figures.** The `no-op store` row is the engine with a store that keeps
   nothing: the gap between it and the floor is the engine's own bookkeeping (events built
   and folded, health, budget, deadlines); the gap between it and `buffered` is the log (the
-  append, and the writer thread competing for the GIL). Sequential `process` and `power`
-  calls each wait for one commit round trip (wake the writer, commit, wake the loop), so
-  they measure latency, not overhead; the concurrent tables show what group commit makes
-  of it.
+  append, and the writer thread competing for the GIL). A sequential `power` call waits for
+  its commit and fsync; in `process` mode a sequential caller commits its own events on its
+  thread (no fsync), and the in-memory log never makes a caller wait (it cannot outlive the
+  process anyway); the concurrent tables show what group commit makes of many callers.
 
 ## What bounds the targets that are missed
 
@@ -354,7 +704,27 @@ these figures are made of.
   5 s runs reached 210,000 to 320,000 events/s, depending on the machine's other load).
   Over 60 s the indexes outgrow SQLite's page cache, which is why the long run is slower
   than a 10 s one.
-- **Rerun.** `pip install -e '.[dev,bench]' && just bench` (about two minutes); add
+- **Event-loop stalls (issue 13: a few milliseconds).** Measured 2026-12-01 with SQLite
+  statement timings and `gc.callbacks`. The engine's constructor runs on the loop, and its
+  store registers the engine's writer in the log's `writers` table with a commit made before
+  the connection's `PRAGMA synchronous = NORMAL`, so with an fsync: 2 ms on a quiet disk,
+  11 to 15 ms when other processes write. A first start in a fresh process also imports
+  what is used at first (anyio's asyncio backend, sqlite_utils' plugin entry points): 25 to
+  45 ms, once per process. Archiving runs on a worker thread, but its copy allocates many
+  objects per slice, so CPython's full (generation 2) collections run on that thread holding
+  the GIL, 14 to 19 ms each on this benchmark's heap; between them the worker hands the GIL
+  back every 5 ms (`sys.getswitchinterval()`), which is also what a start after a crash
+  (folding 10,000 events on a worker thread) costs the loop.
+- **Replay from the start (700,000 events/s).** Row format 2 keeps the time as an integer
+  and no column's value in the body; a read puts each event's JSON back together in Python
+  (`_row_text`, `micros_text`) before decoding it. Folding 1M events from the start took
+  1.9 s with row format 1 and 4.2 to 6 s now (the same log, the same machine, 2026-12-01).
+  Since snapshots, engine start and `replay(path)` fold only what follows the latest
+  snapshot, so this bounds `replay(path, from_start=True)`, `failover verify` and the
+  commands that fold a whole log.
+- **Rerun.** `pip install -e '.[dev,bench]' && just bench` (about RUNTIME; building the
+  10M-event log and archiving half of it take most of it; `just bench --fast` takes a few
+  minutes; `just bench --log-dir var/bench-logs` keeps the big logs for the next run); add
   `pip install litellm` (best in a virtual environment of its own, then
   `PYTHON=that/venv/bin/python just bench`) for the LiteLLM rows; `just bench --long`;
   `just bench --help` lists every option (pyperf's own, such as `--values` and `--min-time`,
@@ -384,6 +754,7 @@ def render(report: Report) -> str:
     if target_rows:
         lines += ["## Targets", "", *_table(["target", "measured", "met"], target_rows), ""]
     lines += ["## Results", "", *overhead_tables(report), *log_lines(report)]
+    lines += scale_lines(report)
     if report.skipped:
         lines += ["## Skipped", "", *[f"- {reason}" for reason in report.skipped], ""]
     lines += [METHOD]
@@ -403,7 +774,7 @@ def console(report: Report) -> str:
     target_rows = targets(report)
     if target_rows:
         lines += ["Targets", *_table(["target", "measured", "met"], target_rows), ""]
-    lines += [*overhead_tables(report), *log_lines(report)]
+    lines += [*overhead_tables(report), *log_lines(report), *scale_lines(report)]
     if report.skipped:
         lines += ["Skipped:", *[f"- {reason}" for reason in report.skipped]]
     return "\n".join(lines)

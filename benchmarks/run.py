@@ -1,4 +1,5 @@
-"""`just bench`: the engine's per-call overhead next to its peers, the log's throughput, memory.
+"""`just bench`: the engine's per-call overhead next to its peers, the log's throughput, memory,
+and what a log costs as it grows (engine start, replay, archive, disk, the command line).
 
 Runs everything in one process and writes ``docs/performance.md``. ``--help`` lists the options;
 pyperf's own (``--values``, ``--min-time``, ``--processes``...) pass through.
@@ -27,6 +28,8 @@ try:
     import tenacity  # noqa: F401 - checked here so a missing extra fails with one clear line
 except ImportError as exc:  # pragma: no cover - depends on the installed extras
     raise SystemExit(f"{exc.name} is missing: pip install -e '.[bench]'") from exc
+import cli_bench  # noqa: E402
+import log_scale  # noqa: E402
 import report as reporting  # noqa: E402
 from contenders import (  # noqa: E402
     ENGINE_MODES,
@@ -45,7 +48,7 @@ from throughput import (  # noqa: E402
     write_log,
 )
 
-PARTS = ("overhead", "log", "postgres", "memory")
+PARTS = ("overhead", "log", "postgres", "memory", "scale", "cli")
 
 
 def make_runner() -> pyperf.Runner:
@@ -65,6 +68,31 @@ def make_runner() -> pyperf.Runner:
     add("--append-seconds", type=float, default=None, help="sustained append time (10; long 60)")
     add("--replay-events", type=int, default=None, help="events to replay (200000; long 1000000)")
     add("--in-flight", type=int, default=10_000, help="calls held in flight for memory")
+    add(
+        "--log-sizes",
+        default=None,
+        help="log sizes for engine start and replay (default 10k,1M,10M; --fast: 10k,100k,1M); "
+        "the command line is timed on the largest",
+    )
+    add(
+        "--log-dir",
+        type=Path,
+        default=None,
+        help="keep the big logs here and reuse them in later runs (default: a temporary folder)",
+    )
+    add("--log-repeats", type=int, default=5, help="engine starts and replays per log size")
+    add(
+        "--archive-repeats",
+        type=int,
+        default=None,
+        help="archives of half the 1M-event log (default 3; --fast: 1)",
+    )
+    add(
+        "--hot-path-calls",
+        type=int,
+        default=None,
+        help="engine calls whose log is measured for bytes per event (100000; --fast: 20000)",
+    )
     add("--doc", type=Path, default=ROOT / "docs" / "performance.md", help="report to write")
     add("--no-doc", action="store_true", help="print only; do not write the report")
     add("--json", type=Path, default=None, help="also save the pyperf results (a JSON suite)")
@@ -156,6 +184,58 @@ def run_memory(runner: pyperf.Runner, report: reporting.Report, workdir: Path) -
     report.memory = in_flight_memory(workdir, n)
 
 
+_CACHES: dict[Path, log_scale.LogCache] = {}
+
+
+def log_cache(runner: pyperf.Runner, workdir: Path) -> log_scale.LogCache:
+    """The big logs of this run (built once, shared by the scale and cli parts)."""
+    folder = runner.args.log_dir or workdir / "logs"
+    if folder not in _CACHES:
+        _CACHES[folder] = log_scale.LogCache(folder)
+    return _CACHES[folder]
+
+
+def log_sizes(runner: pyperf.Runner) -> tuple[int, ...]:
+    args = runner.args
+    default = log_scale.FAST_SIZES if args.fast else log_scale.SIZES
+    if args.log_sizes is None:
+        return default
+    return log_scale.parse_sizes(args.log_sizes)
+
+
+def run_scale(runner: pyperf.Runner, report: reporting.Report, workdir: Path) -> None:
+    """Engine start, replay, bytes per event and archive on logs of each size."""
+    args = runner.args
+    sizes = log_sizes(runner)
+    # Archive half of the 1M-event log (or of the largest one below it).
+    archived = max([n for n in sizes if n <= 1_000_000] or [min(sizes)])
+    repeats = args.archive_repeats if args.archive_repeats is not None else (1 if args.fast else 3)
+    calls = args.hot_path_calls or (20_000 if args.fast else 100_000)
+    print(f"log scale: {', '.join(map(log_scale.size_label, sizes))} events", file=sys.stderr)
+    report.scale = log_scale.measure(
+        log_cache(runner, workdir),
+        sizes,
+        runs=args.log_repeats,
+        archive_events=archived,
+        archive_repeats=repeats,
+        hot_path_calls=calls,
+    )
+
+
+def run_cli(runner: pyperf.Runner, report: reporting.Report, workdir: Path) -> None:
+    """The command line on the largest log, whole and half archived, side by side."""
+    events = max(log_sizes(runner))
+    cache = log_cache(runner, workdir)
+    log = cache.log(events)
+    print(f"command line on {events:,} events, whole and half archived", file=sys.stderr)
+    start_load = log_scale.load_average()
+    archived, archive, figures = cache.archived(events)
+    report.cli_archive = figures
+    report.cli_events = events
+    report.cli = cli_bench.compare(log, archived, archive, workdir)
+    report.cli_load = (start_load, log_scale.load_average())
+
+
 def save_json(report: reporting.Report, path: Path) -> None:
     benches = [r.bench for r in report.overhead]
     if report.replay is not None:
@@ -182,6 +262,8 @@ def main() -> int:
             "log": run_log,
             "postgres": run_postgres,
             "memory": run_memory,
+            "scale": run_scale,
+            "cli": run_cli,
         }
         for part in parts:
             steps[part](runner, report, workdir)
