@@ -347,7 +347,10 @@ def _write_events(
         store._asleep = False
         wake.clear()
         busy = bool(store._queue)
-        if (woken or linger is None or store._committed < seen) and not store._drain():
+        # A wake set between the wait's return and the clear above is lost: ``close`` is
+        # therefore looked at here, and other callers' events are overdue by the next look.
+        overdue = store._committed < seen
+        if (woken or linger is None or store._closing or overdue) and not store._drain():
             return
         seen = store._appended
         store._tidy()
@@ -627,7 +630,7 @@ class GroupCommitStore(abc.ABC):
         """The lingering writer found nothing to do for a while: from now appends wake it.
         False if something arrived meanwhile (it looks again instead of sleeping)."""
         self._asleep = True
-        if self._queue:
+        if self._queue or self._closing:
             self._asleep = False
         return self._asleep
 
