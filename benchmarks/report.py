@@ -707,24 +707,29 @@ these figures are made of.
 - **Event-loop stalls (issue 13: a few milliseconds).** Measured 2026-12-01 with SQLite
   statement timings and `gc.callbacks`. The engine's constructor runs on the loop, and its
   store registers the engine's writer in the log's `writers` table with a commit made before
-  the connection's `PRAGMA synchronous = NORMAL`, so with an fsync: 2 ms on a quiet disk,
-  11 to 15 ms when other processes write. A first start in a fresh process also imports
-  what is used at first (anyio's asyncio backend, sqlite_utils' plugin entry points): 25 to
-  45 ms, once per process. Archiving runs on a worker thread, but its copy allocates many
-  objects per slice, so CPython's full (generation 2) collections run on that thread holding
-  the GIL, 14 to 19 ms each on this benchmark's heap; between them the worker hands the GIL
-  back every 5 ms (`sys.getswitchinterval()`), which is also what a start after a crash
-  (folding 10,000 events on a worker thread) costs the loop.
+  the connection's `PRAGMA synchronous = NORMAL`, so with an fsync: under a millisecond on a
+  quiet disk, tens to hundreds of milliseconds just after other processes wrote a lot. A
+  first start in a fresh process also imports what is used at first (anyio's asyncio
+  backend, sqlite_utils' plugin entry points): 25 to 45 ms, once per process. Archiving and
+  a start after a crash (10,000 events folded) run on a worker thread: what they cost the
+  loop is the GIL, handed back every 5 ms (`sys.getswitchinterval()`), and CPython's full
+  garbage collections, which run on whichever thread triggers them and hold the GIL (since
+  events are no longer tracked by the collector, one or two of 20 to 30 ms per 500,000
+  events archived, where there were a dozen).
 - **Replay from the start (700,000 events/s).** Row format 2 keeps the time as an integer
   and no column's value in the body; a read puts each event's JSON back together in Python
   (`_row_text`, `micros_text`) before decoding it. Folding 1M events from the start took
-  1.9 s with row format 1 and 4.2 to 6 s now (the same log, the same machine, 2026-12-01).
+  1.9 to 2.7 s with row format 1 and 4.2 to 6.3 s with row format 2 (the same events, the
+  same machine, 2026-12-01).
   Since snapshots, engine start and `replay(path)` fold only what follows the latest
   snapshot, so this bounds `replay(path, from_start=True)`, `failover verify` and the
   commands that fold a whole log.
-- **Rerun.** `pip install -e '.[dev,bench]' && just bench` (about RUNTIME; building the
-  10M-event log and archiving half of it take most of it; `just bench --fast` takes a few
-  minutes; `just bench --log-dir var/bench-logs` keeps the big logs for the next run); add
+- **Rerun.** `pip install -e '.[dev,bench]' && just bench` (about half an hour on this
+  machine: building the 10M-event log, folding it from the start, archiving half of it and
+  the command line on it take most of it; `just bench --fast` takes about five minutes;
+  `just bench --log-dir var/bench-logs` keeps the big logs for the next run; `just bench
+  --render` writes this page again from the last run's results, after editing
+  `benchmarks/report.py`); add
   `pip install litellm` (best in a virtual environment of its own, then
   `PYTHON=that/venv/bin/python just bench`) for the LiteLLM rows; `just bench --long`;
   `just bench --help` lists every option (pyperf's own, such as `--values` and `--min-time`,

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import io
 import os
+import pickle
 import shlex
 import sys
 import tempfile
@@ -49,6 +50,8 @@ from throughput import (  # noqa: E402
 )
 
 PARTS = ("overhead", "log", "postgres", "memory", "scale", "cli")
+# Every run's results, kept so that `--render` can write the report again without measuring.
+SAVED = ROOT / "var" / "bench" / "last-run.pickle"
 
 
 def make_runner() -> pyperf.Runner:
@@ -95,6 +98,12 @@ def make_runner() -> pyperf.Runner:
     )
     add("--doc", type=Path, default=ROOT / "docs" / "performance.md", help="report to write")
     add("--no-doc", action="store_true", help="print only; do not write the report")
+    add(
+        "--render",
+        action="store_true",
+        help=f"measure nothing: write the report from the last run's results ({SAVED}), "
+        "e.g. after editing report.py",
+    )
     add("--json", type=Path, default=None, help="also save the pyperf results (a JSON suite)")
     runner.parse_args([*sys.argv[1:], "--in-process", "--quiet"])
     return runner
@@ -244,9 +253,22 @@ def save_json(report: reporting.Report, path: Path) -> None:
         pyperf.BenchmarkSuite(benches).dump(str(path), replace=True)
 
 
+def render_saved(doc: Path) -> int:
+    """Write ``doc`` from the results the last complete run saved."""
+    if not SAVED.is_file():
+        raise SystemExit(f"no saved results at {SAVED}: run `just bench` first")
+    with SAVED.open("rb") as saved:
+        report = pickle.load(saved)  # noqa: S301 - our own file, written by this script
+    reporting.write(report, doc)
+    print(f"wrote {doc} from {SAVED} (measured {report.started:%Y-%m-%d %H:%M} UTC)")
+    return 0
+
+
 def main() -> int:
     runner = make_runner()
     args = runner.args
+    if args.render:
+        return render_saved(args.doc)
     parts = [p.strip() for p in args.parts.split(",") if p.strip()]
     unknown = set(parts) - set(PARTS)
     if unknown:
@@ -277,6 +299,9 @@ def main() -> int:
     if set(parts) != set(PARTS):
         print(f"not writing {args.doc}: only part of the benchmark ran", file=sys.stderr)
         return 0
+    SAVED.parent.mkdir(parents=True, exist_ok=True)
+    with SAVED.open("wb") as saved:
+        pickle.dump(report, saved)
     reporting.write(report, args.doc)
     print(f"wrote {args.doc}", file=sys.stderr)
     return 0
