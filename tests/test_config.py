@@ -11,6 +11,7 @@ from devs.risks.multi_model_failover import (
     ConfigError,
     HealthPolicy,
     MultiModelFailover,
+    Price,
     RetryPolicy,
     load_config,
 )
@@ -19,6 +20,7 @@ from devs.risks.multi_model_failover.adapters.config import ENV_VAR, resolve_api
 pytestmark = pytest.mark.anyio
 
 TARGET = "tests.test_config:echo"
+LOCAL = {"id": "a", "kind": "callable", "target": TARGET}
 
 
 def echo(prompt: str) -> str:
@@ -63,6 +65,20 @@ def test_defaults_fill_every_optional_key() -> None:
     assert config.retry_policy == RetryPolicy()
     assert config.health_check_interval == 30
     assert config.event_log is None
+    assert config.clients[0].price is None
+    assert config.prices == {}
+
+
+def test_a_price_in_the_yaml_file_reaches_the_engine(tmp_path: Path) -> None:
+    path = write_yaml(
+        tmp_path,
+        "multi_model_failover:\n  clients:\n"
+        f"    - {{id: a, kind: callable, target: '{TARGET}', price: {{input: 3, output: 15}}}}\n",
+    )
+    assert load_config(path, env={}).prices == {"a": Price(input=3.0, output=15.0)}
+    fo = MultiModelFailover.from_config(path, env={})
+    assert fo.engine.prices == {"a": Price(input=3.0, output=15.0)}
+    fo.event_store.close()
 
 
 @pytest.mark.parametrize(
@@ -82,6 +98,14 @@ def test_defaults_fill_every_optional_key() -> None:
         (
             {"clients": [{"id": "a", "kind": "callable", "target": TARGET}] * 2},
             "duplicate client id(s): a",
+        ),
+        (
+            {"clients": [{**LOCAL, "price": {"input": 1}}]},
+            "missing required field `output` - at `multi_model_failover.clients[0].price`",
+        ),
+        (
+            {"clients": [{**LOCAL, "price": {"input": -0.5, "output": 1}}]},
+            "input must be a finite number >= 0",
         ),
     ],
 )

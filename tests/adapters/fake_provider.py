@@ -296,3 +296,104 @@ def anthropic_events(chunks: Iterable[str], *, done: bool = True) -> tuple[str, 
         )
         blocks.append(sse({"type": "message_stop"}, "message_stop"))
     return tuple(blocks)
+
+
+# -- tool calls in each wire protocol ----------------------------------------------------
+# ``calls``: (id, name, arguments as a dict) per call.
+
+
+def openai_tool_calls(
+    calls: Iterable[tuple[str, str, dict[str, Any]]],
+    *,
+    text: str | None = None,
+    model: str = "gpt-test-2024",
+) -> dict[str, Any]:
+    """A chat completion asking for ``calls`` (arguments as compact JSON, as OpenAI sends)."""
+    answer = openai_completion(text or "", model=model, finish_reason="tool_calls")
+    answer["choices"][0]["message"] = {
+        "role": "assistant",
+        "content": text,
+        "tool_calls": [
+            {
+                "id": id_,
+                "type": "function",
+                "function": {"name": name, "arguments": json.dumps(args, separators=(",", ":"))},
+            }
+            for id_, name, args in calls
+        ],
+    }
+    return answer
+
+
+def anthropic_tool_use(
+    calls: Iterable[tuple[str, str, dict[str, Any]]],
+    *,
+    text: str | None = None,
+    model: str = "claude-test-20250101",
+) -> dict[str, Any]:
+    """A message whose content is ``text`` (if any), then a ``tool_use`` block per call."""
+    answer = anthropic_message(text or "", model=model, stop_reason="tool_use")
+    blocks: list[dict[str, Any]] = [{"type": "text", "text": text}] if text else []
+    blocks += [{"type": "tool_use", "id": i, "name": n, "input": a} for i, n, a in calls]
+    answer["content"] = blocks
+    return answer
+
+
+def _pieces(text: str, size: int) -> list[str]:
+    return [text[i : i + size] for i in range(0, len(text), size)] or [""]
+
+
+def openai_tool_events(
+    calls: Iterable[tuple[str, str, dict[str, Any]]], *, text: str = "", size: int = 7
+) -> tuple[str, ...]:
+    """A stream of ``text`` then ``calls``, each call's arguments in fragments of ``size``."""
+    blocks = list(openai_events([text] if text else [], done=False))
+    for index, (id_, name, args) in enumerate(calls):
+        head = {"index": index, "id": id_, "type": "function"}
+        head["function"] = {"name": name, "arguments": ""}
+        blocks.append(sse({"choices": [{"index": 0, "delta": {"tool_calls": [head]}}]}))
+        for piece in _pieces(json.dumps(args, separators=(",", ":")), size):
+            part = {"index": index, "function": {"arguments": piece}}
+            blocks.append(sse({"choices": [{"index": 0, "delta": {"tool_calls": [part]}}]}))
+    finish = {"index": 0, "delta": {}, "finish_reason": "tool_calls"}
+    blocks.append(sse({"choices": [finish]}))
+    blocks.append(sse("[DONE]"))
+    return tuple(blocks)
+
+
+def anthropic_tool_events(
+    calls: Iterable[tuple[str, str, dict[str, Any]]],
+    *,
+    text: str = "",
+    size: int = 7,
+    stop_reason: str = "tool_use",
+) -> tuple[str, ...]:
+    """A stream of a text block (if ``text``), then a ``tool_use`` block per call whose input
+    comes in ``input_json_delta`` pieces of ``size``."""
+    blocks = [
+        sse({"type": "message_start", "message": {"id": "msg_01", "content": []}}, "message_start")
+    ]
+    index = 0
+    if text:
+        start = {"type": "content_block_start", "index": 0, "content_block": {"type": "text"}}
+        delta = {"type": "text_delta", "text": text}
+        blocks += [
+            sse(start, "content_block_start"),
+            sse({"type": "content_block_delta", "index": 0, "delta": delta}, "content_block_delta"),
+            sse({"type": "content_block_stop", "index": 0}, "content_block_stop"),
+        ]
+        index = 1
+    for id_, name, args in calls:
+        block = {"type": "tool_use", "id": id_, "name": name, "input": {}}
+        start = {"type": "content_block_start", "index": index, "content_block": block}
+        blocks.append(sse(start, "content_block_start"))
+        for piece in _pieces(json.dumps(args), size):
+            delta = {"type": "input_json_delta", "partial_json": piece}
+            event = {"type": "content_block_delta", "index": index, "delta": delta}
+            blocks.append(sse(event, "content_block_delta"))
+        blocks.append(sse({"type": "content_block_stop", "index": index}, "content_block_stop"))
+        index += 1
+    stop = {"type": "message_delta", "delta": {"stop_reason": stop_reason}}
+    blocks.append(sse(stop, "message_delta"))
+    blocks.append(sse({"type": "message_stop"}, "message_stop"))
+    return tuple(blocks)

@@ -15,7 +15,14 @@ import anyio
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from devs.risks.multi_model_failover import HealthState, ModelError, MultiModelFailover, replay
+from devs.risks.multi_model_failover import (
+    HealthState,
+    ModelError,
+    ModelResponse,
+    MultiModelFailover,
+    replay,
+)
+from devs.risks.multi_model_failover.core.responses import Usage
 
 from .fakes import FakeClock, FakeModelClient
 
@@ -23,13 +30,19 @@ KINDS = (
     "rate_limited", "timeout", "server", "unknown", "auth",
     "context_length", "content_filter", "bad_request",
 )  # fmt: skip
-OUTCOMES = ("ok", *KINDS, "retry_after", "timeout_error", "exception")
+OUTCOMES = ("ok", "ok_usage", *KINDS, "retry_after", "timeout_error", "exception", "billed")
 
 
 def raise_outcome(outcome: str, model_id: str) -> object:
     """Answer as ``outcome`` says: return text or raise a fresh failure."""
     if outcome == "ok":
         return f"answer from {model_id}"
+    if outcome == "ok_usage":
+        return ModelResponse(
+            text="answer", model=model_id, usage=Usage(input_tokens=11, output_tokens=3)
+        )
+    if outcome == "billed":  # a failure the provider still charged for
+        raise ModelError("overloaded", kind="server", usage={"input_tokens": 5})
     if outcome == "retry_after":
         raise ModelError("slow down", kind="rate_limited", retry_after=0.01)
     if outcome == "timeout_error":
@@ -104,6 +117,7 @@ async def play(
         sleep=clock.sleep,
         clock=clock,
         rng=random.Random(0),
+        prices={s.model_id: {"input": 0.3, "output": 1.7} for s in scripts[::2]},
     )
     for action, index, on in actions:
         if action == "call":
@@ -152,3 +166,5 @@ def test_live_metrics_and_states_equal_the_replayed_log(
     assert metrics.attempts == sum(m.attempts for m in metrics.by_model.values())
     for model in metrics.by_model.values():
         assert model.attempts == model.successes + model.failures
+    assert metrics.input_tokens == sum(m.input_tokens for m in metrics.by_model.values())
+    assert metrics.output_tokens == sum(m.output_tokens for m in metrics.by_model.values())

@@ -1,7 +1,7 @@
 """Never executed: code as a consumer would write it, type-checked with ``mypy --strict``.
 
 ``tests/test_public_api.py`` runs mypy on this file; an error here is an error in the public
-types, not in this file.
+types, not in this file. ``rejected.py`` beside it holds the mistakes mypy must refuse.
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ import anyio
 
 from devs.risks.multi_model_failover import (
     AllModelsFailedError,
+    CallOutcome,
+    ChatMessage,
     ConfigError,
     DeadlineExceededError,
     ErrorKind,
@@ -25,13 +27,21 @@ from devs.risks.multi_model_failover import (
     ModelError,
     ModelResponse,
     MultiModelFailover,
+    Params,
+    Price,
+    Prompt,
     RetryPolicy,
     Snapshot,
     SQLiteEventStore,
     StreamOutcome,
     StreamSwitch,
+    SyncMultiModelFailover,
+    SyncStream,
+    ToolCall,
+    Usage,
     replay,
 )
+from devs.risks.multi_model_failover.adapters.clients import AnthropicClient, OpenAIClient
 
 
 class AsyncClient:
@@ -39,8 +49,9 @@ class AsyncClient:
 
     model_id = "async-model"
 
-    async def call(self, prompt: str) -> ModelResponse:
-        return ModelResponse(text=prompt.upper(), model=self.model_id)
+    async def call(self, prompt: Prompt) -> ModelResponse:
+        text = prompt if isinstance(prompt, str) else str(prompt[-1]["content"])
+        return ModelResponse(text=text.upper(), model=self.model_id)
 
     async def health_check(self) -> bool:
         return True
@@ -49,7 +60,7 @@ class AsyncClient:
 class SyncClient:
     """A blocking client: the engine runs it in a worker thread."""
 
-    def call(self, prompt: str) -> str:
+    def call(self, prompt: Prompt) -> str:
         if not prompt:
             raise ModelError("empty prompt", kind=ErrorKind.BAD_REQUEST)
         raise ModelError("slow down", kind="rate_limited", retry_after=1.5)
@@ -146,3 +157,75 @@ async def stream_text(fo: MultiModelFailover) -> tuple[str, StreamOutcome | None
         tokens: int | None = outcome.usage.output_tokens
         del tokens
     return "".join(parts), stream.outcome
+
+
+class OptionsClient:
+    """A client that takes per-call options and reports its usage."""
+
+    model_id = "options-model"
+
+    async def call(self, prompt: Prompt, params: Params | None = None) -> ModelResponse:
+        text = prompt if isinstance(prompt, str) else str(prompt[-1].get("content", ""))
+        if params is not None and params.get("max_tokens") == 0:
+            raise ModelError("nothing to say", kind="bad_request", usage=Usage(input_tokens=3))
+        return ModelResponse(text=text, model="m", usage=Usage(input_tokens=3, output_tokens=1))
+
+    async def health_check(self) -> bool:
+        return True
+
+
+async def orchestrate() -> None:
+    """Per-call options, tools, usage and cost, configuration as data."""
+    options: list[ModelClient] = [OptionsClient()]
+    fo = MultiModelFailover(options, prices={"options-model": Price(input=3.0, output=15.0)})
+    priced = MultiModelFailover(options, prices={"options-model": {"input": 1.0, "output": 2.0}})
+    messages: list[ChatMessage] = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Weather in Paris?"},
+    ]
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {}}}]
+    response: ModelResponse = await fo.call(messages, params={"tools": tools, "temperature": 0})
+    calls: tuple[ToolCall, ...] = response.tool_calls
+    for tool_call in calls:
+        print(tool_call.id, tool_call.name, tool_call.arguments)
+    outcome: CallOutcome = await fo.call_with_outcome("hi", timeout=5, params={"seed": 7})
+    print(outcome.model_id, outcome.response)
+    async with fo.stream(messages, params={"max_tokens": 50}) as stream:
+        async for chunk in stream:
+            assert_type(chunk, str)
+    metrics = fo.metrics()
+    cost: float | None = metrics.cost
+    tokens: int = metrics.input_tokens + metrics.by_model["options-model"].output_tokens
+    print(cost, tokens, metrics.by_model["options-model"].cost)
+    document = {"multi_model_failover": {"clients": [{"id": "a", "kind": "callable"}]}}
+    configured = MultiModelFailover.from_config(document, env={}, sleep=anyio.sleep)
+    assert_type(configured, MultiModelFailover)
+    openai = OpenAIClient(model="gpt-4o-mini", base_url="https://api.openai.com/v1")
+    assert_type(await openai.call("hi", params={"max_tokens": 5}), ModelResponse)
+    claude = AnthropicClient(model="claude-haiku-4-5", base_url="https://api.anthropic.com")
+    assert_type(await claude.call(messages), ModelResponse)
+    for engine in (fo, priced, configured):
+        await engine.aclose()
+
+
+def threads() -> None:
+    """The same from code that is not async."""
+    with SyncMultiModelFailover([OptionsClient()], {"max_attempts": 1}, backend="trio") as fo:
+        answer: Any = fo.call("hi", timeout=5, params={"temperature": 0})
+        outcome: CallOutcome = fo.call_with_outcome("hi", params={"seed": 1})
+        stream = fo.stream("hi", params={"max_tokens": 10})
+        assert_type(stream, SyncStream[str])
+        for chunk in stream:
+            assert_type(chunk, str)
+        with fo.stream("hi", recovery="restart") as rescued:
+            for item in rescued:
+                assert_type(item, str | StreamSwitch)
+        finished: StreamOutcome | None = rescued.outcome
+        fo.set_maintenance("options-model", True, reason="upgrade")
+        states: dict[str, HealthState] = fo.check_health()
+        order: list[str] = fo.rotation
+        metrics: Metrics = fo.metrics()
+        print(answer, outcome, finished, states, order, metrics.cost, fo.states)
+    configured = SyncMultiModelFailover.from_config("config/risks.yaml", durability="power")
+    assert_type(configured, SyncMultiModelFailover)
+    configured.close(grace=1.0)

@@ -3,6 +3,9 @@
 Every attempt, backoff, failover, probe and state change is appended to an event log; metrics,
 states and the audit trail are folds of that log (``replay``), live and after the fact.
 
+Threads: ``SyncMultiModelFailover`` is the same engine for code that is not async (one
+background event loop; safe to call from many threads).
+
 Exceptions::
 
     ModelError (kind: ErrorKind)
@@ -18,6 +21,7 @@ from loguru import logger as _logger
 
 from .adapters.config import ClientConfig, FailoverConfig, load_config
 from .adapters.facade import MultiModelFailover, replay
+from .adapters.sync import SyncMultiModelFailover, SyncStream
 from .core.calls import CallOutcome, EngineClosedError, FailReason
 from .core.clock import VirtualClock
 from .core.errors import (
@@ -33,9 +37,10 @@ from .core.errors import (
 from .core.events import Event
 from .core.health import HealthState
 from .core.policies import HealthPolicy, RetryPolicy
+from .core.pricing import Price
 from .core.projections import AuditEntry, Metrics, ModelMetrics, ModelState, Snapshot
-from .core.protocols import EventStore, ModelClient
-from .core.responses import ModelResponse, Usage
+from .core.protocols import ChatMessage, EventStore, ModelClient, Params, Prompt
+from .core.responses import ModelResponse, ToolCall, Usage
 from .core.streaming import FailoverStream, StreamInterruptedError, StreamOutcome, StreamSwitch
 from .storage.sqlite import SQLiteEventStore
 
@@ -47,6 +52,7 @@ __all__ = [
     "AttemptRecord",
     "AuditEntry",
     "CallOutcome",
+    "ChatMessage",
     "ClientConfig",
     "ConfigError",
     "DeadlineExceededError",
@@ -67,6 +73,9 @@ __all__ = [
     "ModelResponse",
     "ModelState",
     "MultiModelFailover",
+    "Params",
+    "Price",
+    "Prompt",
     "RetryPolicy",
     "SQLiteEventStore",
     "SchemaVersionError",
@@ -74,6 +83,9 @@ __all__ = [
     "StreamInterruptedError",
     "StreamOutcome",
     "StreamSwitch",
+    "SyncMultiModelFailover",
+    "SyncStream",
+    "ToolCall",
     "Usage",
     "VirtualClock",
     "load_config",

@@ -1,9 +1,13 @@
-"""Configuration: one document, from ``MULTI_MODEL_FAILOVER_CONFIG`` (JSON) or a YAML file.
+"""Configuration: one document, from ``MULTI_MODEL_FAILOVER_CONFIG`` (JSON), a YAML file or a
+mapping the application already holds.
 
-The environment variable wins over the file; the default file is ``config/risks.yaml``. The
-document is validated by msgspec; every problem is a ``ConfigError`` naming the key path and
-the source. API keys are never written in the document: ``api_key_env`` names the environment
-variable that holds one.
+Where it comes from, first found wins: the environment variable (when set and not blank),
+else the source given (a path to a YAML file, or the document itself as a mapping, the shape
+``yaml.safe_load`` returns), else ``config/risks.yaml``. The variable wins even over a mapping:
+an operator can always replace the configuration of a deployed application without a code
+change. The document is validated by msgspec; every problem is a ``ConfigError`` naming the key
+path and the source (the variable, the file, or "the given mapping"). API keys are never
+written in the document: ``api_key_env`` names the environment variable that holds one.
 """
 
 from __future__ import annotations
@@ -22,11 +26,16 @@ import yaml
 
 from ..core.errors import ConfigError
 from ..core.policies import HealthPolicy, RetryPolicy
+from ..core.pricing import Price
 from ..core.protocols import Durability
 
 ENV_VAR: Final = "MULTI_MODEL_FAILOVER_CONFIG"
 DEFAULT_PATH: Final = Path("config/risks.yaml")
 ROOT_KEY: Final = "multi_model_failover"
+MAPPING_SOURCE: Final = "the given mapping"
+
+# A path to a YAML file, or the configuration document itself.
+ConfigSource = str | os.PathLike[str] | Mapping[str, Any]
 
 ClientKind = Literal["openai", "anthropic", "callable"]
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -60,6 +69,28 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
+class PriceConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """``price`` of a client: USD per million ``input`` and ``output`` tokens (both required).
+
+    With a price, each attempt's reported usage gets a ``cost`` in the log and in metrics.
+    """
+
+    input: float
+    output: float
+
+    def __post_init__(self) -> None:
+        for name in ("input", "output"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(
+                    f"{name} must be a finite number >= 0 (USD per million tokens), got {value!r}"
+                )
+
+    def to_price(self) -> Price:
+        """The engine's ``Price``."""
+        return Price(input=self.input, output=self.output)
+
+
 class ClientConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """One model client entry; clients are tried in the order they are listed."""
 
@@ -79,6 +110,8 @@ class ClientConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     # Whether the model continues a final assistant message (``stream(..., recovery="continue")``);
     # None is the protocol's default: true for anthropic, false for openai.
     prefill: bool | None = None
+    # USD per million input and output tokens (None: usage is counted, never priced).
+    price: PriceConfig | None = None
 
     def __post_init__(self) -> None:
         if not self.id:
@@ -187,6 +220,11 @@ class FailoverConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
                 "repositories and logs); name its environment variable in event_log_password_env"
             )
 
+    @property
+    def prices(self) -> dict[str, Price]:
+        """The ``price`` of each client that has one, by client id (the engine's ``prices``)."""
+        return {c.id: c.price.to_price() for c in self.clients if c.price is not None}
+
     def event_log_password(self, env: Mapping[str, str] | None = None) -> str | None:
         """The PostgreSQL password from ``event_log_password_env``; ConfigError when unset."""
         return _secret_from(self.event_log_password_env, env, "event_log_password_env")
@@ -256,9 +294,11 @@ def parse_config(
 
 
 def load_config(
-    path: str | os.PathLike[str] | None = None, *, env: Mapping[str, str] | None = None
+    source: ConfigSource | None = None, *, env: Mapping[str, str] | None = None
 ) -> FailoverConfig:
-    """Load the configuration: the env var's JSON if set, else ``path``, else the default file."""
+    """Load the configuration: the env var's JSON if set, else ``source`` (a path to a YAML
+    file, or the document as a mapping), else the default file. ``ConfigError`` names the key
+    path and where the document came from."""
     environ = os.environ if env is None else env
     text = environ.get(ENV_VAR)
     if text is not None and text.strip():
@@ -273,7 +313,14 @@ def load_config(
         except RecursionError:
             raise _too_deep(f"environment variable {ENV_VAR}") from None
         return parse_config(data, source=f"environment variable {ENV_VAR}")
-    file = Path(path) if path is not None else DEFAULT_PATH
+    if isinstance(source, Mapping):
+        return parse_config(source, source=MAPPING_SOURCE)
+    if source is not None and not isinstance(source, str | os.PathLike):
+        raise TypeError(
+            "the configuration source must be a path or a mapping (a configuration document), "
+            f"got {type(source).__name__}"
+        )
+    file = Path(source) if source is not None else DEFAULT_PATH
     try:
         content = file.read_text(encoding="utf-8")
     except FileNotFoundError:

@@ -7,6 +7,11 @@ The names are stable (dashboards and alerts depend on them); counters end in ``_
 - ``failover_attempts_total{model}``, ``failover_attempt_successes_total{model}``,
   ``failover_attempt_failures_total{model}``: attempts on each model and how they ended.
 - ``failover_calls_served_total{model}``: calls each model answered.
+- ``failover_input_tokens_total{model}``, ``failover_output_tokens_total{model}``: tokens the
+  clients reported (for successful attempts, and for failed ones whose provider reported
+  usage); 0 for a model that reported none.
+- ``failover_cost_usd_total{model}``: what those tokens cost in USD, only for the models whose
+  cost is known (they have a price and reported usage).
 - ``failover_attempt_errors_total{kind}``: failed attempts by error kind.
 - ``failover_retries_total``, ``failover_failovers_total``, ``failover_backoffs_total``,
   ``failover_backoff_seconds_total``, ``failover_retry_budget_exhausted_total``,
@@ -108,7 +113,17 @@ def _per_model(m: Metrics) -> Iterator[Metric]:
         "calls_served": CounterMetricFamily(
             "failover_calls_served", "Calls each model answered.", labels=["model"]
         ),
+        "input_tokens": CounterMetricFamily(
+            "failover_input_tokens", "Input tokens the clients reported.", labels=["model"]
+        ),
+        "output_tokens": CounterMetricFamily(
+            "failover_output_tokens", "Output tokens the clients reported.", labels=["model"]
+        ),
     }
+    # A model without a price has no cost series at all: a 0 would read as "free".
+    cost = CounterMetricFamily(
+        "failover_cost_usd", "Cost of the reported tokens, USD (priced models).", labels=["model"]
+    )
     latency = HistogramMetricFamily(
         "failover_attempt_latency_seconds",
         "Latency of successful attempts, seconds.",
@@ -118,6 +133,8 @@ def _per_model(m: Metrics) -> Iterator[Metric]:
     for model_id, figures in sorted(m.by_model.items()):
         for field, family in families.items():
             family.add_metric([model_id], getattr(figures, field))
+        if figures.cost is not None:
+            cost.add_metric([model_id], figures.cost)
         cumulative = list(accumulate(figures.latency_buckets))
         latency.add_metric(
             [model_id],
@@ -125,6 +142,7 @@ def _per_model(m: Metrics) -> Iterator[Metric]:
             figures.latency_sum,
         )
     yield from families.values()
+    yield cost
     yield latency
 
 

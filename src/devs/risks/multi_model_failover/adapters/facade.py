@@ -3,6 +3,12 @@
 The core engine takes every seam explicitly; this facade fills them in: an in-memory SQLite
 log (or the file named), ``anyio.sleep``, ``time.monotonic``, UTC wall-clock time and a
 private ``random.Random``.
+
+The types a caller writes against: a ``Prompt`` is a str or a sequence of chat messages
+(mappings in the OpenAI shape: ``role``, ``content``, ``tool_calls``, ``tool_call_id``);
+``Params`` are one call's request options (``temperature``, ``max_tokens``, ``stop``, ``seed``,
+``tools``, ``tool_choice``, ``response_format``...), handed to the serving client as
+``call(prompt, params=...)``, which merges them over its configured ``params`` for that call.
 """
 
 from __future__ import annotations
@@ -16,11 +22,11 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from types import TracebackType
-from typing import Any, Literal, Self, cast, overload
+from typing import Any, Literal, Self, TypeAlias, TypedDict, Unpack, cast, overload
 
 import anyio
 
-from ..core.calls import CallOutcome
+from ..core.calls import CallOutcome, check_params
 from ..core.clock import LoopTime
 from ..core.engine import DEFAULT_GRACE, FailoverEngine
 from ..core.events import Event
@@ -28,16 +34,47 @@ from ..core.fingerprint import fingerprinter
 from ..core.health import HealthState
 from ..core.livelog import WallClock
 from ..core.policies import HealthPolicy, RetryPolicy
+from ..core.pricing import Price
 from ..core.projections import Metrics, Snapshot, fold
-from ..core.protocols import Clock, EventStore, Sleep, SnapshotLoader
+from ..core.protocols import (
+    Clock,
+    Durability,
+    EventStore,
+    Params,
+    Prompt,
+    Sleep,
+    SnapshotLoader,
+)
 from ..core.scrub import register_secret
 from ..core.streaming import FailoverStream, StreamSwitch
 from ..storage import GroupCommitStore
 from ..storage.sqlite import SQLiteEventStore
-from .config import FailoverConfig, load_config
+from .config import ConfigSource, FailoverConfig, RetentionConfig, load_config
 from .retention import Retention, RetentionTask
 
 POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+
+Prices: TypeAlias = Mapping[str, Price | Mapping[str, float]]
+"""By model id: a ``Price`` or ``{"input": ..., "output": ...}`` in USD per million tokens."""
+
+
+class FailoverOptions(TypedDict, total=False):
+    """The constructor's keywords that ``from_config`` also takes; each one given replaces
+    what the configuration says (see ``MultiModelFailover``)."""
+
+    health_policy: HealthPolicy | Mapping[str, Any] | None
+    event_store: EventStore | str | os.PathLike[str] | None
+    sleep: Sleep | None
+    clock: Clock | None
+    rng: random.Random | None
+    wall_clock: WallClock | None
+    durability: Durability
+    fingerprint_prompts: bool
+    replica: str | None
+    follow_interval: float | None
+    call_ids: Callable[[], str] | None
+    retention: Retention | RetentionConfig | Mapping[str, Any] | None
+    prices: Prices | None
 
 
 def utc_now() -> datetime:
@@ -111,11 +148,14 @@ class MultiModelFailover:
     """Ordered multi-model failover with retries, health checks and a replayable event log.
 
     ``clients``: a sequence or a mapping of model clients (``call(prompt)`` and
-    ``health_check()``, sync or async). See the package docs for every keyword. ``clock`` may
-    be a ``VirtualClock`` (the test mode): its ``sleep``, timeouts and UTC time are then used
-    too. ``call_ids`` makes call ids (default: a random prefix and a counter). ``retention``
-    (``adapters.retention.Retention`` or a dict of its keys): while the engine is open
-    (``async with``), archive the log's old events in the background.
+    ``health_check()``, sync or async; ``call(prompt, params=...)`` to take per-call options).
+    See the package docs for every keyword. ``clock`` may be a ``VirtualClock`` (the test
+    mode): its ``sleep``, timeouts and UTC time are then used too. ``call_ids`` makes call ids
+    (default: a random prefix and a counter). ``retention`` (``adapters.retention.Retention``
+    or a dict of its keys): while the engine is open (``async with``), archive the log's old
+    events in the background. ``prices`` (by model id, USD per million input and output
+    tokens): each attempt's reported usage gets a ``cost`` in the log and in ``metrics()``;
+    an id that is not a configured model is a ``ValueError`` naming it.
     """
 
     def __init__(
@@ -130,12 +170,13 @@ class MultiModelFailover:
         clock: Clock | None = None,
         rng: random.Random | None = None,
         wall_clock: WallClock | None = None,
-        durability: str = "process",
+        durability: Durability = "process",
         fingerprint_prompts: bool = False,
         replica: str | None = None,
         follow_interval: float | None = None,
         call_ids: Callable[[], str] | None = None,
-        retention: Retention | Mapping[str, Any] | None = None,
+        retention: Retention | RetentionConfig | Mapping[str, Any] | None = None,
+        prices: Prices | None = None,
     ) -> None:
         policy = None if retention is None else Retention.coerce(retention)
         seams = _time_seams(clock, sleep, wall_clock)
@@ -152,6 +193,7 @@ class MultiModelFailover:
                 rng=rng if rng is not None else random.Random(),  # noqa: S311 - jitter, not crypto
                 call_ids=call_ids if call_ids is not None else _random_call_ids(),
                 fingerprint=fingerprinter(secrets.token_bytes(16)) if fingerprint_prompts else None,
+                prices=prices,
                 **seams,
             )
         except BaseException:
@@ -228,30 +270,56 @@ class MultiModelFailover:
         """The stored events, oldest first."""
         return self._engine.events()
 
-    async def call(self, prompt: Any, timeout: float | None = None) -> Any:
-        """The first successful client's response, as is (see ``FailoverEngine.call``)."""
-        return (await self._engine.call_with_outcome(prompt, timeout=timeout)).response
+    async def call(
+        self, prompt: Prompt, timeout: float | None = None, *, params: Params | None = None
+    ) -> Any:
+        """The first successful client's response, as is (see ``FailoverEngine.call``): a
+        ``ModelResponse`` from the bundled clients. ``params``: this call's request options,
+        sent to every client the call tries (``TypeError`` unless a mapping with str keys)."""
+        checked = check_params(params)
+        return (
+            await self._engine.call_with_outcome(prompt, timeout=timeout, params=checked)
+        ).response
 
-    async def call_with_outcome(self, prompt: Any, *, timeout: float | None = None) -> CallOutcome:
+    async def call_with_outcome(
+        self, prompt: Prompt, *, timeout: float | None = None, params: Params | None = None
+    ) -> CallOutcome:
         """As ``call``, with the serving model, counts and call id."""
-        return await self._engine.call_with_outcome(prompt, timeout=timeout)
+        checked = check_params(params)
+        return await self._engine.call_with_outcome(prompt, timeout=timeout, params=checked)
 
     @overload
     def stream(
-        self, prompt: Any, *, timeout: float | None = None, recovery: Literal["none"] | None = None
+        self,
+        prompt: Prompt,
+        *,
+        timeout: float | None = None,
+        recovery: Literal["none"] | None = None,
+        params: Params | None = None,
     ) -> FailoverStream[str]: ...
 
     @overload
     def stream(
-        self, prompt: Any, *, timeout: float | None = None, recovery: Literal["restart", "continue"]
+        self,
+        prompt: Prompt,
+        *,
+        timeout: float | None = None,
+        recovery: Literal["restart", "continue"],
+        params: Params | None = None,
     ) -> FailoverStream[str | StreamSwitch]: ...
 
     def stream(
-        self, prompt: Any, *, timeout: float | None = None, recovery: str | None = None
+        self,
+        prompt: Prompt,
+        *,
+        timeout: float | None = None,
+        recovery: str | None = None,
+        params: Params | None = None,
     ) -> FailoverStream[Any]:
         """The answer as text chunks; failover until the first chunk, and after it only with
-        ``recovery`` (see ``FailoverEngine.stream``). ``.outcome`` once it has ended."""
-        return self._engine.open_stream(prompt, timeout, recovery)
+        ``recovery`` (see ``FailoverEngine.stream``). ``.outcome`` once it has ended.
+        ``params`` as for ``call``, checked at once."""
+        return self._engine.open_stream(prompt, timeout, recovery, check_params(params))
 
     async def check_health(self) -> dict[str, HealthState]:
         """Probe every client not in maintenance now; returns the states afterwards."""
@@ -323,23 +391,32 @@ class MultiModelFailover:
     @classmethod
     def from_config(
         cls,
-        path: str | os.PathLike[str] | None = None,
+        source: ConfigSource | None = None,
         *,
         env: Mapping[str, str] | None = None,
-        **overrides: Any,
-    ) -> MultiModelFailover:
-        """Build from ``MULTI_MODEL_FAILOVER_CONFIG``, else ``path``, else config/risks.yaml.
+        **overrides: Unpack[FailoverOptions],
+    ) -> Self:
+        """Build from ``MULTI_MODEL_FAILOVER_CONFIG``, else ``source``, else config/risks.yaml.
 
-        Keyword ``overrides`` (``sleep``, ``clock``, ``rng``, ``event_store``...) go to the
-        constructor. Raises ``ConfigError`` for a bad document or a missing key variable.
+        ``source``: a path to a YAML file, or the configuration document itself as a mapping
+        (``{"multi_model_failover": {"clients": [...], ...}}``, what the YAML would give). The
+        variable wins over either: an operator can replace a deployed configuration. ``env``
+        stands in for ``os.environ``. Keyword ``overrides`` (``sleep``, ``clock``, ``rng``,
+        ``event_store``, ``prices``...; see ``FailoverOptions``) replace what the document
+        says. Raises ``ConfigError`` naming the key path and the source for a bad document or
+        a missing key variable.
         """
-        config = load_config(path, env=env)
+        config = load_config(source, env=env)
         return cls.from_settings(config, env=env, **overrides)
 
     @classmethod
     def from_settings(
-        cls, config: FailoverConfig, *, env: Mapping[str, str] | None = None, **overrides: Any
-    ) -> MultiModelFailover:
+        cls,
+        config: FailoverConfig,
+        *,
+        env: Mapping[str, str] | None = None,
+        **overrides: Unpack[FailoverOptions],
+    ) -> Self:
         """Build from an already loaded ``FailoverConfig``."""
         from .clients import build_clients  # noqa: PLC0415 - HTTP stack only when configured
 
@@ -351,6 +428,7 @@ class MultiModelFailover:
             "replica": config.replica,
             "follow_interval": config.follow_interval,
             "retention": config.retention,
+            "prices": config.prices or None,
         }
         password = config.event_log_password(env)
         opened: EventStore | None = None

@@ -6,6 +6,7 @@ import asyncio
 import enum
 import math
 from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any
 
 import anyio
@@ -77,6 +78,7 @@ class Call:
         "last_error",
         "last_resort",
         "model_id",
+        "params",
         "prompt",
         "records",
         "start",
@@ -84,9 +86,17 @@ class Call:
         "trials",
     )
 
-    def __init__(self, call_id: str, start: float, deadline: float, prompt: Any) -> None:
+    def __init__(
+        self,
+        call_id: str,
+        start: float,
+        deadline: float,
+        prompt: Any,
+        params: Mapping[str, Any] | None = None,
+    ) -> None:
         self.call_id = call_id
         self.prompt = prompt
+        self.params = params  # the caller's per-call request options; None when it gave none
         self.start = start
         self.deadline = deadline
         self.budget = deadline - start  # seconds: the timeout or call_budget it was given
@@ -223,6 +233,35 @@ def check_prompt(prompt: object) -> None:
     raise TypeError(
         f"prompt must be a str or a list of chat messages (dicts), got {type(prompt).__name__}"
     )
+
+
+def check_params(params: object) -> Mapping[str, Any] | None:
+    """The caller's per-call ``params``, frozen for the call (retries and failovers send the
+    same, and a caller that changes its dict meanwhile changes nothing); None when empty.
+    ``TypeError`` unless it is a mapping with str keys."""
+    if params is None:
+        return None
+    if not isinstance(params, Mapping):
+        raise TypeError(f"params must be a mapping of request options, got {type(params).__name__}")
+    if not params:
+        return None
+    for key in params:
+        if not isinstance(key, str):
+            raise TypeError(f"params keys must be str, got {key!r} ({type(key).__name__})")
+    return MappingProxyType(dict(params))
+
+
+def no_params_failure(model_id: str, params: Mapping[str, Any]) -> Failure:
+    """A client whose ``call`` (or ``stream``) takes no ``params`` cannot honour a call's
+    request options: the attempt is a ``bad_request``, never a request without them."""
+    keys = ", ".join(sorted(params))
+    error = ModelError(
+        f"client {model_id!r} takes no per-call params (given: {keys}); give its call() a "
+        "params keyword to accept them",
+        kind=ErrorKind.BAD_REQUEST,
+        model_id=model_id,
+    )
+    return Failure(ErrorKind.BAD_REQUEST, error.message, error=error)
 
 
 def check_positive(name: str, value: object) -> float:

@@ -22,7 +22,7 @@ import sys
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Literal, Self, overload
+from typing import TYPE_CHECKING, Any, Self
 
 import anyio
 import anyio.abc
@@ -36,13 +36,14 @@ from .ledger import Fingerprint
 from .livelog import LiveLog, WallClock
 from .monitor import HealthMonitor
 from .policies import HealthPolicy, RetryPolicy
+from .pricing import Price, prices_by_model, response_tokens
 from .projections import Metrics, Snapshot
-from .protocols import Clock, EventStore, Sleep, Timer
+from .protocols import Clock, EventStore, Params, Sleep, Timer
 from .registry import ClientRegistry
 from .runner import CallRunner
 
 if TYPE_CHECKING:
-    from .streaming import FailoverStream, StreamSwitch
+    from .streaming import FailoverStream
 
 DEFAULT_GRACE = 10.0
 
@@ -69,8 +70,10 @@ class FailoverEngine:
         call_ids: Callable[[], str],
         fingerprint: Fingerprint | None = None,
         follow_interval: float | None = None,
+        prices: Mapping[str, Price | Mapping[str, Any]] | None = None,
     ) -> None:
         self.registry = ClientRegistry(clients)
+        self.prices = prices_by_model(prices, self.registry.check_known)
         self.retry_policy = RetryPolicy.coerce(retry_policy)
         self.health_policy = HealthPolicy.coerce(health_policy)
         self.health_check_interval = check_positive("health_check_interval", health_check_interval)
@@ -106,6 +109,7 @@ class FailoverEngine:
             rng=rng,
             call_ids=call_ids,
             fingerprint=fingerprint,
+            prices=self.prices,
         )
         self.log.on_rotation_change = _on_rotation_change(self.runner, self.monitor)
         self._closed = False
@@ -164,26 +168,34 @@ class FailoverEngine:
 
     # -- calls ---------------------------------------------------------------------------
 
-    async def call(self, prompt: Any, timeout: float | None = None) -> Any:
+    async def call(
+        self, prompt: Any, timeout: float | None = None, *, params: Params | None = None
+    ) -> Any:
         """Answer ``prompt`` with the first client that succeeds; returns its response as is.
+        ``params``: request options for this call only (``temperature``, ``tools``...), handed
+        to each client's ``call(prompt, params=...)``; a client that takes none fails the
+        attempt as ``bad_request`` rather than being sent the request without them.
 
         Raises ``AllModelsFailedError`` when every client is exhausted,
         ``DeadlineExceededError`` (a ``TimeoutError``) when ``timeout`` or the policy's
         ``call_budget`` runs out, the client's own ``ModelError(kind=bad_request)`` at once for
         a request no model could serve, and ``EngineClosedError`` when the engine is closed.
         """
-        outcome = await self.call_with_outcome(prompt, timeout=timeout)
+        outcome = await self.call_with_outcome(prompt, timeout=timeout, params=params)
         return outcome.response
 
-    async def call_with_outcome(self, prompt: Any, *, timeout: float | None = None) -> CallOutcome:
+    async def call_with_outcome(
+        self, prompt: Any, *, timeout: float | None = None, params: Params | None = None
+    ) -> CallOutcome:
         """As ``call``, but returns the response with the serving model, counts and call id."""
         if not self.log.loaded:
             await self.log.aload()
         runner = self.runner
-        call, order = runner.begin(prompt, timeout)
+        call, order = runner.begin(prompt, timeout, params)
         try:
             response = await runner.run(call, order, runner.attempt)
-            outcome = runner.ledger.succeeded(call, runner.attempt_succeeded(call), response)
+            served = runner.attempt_succeeded(call, tokens=response_tokens(response))
+            outcome = runner.ledger.succeeded(call, served, response)
         except ModelError:
             await runner.ledger.commit(call, "call_failed")
             raise
@@ -196,34 +208,20 @@ class FailoverEngine:
         await runner.ledger.commit(call, "call_succeeded")
         return outcome
 
-    @overload
-    def stream(
-        self, prompt: Any, *, timeout: float | None = None, recovery: Literal["none"] | None = None
-    ) -> FailoverStream[str]: ...
-
-    @overload
-    def stream(
-        self, prompt: Any, *, timeout: float | None = None, recovery: Literal["restart", "continue"]
-    ) -> FailoverStream[str | StreamSwitch]: ...
-
-    def stream(
-        self, prompt: Any, *, timeout: float | None = None, recovery: str | None = None
+    def open_stream(
+        self, prompt: Any, timeout: float | None, recovery: str | None, params: Params | None = None
     ) -> FailoverStream[Any]:
         """Stream the answer as text chunks; failover until the first chunk arrives.
 
         After it, a failure raises ``StreamInterruptedError``, unless ``recovery`` is
         ``"restart"`` or ``"continue"``: the answer then goes on from the next client, after a
         ``StreamSwitch`` chunk (see ``core.streaming``). ``.outcome`` once it has ended.
+        ``params`` as for ``call``, handed to each client's ``stream(prompt, params=...)``.
+        The facade's ``stream`` types its chunks by ``recovery``.
         """
-        return self.open_stream(prompt, timeout, recovery)
-
-    def open_stream(
-        self, prompt: Any, timeout: float | None, recovery: str | None
-    ) -> FailoverStream[Any]:
-        """``stream`` without its typing overloads (for wrappers of the engine)."""
         from .streaming import open_stream  # noqa: PLC0415 - keeps calls import-light
 
-        return open_stream(self.runner, self.log, prompt, timeout, recovery)
+        return open_stream(self.runner, self.log, prompt, timeout, recovery, params)
 
     # -- health and operators ------------------------------------------------------------
 

@@ -68,7 +68,10 @@ class ModelError(Exception):
     ``kind`` decides what the engine does next (see ``ErrorKind``); ``retry_after`` (seconds)
     is the provider's own wait hint, honoured for ``rate_limited``. ``status`` is the HTTP
     status and ``code`` the provider's own error code (or type), when the failure came from
-    an HTTP answer that had them; ``None`` otherwise.
+    an HTTP answer that had them; ``None`` otherwise. ``usage``: the tokens the provider says
+    the failed attempt used (a ``Usage``, or any object or mapping with ``input_tokens`` and
+    ``output_tokens``), recorded on its ``attempt_failed`` event; a failed attempt is never
+    counted as usage otherwise.
     """
 
     def __init__(
@@ -80,6 +83,7 @@ class ModelError(Exception):
         model_id: str | None = None,
         status: int | None = None,
         code: str | None = None,
+        usage: object = None,
     ) -> None:
         try:
             self.kind = ErrorKind(kind)
@@ -93,6 +97,7 @@ class ModelError(Exception):
         self.model_id = model_id
         self.status = status
         self.code = scrub(code) if code else None
+        self.usage = usage
         super().__init__(self.message)
 
     def __repr__(self) -> str:

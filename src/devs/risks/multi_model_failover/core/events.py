@@ -76,18 +76,23 @@ class AttemptStarted(_Event, tag="attempt_started", frozen=True):
 
 class AttemptSucceeded(_Event, tag="attempt_succeeded", frozen=True):
     """The client answered; ``latency`` in seconds. ``skipped``: malformed stream events the
-    client skipped on the way."""
+    client skipped on the way. ``input_tokens`` / ``output_tokens``: the usage the client
+    reported (None: not reported); ``cost`` in USD, when the model has a price."""
 
     call_id: str
     model_id: str
     attempt: int
     latency: float
     skipped: int = 0
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    cost: float | None = None
 
 
 class AttemptFailed(_Event, tag="attempt_failed", frozen=True):
     """The client failed. ``final``: the call gives up on this client now.
-    ``counts``: the failure counts against the client's health."""
+    ``counts``: the failure counts against the client's health. Tokens and ``cost`` only when
+    the client reported usage for the failed attempt (``ModelError(usage=...)``)."""
 
     call_id: str
     model_id: str
@@ -98,6 +103,9 @@ class AttemptFailed(_Event, tag="attempt_failed", frozen=True):
     final: bool = False
     counts: bool = True
     skipped: int = 0
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    cost: float | None = None
 
 
 class Backoff(_Event, tag="backoff", frozen=True):

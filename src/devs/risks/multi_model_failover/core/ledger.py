@@ -8,7 +8,7 @@ the engine can wait for them and cut them short.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -35,6 +35,7 @@ from .events import (
     Failover,
 )
 from .livelog import LiveLog, WallClock
+from .pricing import NO_TOKENS, Price, Tokens, tokens_of
 from .protocols import Clock
 
 Fingerprint = Callable[[Any], tuple[int, str]]
@@ -44,9 +45,16 @@ class CallLedger:
     """Records calls in the live log; see the module docstring."""
 
     def __init__(
-        self, log: LiveLog, *, clock: Clock, now: WallClock, fingerprint: Fingerprint | None
+        self,
+        log: LiveLog,
+        *,
+        clock: Clock,
+        now: WallClock,
+        fingerprint: Fingerprint | None,
+        prices: Mapping[str, Price] | None = None,
     ) -> None:
         self._log = log
+        self._prices = dict(prices or {})
         self._clock = clock
         self._now = now
         self._fingerprint = fingerprint
@@ -94,8 +102,11 @@ class CallLedger:
             )
         )
 
-    def attempt_succeeded(self, call: Call, model_id: str, skipped: int = 0) -> None:
-        """Record ``attempt_succeeded`` for the call's current attempt."""
+    def attempt_succeeded(
+        self, call: Call, model_id: str, skipped: int = 0, tokens: Tokens = NO_TOKENS
+    ) -> None:
+        """Record ``attempt_succeeded`` for the call's current attempt, with the ``tokens``
+        (input, output) its answer reported and their cost."""
         self._log.emit(
             AttemptSucceeded(
                 at=self._now(),
@@ -104,8 +115,15 @@ class CallLedger:
                 attempt=call.attempt,
                 latency=self._clock() - call.attempt_started,
                 skipped=skipped,
+                input_tokens=tokens[0],
+                output_tokens=tokens[1],
+                cost=self._cost(model_id, tokens),
             )
         )
+
+    def _cost(self, model_id: str, tokens: Tokens) -> float | None:
+        price = self._prices.get(model_id)
+        return None if price is None else price.cost(tokens)
 
     def attempt_failed(
         self, call: Call, model_id: str, failure: Failure, final: bool, skipped: int = 0
@@ -122,8 +140,11 @@ class CallLedger:
                 error=failure.error,
             )
         )
+        tokens = NO_TOKENS
         if failure.error is not None:
             call.last_error = failure.error
+            if isinstance(failure.error, ModelError):
+                tokens = tokens_of(failure.error.usage)  # billed only when reported
         self._log.emit(
             AttemptFailed(
                 at=self._now(),
@@ -136,6 +157,9 @@ class CallLedger:
                 final=final,
                 counts=kind.counts_against_health,
                 skipped=skipped,
+                input_tokens=tokens[0],
+                output_tokens=tokens[1],
+                cost=self._cost(model_id, tokens),
             )
         )
 

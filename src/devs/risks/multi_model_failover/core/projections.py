@@ -60,6 +60,10 @@ class ModelMetrics(msgspec.Struct, kw_only=True):
     latency_sum: float = 0.0
     latency_max: float = 0.0
     latency_buckets: list[int] = msgspec.field(default_factory=_empty_buckets)
+    # Usage the clients reported, and its cost in USD (None until a priced attempt).
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost: float | None = None
 
     @property
     def latency_mean(self) -> float | None:
@@ -98,6 +102,9 @@ class Metrics(msgspec.Struct, kw_only=True):
     state_changes: int = 0
     failures_by_kind: dict[str, int] = {}
     by_model: dict[str, ModelMetrics] = {}
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost: float | None = None
 
     def model(self, model_id: str) -> ModelMetrics:
         """The figures of ``model_id``, created empty on first use."""
@@ -171,7 +178,10 @@ def _apply_attempt_failed(snap: Snapshot, event: AttemptFailed) -> None:
     m.attempt_failures += 1
     kind = event.error_kind.value
     m.failures_by_kind[kind] = m.failures_by_kind.get(kind, 0) + 1
-    m.model(event.model_id).failures += 1
+    model = m.model(event.model_id)
+    model.failures += 1
+    if event.input_tokens is not None or event.output_tokens is not None:
+        _spend(m, model, event)
     if event.final and event.counts:
         snap.state_of(event.model_id).streak += 1
 
@@ -234,7 +244,18 @@ def _attempt_succeeded(snap: Snapshot, event: AttemptSucceeded) -> None:
     model = snap.metrics.model(event.model_id)
     model.successes += 1
     _latency(model, event.latency)
+    if event.input_tokens is not None or event.output_tokens is not None:
+        _spend(snap.metrics, model, event)
     snap.state_of(event.model_id).streak = 0
+
+
+def _spend(totals: Metrics, model: ModelMetrics, event: AttemptSucceeded | AttemptFailed) -> None:
+    """Count an attempt's reported usage and its cost, per model and in total."""
+    for figures in (totals, model):
+        figures.input_tokens += event.input_tokens or 0
+        figures.output_tokens += event.output_tokens or 0
+        if event.cost is not None:
+            figures.cost = (figures.cost or 0.0) + event.cost
 
 
 def _call_started(snap: Snapshot, event: CallStarted) -> None:
@@ -315,7 +336,7 @@ _HANDLERS: Final[dict[type[Any], Callable[[Snapshot, Any], None]]] = {
 # The fold's version. Bump it whenever ``apply`` changes what it makes of the log (an event
 # folded differently, a new handler, a counter counted another way): a snapshot is stored with
 # ``FOLD_KEY`` and one written under another key is ignored, never trusted.
-FOLD_VERSION: Final = 1
+FOLD_VERSION: Final = 2
 
 
 def fold_key(layout: type[Any] = Snapshot, *, version: int = FOLD_VERSION) -> str:

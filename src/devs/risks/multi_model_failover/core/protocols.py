@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeAlias, runtime_checkable
 
@@ -15,6 +15,13 @@ if TYPE_CHECKING:
 
 Durability: TypeAlias = Literal["buffered", "process", "power"]
 DURABILITIES: tuple[str, ...] = ("buffered", "process", "power")
+
+ChatMessage: TypeAlias = Mapping[str, Any]
+"""One chat message: ``{"role": "user", "content": "..."}`` (OpenAI's shape)."""
+Prompt: TypeAlias = str | Sequence[ChatMessage]
+"""What a call answers: a str, or chat messages in order."""
+Params: TypeAlias = Mapping[str, Any]
+"""One call's request options (str keys), merged over the client's configured ``params``."""
 
 Clock: TypeAlias = Callable[[], float]
 Sleep: TypeAlias = Callable[[float], Awaitable[Any]]
@@ -33,10 +40,13 @@ class ModelClient(Protocol):
     """A model the engine can call. Both methods may be sync or async.
 
     ``call`` raises on failure: ``ModelError`` with a kind when the client knows why,
-    ``TimeoutError`` or any other ``Exception`` otherwise.
+    ``TimeoutError`` or any other ``Exception`` otherwise. A client that takes per-call
+    request options declares ``call(self, prompt, params=None)`` (``params: Params | None``):
+    the engine passes ``params=`` only to such a client, and only when the caller gave some.
+    An optional ``stream(prompt[, params=None])`` returns an async iterator of text.
     """
 
-    def call(self, prompt: str) -> Any:
+    def call(self, prompt: Prompt) -> Any:
         """Answer ``prompt``; the response object is handed back to the caller unchanged."""
 
     def health_check(self) -> bool | Awaitable[bool]:

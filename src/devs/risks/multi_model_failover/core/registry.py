@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Mapping, Sequence
+from functools import partial
 from typing import Any
 
 import anyio
@@ -19,7 +20,15 @@ from .health import HealthState
 class RegisteredClient:
     """A configured client with its calling convention worked out once."""
 
-    __slots__ = ("call_is_async", "client", "model_id", "probe_is_async", "probe_stuck")
+    __slots__ = (
+        "call_is_async",
+        "call_takes_params",
+        "client",
+        "model_id",
+        "probe_is_async",
+        "probe_stuck",
+        "stream_takes_params",
+    )
 
     def __init__(self, model_id: str, client: Any) -> None:
         for method in ("call", "health_check"):
@@ -29,16 +38,22 @@ class RegisteredClient:
         self.client = client
         self.call_is_async = inspect.iscoroutinefunction(client.call)
         self.probe_is_async = inspect.iscoroutinefunction(client.health_check)
+        # Per-call params go only to a method that says it takes them (``params=``).
+        self.call_takes_params = takes_params(client.call)
+        stream = getattr(client, "stream", None)
+        self.stream_takes_params = callable(stream) and takes_params(stream)
         # A sync probe's thread cannot be stopped: this stays True until it really returns.
         self.probe_stuck = False
 
-    async def call(self, prompt: Any) -> Any:
-        """The client's answer; a sync client runs on a worker thread."""
+    async def call(self, prompt: Any, params: Mapping[str, Any] | None = None) -> Any:
+        """The client's answer (given ``params`` when there are any); a sync client runs on a
+        worker thread."""
+        answer = self.client.call if params is None else partial(self.client.call, params=params)
         if self.call_is_async:
-            return await self.client.call(prompt)
+            return await answer(prompt)
         # A sync client must never block the event loop; an abandoned thread is the price of
         # being able to time out a call that blocks forever.
-        result = await anyio.to_thread.run_sync(self.client.call, prompt, abandon_on_cancel=True)
+        result = await anyio.to_thread.run_sync(answer, prompt, abandon_on_cancel=True)
         return await result if inspect.isawaitable(result) else result
 
     async def health_check(self) -> object:
@@ -54,6 +69,19 @@ class RegisteredClient:
             return self.client.health_check()
         finally:
             self.probe_stuck = False
+
+
+def takes_params(method: Any) -> bool:
+    """Whether ``method`` accepts a ``params`` keyword (by name, or ``**kwargs``)."""
+    try:
+        parameters = inspect.signature(method).parameters.values()
+    except (TypeError, ValueError):  # a builtin without a signature: assume it does not
+        return False
+    return any(
+        p.kind is p.VAR_KEYWORD
+        or (p.name == "params" and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD))
+        for p in parameters
+    )
 
 
 def _pairs(clients: Sequence[Any] | Mapping[str, Any]) -> list[tuple[str, Any]]:

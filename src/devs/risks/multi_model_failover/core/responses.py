@@ -1,4 +1,9 @@
-"""What the bundled adapters return: the answer and how it was served; streams of chunks."""
+"""What the bundled adapters return: the answer and how it was served; streams of chunks.
+
+A tool call is the same from both wire protocols: ``id``, ``name`` and ``arguments``, a JSON
+document as a string, encoded by msgspec whichever protocol (OpenAI's ``function.arguments``,
+Anthropic's ``tool_use`` input) and whether whole or streamed brought it.
+"""
 
 from __future__ import annotations
 
@@ -25,8 +30,18 @@ class Usage(msgspec.Struct, frozen=True, kw_only=True):
         return self.input_tokens + self.output_tokens
 
 
+class ToolCall(msgspec.Struct, frozen=True, kw_only=True):
+    """A function the model asks the caller to run: its call ``id`` (to answer it with a
+    ``tool`` message), the function's ``name`` and its ``arguments`` as a JSON string."""
+
+    id: str
+    name: str
+    arguments: str
+
+
 class ModelResponse(msgspec.Struct, frozen=True, kw_only=True):
-    """A model's answer: ``text``, the ``model`` as served, why it stopped, usage, latency (s)."""
+    """A model's answer: ``text``, the ``model`` as served, why it stopped, usage, latency (s)
+    and the ``tool_calls`` it asks for (``finish_reason`` is then ``tool_calls``)."""
 
     text: str
     model: str
@@ -34,6 +49,7 @@ class ModelResponse(msgspec.Struct, frozen=True, kw_only=True):
     usage: Usage = msgspec.field(default_factory=Usage)
     request_id: str | None = None
     latency: float = 0.0
+    tool_calls: tuple[ToolCall, ...] = ()
 
 
 class ChunkStream(Generic[_Chunk_co]):

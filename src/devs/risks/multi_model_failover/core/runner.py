@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from functools import partial
 from typing import Any, TypeVar
 
 import anyio
@@ -26,10 +27,12 @@ from .calls import (
     FailReason,
     Failure,
     GaveUp,
+    check_params,
     check_positive,
     check_prompt,
     failure,
     foreign_cancel_failure,
+    no_params_failure,
     timed_out,
 )
 from .cancellation import on_asyncio
@@ -41,6 +44,7 @@ from .ledger import CallLedger
 from .livelog import LiveLog, WallClock
 from .monitor import HealthMonitor
 from .policies import RetryPolicy
+from .pricing import NO_TOKENS, Price, Tokens
 from .protocols import Clock, Sleep, Timer
 from .registry import ClientRegistry, RegisteredClient
 from .retry_budget import RetryBudget
@@ -66,10 +70,11 @@ class CallRunner:
         rng: Any,
         call_ids: Callable[[], str],
         fingerprint: Callable[[Any], tuple[int, str]] | None,
+        prices: Mapping[str, Price] | None = None,
     ) -> None:
         self._registry = registry
         self._log = log
-        self.ledger = CallLedger(log, clock=clock, now=now, fingerprint=fingerprint)
+        self.ledger = CallLedger(log, clock=clock, now=now, fingerprint=fingerprint, prices=prices)
         self.ledger.on_trials_end = monitor.end_trials
         self._monitor = self.monitor = monitor
         self.policy = policy
@@ -112,14 +117,17 @@ class CallRunner:
 
     # -- a call's beginning and end ------------------------------------------------------
 
-    def begin(self, prompt: Any, timeout: float | None) -> tuple[Call, tuple[str, ...]]:
+    def begin(
+        self, prompt: Any, timeout: float | None, params: Mapping[str, Any] | None = None
+    ) -> tuple[Call, tuple[str, ...]]:
         """Check the arguments, record ``call_started``; the call and its order of clients."""
         check_prompt(prompt)
+        frozen = check_params(params)
         budget = self.policy.call_budget
         if timeout is not None:
             budget = min(budget, check_positive("timeout", timeout))
         start = self._clock()
-        call = Call(self._call_ids(), start, start + budget, prompt)
+        call = Call(self._call_ids(), start, start + budget, prompt, frozen)
         order, last_resort = self.plan()
         call.last_resort = last_resort
         if self._plan_unhealthy and not last_resort:
@@ -247,8 +255,16 @@ class CallRunner:
         expiry of our own timer is a timeout of ours.
         """
         limit, by_attempt = self.attempt_limit(remaining, self.policy.attempt_timeout)
-        # An async client is awaited directly: no wrapper coroutine on the hot path.
-        answer = client.client.call if client.call_is_async else client.call
+        params = call.params
+        if params is None:
+            # An async client is awaited directly: no wrapper coroutine on the hot path.
+            answer = client.client.call if client.call_is_async else client.call
+        elif not client.call_takes_params:
+            return no_params_failure(client.model_id, params)
+        else:
+            answer = partial(
+                client.client.call if client.call_is_async else client.call, params=params
+            )
         try:
             if self._native_timer and on_asyncio():
                 timer = asyncio.timeout(limit)
@@ -345,11 +361,11 @@ class CallRunner:
             return None
         return FailReason.BAD_REQUEST if kind is ErrorKind.BAD_REQUEST else FailReason.FAIL_FAST
 
-    def attempt_succeeded(self, call: Call, *, skipped: int = 0) -> str:
-        """Record the call's current attempt as a success; a degraded or unhealthy client
-        recovers. Returns the serving model's id."""
+    def attempt_succeeded(self, call: Call, *, skipped: int = 0, tokens: Tokens = NO_TOKENS) -> str:
+        """Record the call's current attempt as a success (with the ``tokens`` its answer
+        reported); a degraded or unhealthy client recovers. Returns the serving model's id."""
         model_id = call.model_id or ""
-        self.ledger.attempt_succeeded(call, model_id, skipped)
+        self.ledger.attempt_succeeded(call, model_id, skipped, tokens)
         self._monitor.succeeded(model_id, trial=model_id in call.trials)
         return model_id
 

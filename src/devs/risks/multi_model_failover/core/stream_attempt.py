@@ -14,10 +14,17 @@ from typing import Any, Final
 import anyio
 from loguru import logger
 
-from .calls import Call, Failure, failure, foreign_cancel_failure, timed_out
+from .calls import (
+    Call,
+    Failure,
+    failure,
+    foreign_cancel_failure,
+    no_params_failure,
+    timed_out,
+)
 from .errors import ErrorKind, ModelError
 from .registry import RegisteredClient
-from .responses import Usage
+from .responses import ToolCall, Usage
 from .runner import CallRunner
 
 
@@ -40,9 +47,12 @@ class _WholeAnswer:
     """A client that cannot stream answers in one chunk; its answer's usage, finish reason,
     model and request id (when it has them) are the stream's."""
 
-    def __init__(self, client: RegisteredClient, prompt: Any) -> None:
+    def __init__(
+        self, client: RegisteredClient, prompt: Any, params: Mapping[str, Any] | None
+    ) -> None:
         self._client = client
         self._prompt = prompt
+        self._params = params
         self._done = False
         self.response: Any = None
 
@@ -53,26 +63,35 @@ class _WholeAnswer:
         if self._done:
             raise StopAsyncIteration
         self._done = True
-        self.response = await self._client.call(self._prompt)
+        self.response = await self._client.call(self._prompt, self._params)
         text = _text_of(self.response)
         if not text:
             raise StopAsyncIteration
         return text
 
     def __getattr__(self, name: str) -> Any:
-        if name in (*_META, "usage"):
+        if name in (*_META, "usage", "tool_calls"):
             return getattr(self.__dict__.get("response"), name, None)
         raise AttributeError(name)
 
 
-async def _open(client: RegisteredClient, prompt: Any) -> AsyncIterator[str]:
+async def _open(
+    client: RegisteredClient, prompt: Any, params: Mapping[str, Any] | None
+) -> AsyncIterator[str]:
     stream = getattr(client.client, "stream", None)
     if not callable(stream):
-        return _WholeAnswer(client, prompt)
-    chunks = stream(prompt)
+        return _WholeAnswer(client, prompt, params)
+    chunks = stream(prompt) if params is None else stream(prompt, params=params)
     if not hasattr(chunks, "__anext__"):
         chunks = await chunks
     return chunks  # type: ignore[no-any-return]
+
+
+def _takes_params(client: RegisteredClient) -> bool:
+    """Whether the method a stream opens with (``stream``, else ``call``) takes params."""
+    if callable(getattr(client.client, "stream", None)):
+        return client.stream_takes_params
+    return client.call_takes_params
 
 
 async def _next(chunks: AsyncIterator[str]) -> str | End:
@@ -95,13 +114,17 @@ async def close_chunks(chunks: AsyncIterator[str] | None) -> None:
 
 def stream_meta(chunks: object) -> dict[str, Any]:
     """What a finished client stream reports about itself: ``model``, ``finish_reason``,
-    ``request_id`` (text) and ``usage`` (a ``Usage``); None for what it does not."""
+    ``request_id`` (text), ``usage`` (a ``Usage``); None for what it does not; and the
+    ``tool_calls`` it assembled (``ToolCall``s; none when it has none)."""
     meta: dict[str, Any] = {}
     for name in _META:
         value = getattr(chunks, name, None)
         meta[name] = value if isinstance(value, str) else None
     usage = getattr(chunks, "usage", None)
     meta["usage"] = usage if isinstance(usage, Usage) else None
+    calls = getattr(chunks, "tool_calls", None)
+    ok = isinstance(calls, tuple | list) and all(isinstance(c, ToolCall) for c in calls)
+    meta["tool_calls"] = tuple(calls) if ok and calls else ()
     return meta
 
 
@@ -157,12 +180,15 @@ class StreamAttempt:
         self, client: RegisteredClient, prompt: Any, remaining: float, call: Call
     ) -> str | End | Failure:
         runner = self.runner
+        params = call.params
+        if params is not None and not _takes_params(client):
+            return no_params_failure(client.model_id, params)
         limit, by_attempt = runner.attempt_limit(remaining, runner.policy.first_token_timeout)
         chunks: AsyncIterator[str] | None = None  # opened here, closed here unless kept
         try:
             with runner.timer.move_on_after(limit) as scope:
                 call.cut = scope
-                chunks = await _open(client, prompt)
+                chunks = await _open(client, prompt, params)
                 first = await _next(chunks)
                 self.chunks, chunks = chunks, None
                 return first

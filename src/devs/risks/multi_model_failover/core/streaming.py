@@ -31,17 +31,18 @@ stream object, when it has them) its usage, finish reason, served model and requ
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Callable, Mapping
 from typing import Any, Final, Literal, TypeVar
 
 import msgspec
 from loguru import logger
 
-from .calls import EngineClosedError, FailReason, Failure, GaveUp, failure
+from .calls import EngineClosedError, FailReason, Failure, GaveUp, check_params, failure
 from .cancellation import is_foreign_cancel
 from .errors import ErrorKind, ModelError
 from .livelog import LiveLog
-from .responses import ChunkStream, Usage
+from .pricing import tokens_of
+from .responses import ChunkStream, ToolCall, Usage
 from .runner import CallRunner
 from .stream_attempt import End, StreamAttempt, close_chunks, stream_meta
 
@@ -85,8 +86,8 @@ class StreamSwitch(msgspec.Struct, frozen=True, kw_only=True):
 
 class StreamOutcome(msgspec.Struct, frozen=True, kw_only=True):
     """A finished stream: who served it and what it took. ``usage``, ``finish_reason``,
-    ``model`` (as served) and ``request_id`` come from the serving client's stream, when it
-    reports them; after a switch they are the serving client's alone."""
+    ``model`` (as served), ``request_id`` and ``tool_calls`` come from the serving client's
+    stream, when it reports them; after a switch they are the serving client's alone."""
 
     model_id: str
     call_id: str
@@ -98,6 +99,7 @@ class StreamOutcome(msgspec.Struct, frozen=True, kw_only=True):
     usage: Usage | None = None
     finish_reason: str | None = None
     request_id: str | None = None
+    tool_calls: tuple[ToolCall, ...] = ()
 
 
 class FailoverStream(ChunkStream[_Chunk_co]):
@@ -115,13 +117,20 @@ class FailoverStream(ChunkStream[_Chunk_co]):
 
 
 def open_stream(
-    runner: CallRunner, log: LiveLog, prompt: Any, timeout: float | None, recovery: str | None
+    runner: CallRunner,
+    log: LiveLog,
+    prompt: Any,
+    timeout: float | None,
+    recovery: str | None,
+    params: Mapping[str, Any] | None = None,
 ) -> FailoverStream[Any]:
-    """The stream of ``FailoverEngine.stream``: it starts when first iterated."""
+    """The stream of ``FailoverEngine.stream``: it starts when first iterated (its options
+    are checked at once)."""
     mode = check_recovery(recovery)
+    frozen = check_params(params)
     return FailoverStream(
         lambda holder: stream_with_failover(
-            runner, log, prompt, holder, timeout=timeout, recovery=mode
+            runner, log, prompt, holder, timeout=timeout, recovery=mode, params=frozen
         )
     )
 
@@ -161,6 +170,7 @@ async def stream_with_failover(
     *,
     timeout: float | None = None,
     recovery: Recovery = "none",
+    params: Mapping[str, Any] | None = None,
 ) -> AsyncGenerator[Any, None]:
     """Stream the answer to ``prompt``; see the module docstring. ``holder`` gets the outcome.
 
@@ -168,7 +178,7 @@ async def stream_with_failover(
     ``StreamInterruptedError`` when the answer breaks and cannot be finished.
     """
     await log.aload()  # at once when the log is loaded (the engine's first use loads it)
-    call, order = runner.begin(prompt, timeout)
+    call, order = runner.begin(prompt, timeout, params)
     attempt = StreamAttempt(runner, call)
     delivered = _Delivered(keep=recovery == "continue")
     restarts = 0
@@ -204,7 +214,11 @@ async def stream_with_failover(
             switch, chunk = await _rescue(runner, attempt, broke, rest, delivered)
             restarts += 1
             yield switch
-        model_id = runner.attempt_succeeded(call, skipped=_skipped(attempt))
+        model_id = runner.attempt_succeeded(
+            call,
+            skipped=_skipped(attempt),
+            tokens=tokens_of(getattr(attempt.chunks, "usage", None)),
+        )
         outcome = runner.ledger.succeeded(call, model_id, None)
         finished = StreamOutcome(
             model_id=model_id,

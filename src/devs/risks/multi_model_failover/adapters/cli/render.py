@@ -10,6 +10,7 @@ shown, never acted on) and every JSON output through ``visible_json``.
 
 from __future__ import annotations
 
+import math
 import sys
 import unicodedata
 from collections.abc import Callable, Iterable, Sequence
@@ -133,15 +134,54 @@ def seconds_text(value: float | None) -> str:
     return f"{value:.1f}s"
 
 
+def tokens_text(count: int) -> str:
+    """A token count for people: ``12,345``."""
+    return f"{count:,}"
+
+
+# At most this many digits after the point: a cost under half of 1e-8 USD prints as $0.00.
+_COST_DECIMALS: Final = 8
+
+
+def cost_text(usd: float | None) -> str:
+    """A cost in USD for people, ``-`` when unknown: ``$12.34``, ``$0.0123``, ``$0.000042``.
+
+    From one dollar up, cents; below, three significant digits (trailing zeros dropped down to
+    cents), so a cheap model's cost does not print as ``$0.00``.
+    """
+    if usd is None:
+        return "-"
+    if usd >= 1 or usd <= 0 or not math.isfinite(usd):  # a log's float may be anything
+        return f"${usd:,.2f}"
+    decimals = min(_COST_DECIMALS, 2 - math.floor(math.log10(usd)))
+    shown = f"{usd:.{decimals}f}".rstrip("0")
+    whole, _, fraction = shown.partition(".")
+    return f"${whole}.{fraction.ljust(2, '0')}"
+
+
+def has_usage(m: Metrics) -> bool:
+    """Whether the log reported any token usage or cost (the usage columns are shown then)."""
+    return bool(m.input_tokens or m.output_tokens) or m.cost is not None
+
+
 MODEL_HEADERS: Final = (
     "model", "attempts", "ok", "failed", "calls served", "p50", "p95", "mean", "max",
 )  # fmt: skip
+USAGE_HEADERS: Final = ("input tokens", "output tokens", "cost")
+
+
+def model_headers(m: Metrics) -> tuple[str, ...]:
+    """The headers of ``model_rows(m)``: ``MODEL_HEADERS``, then ``USAGE_HEADERS`` when the
+    log reported usage (a log without any prints as it did before usage was recorded)."""
+    return MODEL_HEADERS + USAGE_HEADERS if has_usage(m) else MODEL_HEADERS
 
 
 def model_rows(m: Metrics) -> list[list[str]]:
-    """One row per model under ``MODEL_HEADERS`` (the CLI's table and the HTML report)."""
-    return [
-        [
+    """One row per model under ``model_headers(m)`` (the CLI's table and the HTML report)."""
+    usage = has_usage(m)
+    rows = []
+    for model_id, f in sorted(m.by_model.items()):
+        row = [
             model_id,
             str(f.attempts),
             str(f.successes),
@@ -152,7 +192,20 @@ def model_rows(m: Metrics) -> list[list[str]]:
             seconds_text(f.latency_mean),
             seconds_text(f.latency_max) if f.latency_count else "-",
         ]
-        for model_id, f in sorted(m.by_model.items())
+        if usage:
+            row += [tokens_text(f.input_tokens), tokens_text(f.output_tokens), cost_text(f.cost)]
+        rows.append(row)
+    return rows
+
+
+def usage_totals(m: Metrics) -> list[tuple[str, str]]:
+    """The log's usage as (figure, value) lines, none when it reported no usage."""
+    if not has_usage(m):
+        return []
+    return [
+        ("input tokens", tokens_text(m.input_tokens)),
+        ("output tokens", tokens_text(m.output_tokens)),
+        ("cost", cost_text(m.cost)),
     ]
 
 

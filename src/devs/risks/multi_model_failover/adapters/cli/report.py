@@ -26,11 +26,14 @@ from .archived import fold_log, live_chain
 from .queries import STATE_TYPES, pinned, read_events
 from .render import (
     AUDIT_HEADERS,
-    MODEL_HEADERS,
     audit_rows,
     clock_text,
+    cost_text,
+    has_usage,
+    model_headers,
     model_rows,
     seconds_text,
+    tokens_text,
     visible,
 )
 
@@ -345,10 +348,22 @@ def _cards(incident: Incident) -> str:
                 _card("retries", m.retries),
                 _card("state changes", m.state_changes),
                 _card("events", incident.events),
+                *_usage_cards(m),
             ]
         )
         + "</div>"
     )
+
+
+def _usage_cards(m: Metrics) -> list[str]:
+    """Tokens and cost, when the log reported usage (cost ``-`` when no model had a price)."""
+    if not has_usage(m):
+        return []
+    return [
+        _card("input tokens", tokens_text(m.input_tokens)),
+        _card("output tokens", tokens_text(m.output_tokens)),
+        _card("cost", cost_text(m.cost)),
+    ]
 
 
 def _legend() -> str:
@@ -391,6 +406,7 @@ def render_page(incident: Incident, title: str) -> str:
         else ""
     )
     kinds = sorted(m.failures_by_kind.items(), key=lambda kv: (-kv[1], kv[0]))
+    headers = model_headers(m)
     sections = [
         f"<h1>{_html(title)}</h1>",
         f'<p class="sub">{clock_text(incident.start)} to {clock_text(incident.end)} UTC '
@@ -399,11 +415,7 @@ def render_page(incident: Incident, title: str) -> str:
         "<h2>Health of each model over time</h2>",
         f'<div class="panel">{health_svg(incident)}{_legend()}</div>',
         "<h2>Metrics per model</h2>",
-        _table(
-            MODEL_HEADERS,
-            model_rows(m),
-            {1, 2, 3, 4, 5, 6, 7, 8},
-        ),
+        _table(headers, model_rows(m), set(range(1, len(headers)))),
         "<h2>Failed attempts by error kind</h2>",
         _table(["kind", "count"], [[k, str(n)] for k, n in kinds], {1}),
         "<h2>Failed calls</h2>",

@@ -14,7 +14,15 @@ from ...core.health import HealthState
 from ...core.projections import AuditEntry, Metrics, Snapshot
 from ...storage import GroupCommitStore
 from .queries import STATE_TYPES, first_seen, snapshot_at
-from .render import MODEL_HEADERS, STATE_STYLES, Output, clock_text, model_rows, seconds_text
+from .render import (
+    STATE_STYLES,
+    Output,
+    clock_text,
+    model_headers,
+    model_rows,
+    seconds_text,
+    usage_totals,
+)
 
 
 def _duration(seconds: float) -> str:
@@ -112,10 +120,11 @@ def _why(row: StateRow) -> str:
 
 
 def print_metrics(out: Output, snap: Snapshot) -> None:
-    """The metrics as tables: totals, per model, failures by kind."""
+    """The metrics as tables: totals, per model, failures by kind. Token usage and cost (a
+    total and a column each) only when the log reported any."""
     m = snap.metrics
     out.table("totals", ["figure", "value"], _totals(m))
-    out.table("per model", MODEL_HEADERS, model_rows(m))
+    out.table("per model", model_headers(m), model_rows(m))
     if m.failures_by_kind:
         kinds = sorted(m.failures_by_kind.items(), key=lambda kv: (-kv[1], kv[0]))
         out.table(
@@ -137,5 +146,6 @@ def _totals(m: Metrics) -> list[list[str]]:
         ("retry budget exhausted", m.retry_budget_exhausted),
         ("health probes", f"{m.probes} ({m.probe_failures} failed)"),
         ("state changes", m.state_changes),
+        *usage_totals(m),
     ]
     return [[name, str(value)] for name, value in figures]

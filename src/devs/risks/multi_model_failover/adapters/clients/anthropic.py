@@ -1,11 +1,21 @@
 """The Anthropic Messages wire protocol (``POST {base_url}/v1/messages``).
 
-Authenticated by ``x-api-key`` with an ``anthropic-version`` header. System messages of a chat
-prompt move to the top-level ``system`` field, as the protocol wants. A final assistant message
-is a prefill the model continues; the API refuses one ending in whitespace, so that is cut
-(and, in a stream, cut from the start of the continuation too if it repeats it).
-``health_check`` posts one real request for one token (``probe="models"``:
-``GET {base_url}/v1/models``).
+Authenticated by ``x-api-key`` with an ``anthropic-version`` header. ``health_check`` posts
+one real request for one token (``probe="models"``: ``GET {base_url}/v1/models``).
+
+The request comes in the OpenAI shape (chat messages, ``params``): ``anthropic_request`` says
+how each part is translated (tools, tool choice, ``stop``, system messages, multi-turn tool
+use, ``response_format`` as a forced tool) and what is refused before anything is sent.
+
+A final assistant message is a prefill the model continues; the API refuses one ending in
+whitespace, so that is cut (and, in a stream, cut from the start of the continuation too if
+it repeats it).
+
+Answers: ``tool_use`` blocks become ``ModelResponse.tool_calls`` (``arguments``: the input
+encoded by msgspec); in a stream, ``content_block_start`` (``tool_use``) and its
+``input_json_delta`` pieces are assembled into ``TextStream.tool_calls`` (re-encoded by
+msgspec, so a call streamed and one answered whole read the same). With ``response_format``
+the forced tool's input is the text, streamed as it arrives.
 """
 
 from __future__ import annotations
@@ -16,29 +26,40 @@ from typing import Any, ClassVar, Final
 import httpx
 import msgspec
 
-from ...core.responses import ModelResponse, Usage
+from ...core.protocols import Params, Prompt
+from ...core.responses import ModelResponse, ToolCall, Usage
+from .anthropic_request import DEFAULT_MAX_TOKENS, to_anthropic, translate_options
 from .base import (
     PROBE_PROMPT,
     HTTPModelClient,
-    Prompt,
     TextStream,
-    chat_messages,
+    WireRequest,
     normalise_finish_reason,
     request_id_of,
 )
 from .errors import ProviderError, error_from_stream
+from .options import ToolCallParts, bad_request
 from .sse import ServerSentEvent
+
+__all__ = [
+    "API_VERSION",
+    "DEFAULT_BASE_URL",
+    "DEFAULT_MAX_TOKENS",
+    "AnthropicClient",
+    "strip_prefill",
+]
 
 DEFAULT_BASE_URL: Final = "https://api.anthropic.com"
 API_VERSION: Final = "2023-06-01"
-# The protocol requires max_tokens; ``params: {max_tokens: ...}`` overrides this.
-DEFAULT_MAX_TOKENS: Final = 1024
 _REFUSAL: Final = "refusal"
 
 
 class _Block(msgspec.Struct):
     type: str = ""
     text: str | None = None
+    id: str | None = None  # tool_use
+    name: str | None = None  # tool_use
+    input: Any = None  # tool_use
 
 
 class _Usage(msgspec.Struct):
@@ -57,6 +78,7 @@ class _Message(msgspec.Struct):
 class _Delta(msgspec.Struct):
     type: str | None = None
     text: str | None = None
+    partial_json: str | None = None  # input_json_delta
     stop_reason: str | None = None
 
 
@@ -73,18 +95,15 @@ class _Started(msgspec.Struct):
 
 class _StreamEvent(msgspec.Struct):
     type: str = ""
+    index: int | None = None  # content_block_*
+    content_block: _Block | None = None  # content_block_start
     delta: _Delta | None = None
     error: _Error | None = None
     message: _Started | None = None  # message_start
     usage: _Usage | None = None  # message_delta: the counts so far
 
 
-def split_system(prompt: Prompt) -> tuple[list[dict[str, Any]], str | None]:
-    """The chat messages without system ones, and the system text (None when there is none)."""
-    messages = chat_messages(prompt)
-    system = [str(m.get("content", "")) for m in messages if m.get("role") == "system"]
-    rest = [m for m in messages if m.get("role") != "system"]
-    return rest, "\n\n".join(system) if system else None
+# -- prefill ---------------------------------------------------------------------------------
 
 
 def strip_prefill(messages: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], str]:
@@ -115,12 +134,17 @@ def _is_text(block: object) -> bool:
     )
 
 
+# -- the client ---------------------------------------------------------------------------
+
+
 class AnthropicClient(HTTPModelClient):
     """A model behind the Anthropic Messages API.
 
-    ``params`` are merged into every request body (``max_tokens`` defaults to 1024);
-    ``model``, ``messages`` and ``stream`` are always this client's own. ``supports_prefill``
-    is True unless built with ``prefill=False`` (for a model that refuses prefill).
+    ``params`` (OpenAI-shaped, translated: see the module's table) are merged into every
+    request body (``max_tokens`` defaults to 1024); ``model``, ``messages`` and ``stream`` are
+    always this client's own (a configured one is ignored, a per-call one refused).
+    ``supports_prefill`` is True unless built with ``prefill=False`` (for a model that refuses
+    prefill).
     """
 
     provider: ClassVar[str] = "anthropic"
@@ -134,22 +158,27 @@ class AnthropicClient(HTTPModelClient):
             headers["x-api-key"] = api_key
         return headers
 
-    def _body(self, prompt: Prompt, *, stream: bool) -> dict[str, Any]:
-        messages, system = split_system(prompt)
+    @classmethod
+    def check_params(cls, params: Params, *, model_id: str | None = None) -> None:
+        """See ``translate_options``: the same errors, nothing built."""
+        translate_options(params, model_id=model_id)
+
+    def _request(self, prompt: Prompt, params: dict[str, Any], *, stream: bool) -> WireRequest:
+        messages, system = to_anthropic(prompt, model_id=self.model_id)
         messages, _ = strip_prefill(messages)
-        body: dict[str, Any] = {
-            "max_tokens": DEFAULT_MAX_TOKENS,
-            **self.params,
-            "model": self.model,
-            "messages": messages,
-            "stream": stream,
-        }
+        options, answer_tool = translate_options(params, model_id=self.model_id)
         if system is not None:
-            body["system"] = system
-        return body
+            if "system" in options:
+                raise bad_request(
+                    "params system and system messages: give one of them", model_id=self.model_id
+                )
+            options["system"] = system
+        body = {**options, "model": self.model, "messages": messages, "stream": stream}
+        return WireRequest(body, answer_tool)
 
     def _probe_body(self) -> dict[str, Any]:
-        body = {**self._body(PROBE_PROMPT, stream=False), "max_tokens": 1}
+        body = {**self._request(PROBE_PROMPT, dict(self.params), stream=False).body}
+        body["max_tokens"] = 1
         # Extended thinking needs max_tokens above its budget (at least 1024): no probe could
         # pass with it, so the probe goes without.
         body.pop("thinking", None)
@@ -161,25 +190,42 @@ class AnthropicClient(HTTPModelClient):
     def _prefill_space(self, prompt: Prompt) -> str:
         if isinstance(prompt, str) or not prompt or prompt[-1].get("role") != "assistant":
             return ""  # no prefill: the usual case, without building the messages again
-        return strip_prefill(split_system(prompt)[0])[1]
+        return strip_prefill(to_anthropic(prompt, model_id=self.model_id)[0])[1]
 
-    def _parse(self, response: httpx.Response, latency: float) -> ModelResponse:
+    def _parse(
+        self, response: httpx.Response, latency: float, request: WireRequest
+    ) -> ModelResponse:
         data = self._decode(response.content, _Message, "message")
         if data.stop_reason == _REFUSAL:
             raise self._refused("the model declined to answer (stop_reason=refusal)")
         usage = data.usage or _Usage()
+        text = "".join(b.text for b in data.content if b.type == "text" and b.text)
+        uses = [b for b in data.content if b.type == "tool_use"]
+        finish_reason = normalise_finish_reason(data.stop_reason)
+        calls: tuple[ToolCall, ...] = ()
+        if request.answer_tool is None:
+            calls = tuple(
+                ToolCall(id=b.id or f"call_{n}", name=b.name or "", arguments=_json(b.input))
+                for n, b in enumerate(uses)
+            )
+        else:
+            answer = next((b for b in uses if b.name == request.answer_tool), None)
+            text = _json(answer.input) if answer is not None else text
+            finish_reason = _answered(finish_reason)
         return ModelResponse(
-            text="".join(b.text for b in data.content if b.type == "text" and b.text),
+            text=text,
             model=data.model or self.model,
-            finish_reason=normalise_finish_reason(data.stop_reason),
+            finish_reason=finish_reason,
             usage=Usage(input_tokens=usage.input_tokens, output_tokens=usage.output_tokens),
             request_id=request_id_of(response.headers) or data.id,
             latency=latency,
+            tool_calls=calls,
         )
 
     async def _texts(
-        self, events: AsyncIterator[ServerSentEvent], out: TextStream
+        self, events: AsyncIterator[ServerSentEvent], out: TextStream, request: WireRequest
     ) -> AsyncGenerator[str, None]:
+        blocks = _ToolBlocks(request.answer_tool)
         async for event in events:
             data = self._event(event.data, _StreamEvent, out)
             if data is None:
@@ -195,18 +241,80 @@ class AnthropicClient(HTTPModelClient):
                 out.request_id = out.request_id or data.message.id or None
                 out.model = data.message.model or out.model
                 _count(out, data.message.usage)
-            elif kind == "content_block_delta" and delta and delta.type == "text_delta":
-                if delta.text:
-                    yield delta.text
+            elif kind == "content_block_start" and data.content_block is not None:
+                blocks.start(data.index, data.content_block)
+            elif kind == "content_block_delta" and delta is not None:
+                text = delta.text if delta.type == "text_delta" else None
+                if delta.type == "input_json_delta":
+                    text = blocks.piece(data.index, delta.partial_json or "")
+                if text:
+                    yield text
             elif kind == "message_delta":
-                _count(out, data.usage)
-                if delta and delta.stop_reason:
-                    out.finish_reason = normalise_finish_reason(delta.stop_reason)
-                if delta and delta.stop_reason == _REFUSAL:
-                    raise self._refused("the model declined to go on (stop_reason=refusal)")
+                self._stopping(data, out, blocks)
             elif kind == "message_stop":
+                if blocks.unanswered:
+                    yield "{}"  # the answer tool's input came in no piece: it is empty
+                out.tool_calls = blocks.calls.calls()
                 return
         raise self._incomplete()
+
+    def _stopping(self, data: _StreamEvent, out: TextStream, blocks: _ToolBlocks) -> None:
+        """``message_delta``: the counts so far and why the answer stops."""
+        _count(out, data.usage)
+        stop_reason = data.delta.stop_reason if data.delta else None
+        if stop_reason:
+            out.finish_reason = blocks.finish_reason(stop_reason)
+        if stop_reason == _REFUSAL:
+            raise self._refused("the model declined to go on (stop_reason=refusal)")
+
+
+class _ToolBlocks:
+    """The ``tool_use`` blocks of a stream: tool calls, assembled, or the answer tool's input
+    (``response_format``), which is the text."""
+
+    def __init__(self, answer_tool: str | None) -> None:
+        self.answer_tool = answer_tool
+        self.calls = ToolCallParts()
+        self._answer_at: int | None = None  # the block holding the answer tool's input
+        self._answered = False
+
+    @property
+    def unanswered(self) -> bool:
+        """The answer tool was called and no piece of its input came."""
+        return self._answer_at is not None and not self._answered
+
+    def start(self, index: int | None, block: _Block) -> None:
+        if block.type != "tool_use":
+            return
+        at = -1 if index is None else index
+        if self.answer_tool is not None and block.name == self.answer_tool:
+            self._answer_at = at
+        else:
+            self.calls.add(at, id=block.id, name=block.name)
+
+    def piece(self, index: int | None, partial_json: str) -> str | None:
+        """A piece of a tool input; the text to give when it is the answer's."""
+        at = -1 if index is None else index
+        if at == self._answer_at:
+            self._answered = self._answered or bool(partial_json)
+            return partial_json
+        self.calls.add(at, arguments=partial_json)
+        return None
+
+    def finish_reason(self, stop_reason: str) -> str | None:
+        reason = normalise_finish_reason(stop_reason)
+        return reason if self.answer_tool is None else _answered(reason)
+
+
+def _json(value: Any) -> str:
+    """A tool input as a JSON string (msgspec's encoding; none is an empty object)."""
+    return msgspec.json.encode({} if value is None else value).decode()
+
+
+def _answered(finish_reason: str | None) -> str | None:
+    """The finish reason of an answer given as the forced tool's input: the call is the
+    answer, so ``tool_calls`` is ``stop``."""
+    return "stop" if finish_reason == "tool_calls" else finish_reason
 
 
 def _count(out: TextStream, new: _Usage | None) -> None:

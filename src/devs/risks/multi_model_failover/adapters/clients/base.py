@@ -4,10 +4,11 @@ No automatic retries happen here: the engine owns retrying, and a client that re
 own would multiply the engine's attempts and hide failures from the event log.
 
 ====================  ========================================================================
-``call``              one request; a ``ModelResponse`` (``finish_reason`` normalised)
+``call``              one request; a ``ModelResponse`` (``finish_reason`` normalised,
+                      ``tool_calls`` parsed)
 ``stream``            a ``TextStream`` of text chunks; once it ended, its ``usage``,
-                      ``finish_reason``, ``model``, ``request_id`` and ``skipped`` say how
-                      it went
+                      ``finish_reason``, ``model``, ``request_id``, ``tool_calls`` and
+                      ``skipped`` say how it went
 ``health_check``      ``probe="request"`` (default): POST one real request for one
                       token; ``probe="models"``: ``GET {models}``. True, or the ``ModelError``
                       saying why
@@ -15,10 +16,18 @@ own would multiply the engine's attempts and hide failures from the event log.
                       ``stream(..., recovery="continue")`` hands it the text so far)
 ====================  ========================================================================
 
+Both take ``params``, options for this one request in the OpenAI shape (``temperature``,
+``max_tokens``, ``stop``, ``seed``, ``tools``, ``tool_choice``, ``response_format``...),
+merged over the client's configured ``params`` for that call only (see ``options``). Each
+protocol checks and translates them before anything is sent: an option it cannot express is
+a ``ModelError(kind=bad_request)`` naming it, never silently dropped. The configured
+``params`` are checked the same way when the client is built (``ValueError``).
+
 ``finish_reason`` is one of ``stop``, ``length``, ``tool_calls``, ``content_filter`` for the
 reasons both protocols know (Anthropic's ``end_turn`` and ``stop_sequence`` are ``stop``,
 ``max_tokens`` is ``length``, ``tool_use`` is ``tool_calls``, ``refusal`` is
-``content_filter``); any other value is kept as the provider gave it.
+``content_filter``; OpenAI's legacy ``function_call`` is ``tool_calls``); any other value is
+kept as the provider gave it.
 """
 
 from __future__ import annotations
@@ -31,7 +40,7 @@ import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from types import TracebackType
-from typing import Any, ClassVar, Final, Literal, Self, TypeVar
+from typing import Any, ClassVar, Final, Literal, NamedTuple, Self, TypeVar
 
 import anyio
 import httpx
@@ -39,7 +48,8 @@ import msgspec
 from loguru import logger
 
 from ...core.errors import ErrorKind, ModelError
-from ...core.responses import ChunkStream, ModelResponse, Usage
+from ...core.protocols import Params, Prompt
+from ...core.responses import ChunkStream, ModelResponse, ToolCall, Usage
 from ...core.scrub import register_secret, scrub
 from .errors import (
     BODY_LIMIT,
@@ -48,10 +58,10 @@ from .errors import (
     error_from_transport,
     malformed,
 )
+from .options import merge_params
 from .sse import ServerSentEvent, iter_events
 
 T = TypeVar("T")
-Prompt = str | Sequence[Mapping[str, Any]]
 WallClock = Callable[[], datetime]
 Probe = Literal["request", "models"]
 PROBES: Final[tuple[Probe, ...]] = ("request", "models")
@@ -70,6 +80,7 @@ _FINISH_REASONS: Final = {
     "max_tokens": "length",
     "tool_use": "tool_calls",
     "refusal": "content_filter",
+    "function_call": "tool_calls",
 }
 
 
@@ -110,6 +121,15 @@ def request_id_of(headers: Mapping[str, str]) -> str | None:
     return headers.get("x-request-id") or headers.get("request-id") or None
 
 
+class WireRequest(NamedTuple):
+    """A request body as the protocol wants it, and how to read its answer."""
+
+    body: dict[str, Any]
+    # The tool whose input is the answer's text (Anthropic's tool-based structured output):
+    # its call is the answer, not a tool call for the caller.
+    answer_tool: str | None = None
+
+
 def _trim_lead(text: str, pending: str) -> tuple[str, str]:
     """``text`` without the start it shares with ``pending``, and what is still pending."""
     shared = 0
@@ -128,8 +148,10 @@ class TextStream(ChunkStream[str]):
     What the provider said about the answer fills in as it arrives and is complete once the
     stream ended: ``usage`` (``Usage`` or None), ``finish_reason`` (normalised), ``model`` (as
     served), ``request_id`` (from the ``x-request-id``/``request-id`` header, else the body's
-    id) and ``skipped``, how many malformed events were skipped (each logged at WARNING,
-    without its text; more than ``MALFORMED_IN_A_ROW`` in a row fail the stream, ``server``).
+    id), ``tool_calls`` (the ``ToolCall``s the model asked for, assembled from their pieces;
+    set when the stream ended) and ``skipped``, how many malformed events were skipped (each
+    logged at WARNING, without its text; more than ``MALFORMED_IN_A_ROW`` in a row fail the
+    stream, ``server``).
     """
 
     def __init__(
@@ -140,6 +162,7 @@ class TextStream(ChunkStream[str]):
         self.finish_reason: str | None = None
         self.model: str | None = None
         self.request_id: str | None = None
+        self.tool_calls: tuple[ToolCall, ...] = ()
         self.skipped = 0
         self.decoded = 0  # well-formed events
         self._malformed_run = 0
@@ -202,9 +225,10 @@ class HTTPModelClient:
     ``timeout`` bounds one ``call`` end to end and each read of a stream (seconds);
     ``health_timeout`` bounds ``health_check``, whose ``probe`` is ``"request"`` (one real
     request for one token) or ``"models"`` (``GET {models}``). ``prefill`` (default: the
-    protocol's own, ``default_prefill``) sets ``supports_prefill``. The key is only sent, never
-    shown: ``repr`` leaves it out and it is registered with the scrubber, so no message can
-    carry it.
+    protocol's own, ``default_prefill``) sets ``supports_prefill``. ``params`` are options
+    sent with every request (see the module's docstring); ``ValueError`` names one the
+    protocol cannot express. The key is only sent, never shown: ``repr`` leaves it out and it
+    is registered with the scrubber, so no message can carry it.
     """
 
     provider: ClassVar[str] = "http"
@@ -229,17 +253,21 @@ class HTTPModelClient:
     ) -> None:
         if probe not in PROBES:
             raise ValueError(f"probe must be 'request' or 'models', got {probe!r}")
+        self.model = model
+        self.model_id = model_id or model
+        self.params = dict(params or {})
+        try:
+            self.check_params(self.params, model_id=self.model_id)
+        except ModelError as exc:
+            raise ValueError(f"{self.model_id}: {exc.message}") from None
         register_secret(api_key)
         extra = dict(headers or {})
         for name, value in extra.items():
             if _SENSITIVE_HEADER.search(name):
                 register_secret(value)
-        self.model = model
-        self.model_id = model_id or model
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
         self.health_timeout = min(health_timeout, timeout)
-        self.params = dict(params or {})
         self.probe: Probe = probe
         self.supports_prefill = self.default_prefill if prefill is None else bool(prefill)
         self._wall_clock = wall_clock or utc_now
@@ -258,17 +286,27 @@ class HTTPModelClient:
 
     # -- the wire protocol, per subclass ----------------------------------------------
 
+    @classmethod
+    def check_params(cls, params: Params, *, model_id: str | None = None) -> None:
+        """Raise ``ModelError(kind=bad_request)`` naming an option of ``params`` this protocol
+        cannot express or a malformed one; ``model_id`` goes into the error."""
+        raise NotImplementedError
+
     def _auth_headers(self, api_key: str | None) -> dict[str, str]:
         raise NotImplementedError
 
-    def _body(self, prompt: Prompt, *, stream: bool) -> dict[str, Any]:
+    def _request(self, prompt: Prompt, params: dict[str, Any], *, stream: bool) -> WireRequest:
+        """The request for ``prompt`` with ``params`` (merged, not yet checked); raises
+        ``ModelError(kind=bad_request)`` for an option the protocol cannot express."""
         raise NotImplementedError
 
     def _probe_body(self) -> dict[str, Any]:
         """The smallest real request: ``PROBE_PROMPT``, one token, not streamed."""
         raise NotImplementedError
 
-    def _parse(self, response: httpx.Response, latency: float) -> ModelResponse:
+    def _parse(
+        self, response: httpx.Response, latency: float, request: WireRequest
+    ) -> ModelResponse:
         raise NotImplementedError
 
     def _accept_probe(self, response: httpx.Response) -> None:
@@ -276,7 +314,7 @@ class HTTPModelClient:
         raise NotImplementedError
 
     def _texts(
-        self, events: AsyncIterator[ServerSentEvent], out: TextStream
+        self, events: AsyncIterator[ServerSentEvent], out: TextStream, request: WireRequest
     ) -> AsyncGenerator[str, None]:
         """The text of ``events``; fills ``out``'s attributes as the events say them."""
         raise NotImplementedError
@@ -287,21 +325,25 @@ class HTTPModelClient:
 
     # -- ModelClient ------------------------------------------------------------------
 
-    async def call(self, prompt: Prompt) -> ModelResponse:
-        """Answer ``prompt``; raises ``ModelError`` with the kind of failure (never retries)."""
-        body = self._body(prompt, stream=False)
+    async def call(self, prompt: Prompt, params: Params | None = None) -> ModelResponse:
+        """Answer ``prompt`` with ``params`` (options for this call, over the configured ones);
+        raises ``ModelError`` with the kind of failure (never retries): ``bad_request`` before
+        anything is sent for an option the protocol cannot express."""
+        request = self._request(prompt, self._merged(params), stream=False)
         started = time.perf_counter()
         try:
             with anyio.fail_after(self.timeout):
                 response = await self._http.post(
-                    self._url(self.chat_path), content=_encoder.encode(body), headers=_JSON
+                    self._url(self.chat_path),
+                    content=_encoder.encode(request.body),
+                    headers=_JSON,
                 )
         except TimeoutError:
             raise self._timed_out(self.timeout) from None
         except httpx.HTTPError as exc:
             raise error_from_transport(exc, model_id=self.model_id) from None
         self._check(response, response.content)
-        return self._parse(response, time.perf_counter() - started)
+        return self._parse(response, time.perf_counter() - started, request)
 
     async def health_check(self) -> bool:
         """True when the model answers a probe; raises ``ModelError`` saying why when not.
@@ -333,24 +375,29 @@ class HTTPModelClient:
             self._accept_probe(response)
         return True
 
-    def stream(self, prompt: Prompt) -> TextStream:
-        """Answer ``prompt`` as text chunks (server-sent events); see ``TextStream``.
+    def stream(self, prompt: Prompt, params: Params | None = None) -> TextStream:
+        """Answer ``prompt`` with ``params`` as text chunks (server-sent events); see
+        ``TextStream``.
 
-        Nothing is sent until the first chunk is asked for. Raises ``ModelError`` before the
-        first chunk or between chunks; a stream that ends without the protocol's end marker is
-        a ``server`` error, never a silent short answer.
+        The request is built and checked at once (``ModelError(kind=bad_request)`` here for
+        an option the protocol cannot express), but nothing is sent until the first chunk is
+        asked for. Raises ``ModelError`` before the first chunk or between chunks; a stream
+        that ends without the protocol's end marker is a ``server`` error, never a silent
+        short answer.
         """
-        return TextStream(self.model_id, lambda out: self._stream(prompt, out))
-
-    async def _stream(self, prompt: Prompt, out: TextStream) -> AsyncGenerator[str, None]:
-        body = self._body(prompt, stream=True)
+        request = self._request(prompt, self._merged(params), stream=True)
         # What the API made us cut from a prefilled answer; the continuation may repeat it.
         pending = self._prefill_space(prompt)
+        return TextStream(self.model_id, lambda out: self._stream(request, pending, out))
+
+    async def _stream(
+        self, request: WireRequest, pending: str, out: TextStream
+    ) -> AsyncGenerator[str, None]:
         try:
             async with self._http.stream(
                 "POST",
                 self._url(self.chat_path),
-                content=_encoder.encode(body),
+                content=_encoder.encode(request.body),
                 headers=_EVENT_STREAM,
             ) as response:
                 raw = response.aiter_bytes()
@@ -361,7 +408,7 @@ class HTTPModelClient:
                     out.request_id = request_id_of(response.headers)
                     async with (
                         contextlib.aclosing(iter_events(raw)) as events,
-                        contextlib.aclosing(self._texts(events, out)) as texts,
+                        contextlib.aclosing(self._texts(events, out, request)) as texts,
                     ):
                         async for text in texts:
                             shown = text
@@ -401,6 +448,9 @@ class HTTPModelClient:
 
     def _url(self, path: str) -> str:
         return f"{self.base_url}{path}"
+
+    def _merged(self, params: Params | None) -> dict[str, Any]:
+        return merge_params(self.params, params, model_id=self.model_id)
 
     def _timed_out(self, seconds: float) -> ModelError:
         return ModelError(

@@ -1,8 +1,8 @@
 """Model clients from configuration entries.
 
 Everything that can be wrong with an entry (a missing key variable, a target that does not
-import, a base URL that is not HTTP) is found when the clients are built, at start-up, not at
-the first call.
+import, a base URL that is not HTTP, ``params`` the client's protocol cannot express) is found
+when the clients are built, at start-up, not at the first call.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from ...core.errors import ConfigError
+from ...core.errors import ConfigError, ModelError
 from ...core.scrub import scrub
 from ..config import ClientConfig, resolve_api_key
 from . import anthropic, openai
@@ -37,6 +37,10 @@ def _factory(config: ClientConfig, env: Mapping[str, str] | None) -> Callable[[]
     api_key = resolve_api_key(config, env)
     base_url = _base_url(config)
     cls = openai.OpenAIClient if config.kind == "openai" else anthropic.AnthropicClient
+    try:
+        cls.check_params(config.params, model_id=config.id)
+    except ModelError as exc:
+        raise ConfigError(f"client {config.id!r}: {exc.message}") from None
     return lambda: cls(
         model=config.model,
         base_url=base_url,

@@ -1,34 +1,66 @@
-"""The ``callable`` kind: any sync or async function as a model client."""
+"""The ``callable`` kind: any sync or async function as a model client.
+
+Per-call ``params`` reach the function only when it takes them: a parameter named ``params``
+(or ``**kwargs``). A function that does not is never called with options it would ignore:
+``call`` refuses them (``ModelError(kind=bad_request)`` naming the keys).
+"""
 
 from __future__ import annotations
 
 import importlib
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import anyio
 
 from ...core.errors import ConfigError
+from .options import bad_request
+
+
+def takes_params(fn: Callable[..., Any]) -> bool:
+    """Whether ``fn`` can be called as ``fn(prompt, params=...)``."""
+    try:
+        parameters = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):  # some builtins have no signature to read
+        return False
+    return any(
+        p.kind is p.VAR_KEYWORD
+        or (p.name == "params" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
+        for p in parameters
+    )
 
 
 class CallableClient:
     """Wraps a sync or async function ``fn(prompt) -> response`` as a ``ModelClient``.
 
-    A sync function runs on the event loop's thread: keep it quick, or make it async.
+    ``fn(prompt, params=...)`` gets a call's options when it takes them (see the module's
+    docstring). A sync function runs on the event loop's thread: keep it quick, or make it
+    async.
     """
 
-    def __init__(self, fn: Callable[[Any], Any], *, model_id: str | None = None) -> None:
+    def __init__(self, fn: Callable[..., Any], *, model_id: str | None = None) -> None:
         self.fn = fn
         self.model_id = model_id
+        self.takes_params = takes_params(fn)
 
     def __repr__(self) -> str:
         name = getattr(self.fn, "__qualname__", type(self.fn).__name__)
         return f"CallableClient(model_id={self.model_id!r}, fn={name})"
 
-    async def call(self, prompt: Any) -> Any:
-        """The function's answer to ``prompt`` (awaited when it is awaitable)."""
-        result = self.fn(prompt)
+    async def call(self, prompt: Any, params: Mapping[str, Any] | None = None) -> Any:
+        """The function's answer to ``prompt`` (awaited when it is awaitable), given
+        ``params`` when it takes them; ``ModelError(kind=bad_request)`` naming the keys of
+        non-empty ``params`` it does not take (the function is not called)."""
+        if params is not None and self.takes_params:
+            result = self.fn(prompt, params=params)
+        elif params:
+            raise bad_request(
+                f"params {', '.join(sorted(map(str, params)))}: the function takes no params",
+                model_id=self.model_id,
+            )
+        else:
+            result = self.fn(prompt)
         if inspect.isawaitable(result):
             return await result
         return result

@@ -5,6 +5,17 @@ OpenRouter and LiteLLM's proxy. ``health_check`` posts one real request for one 
 (``probe="models"``: ``GET {base_url}/models``). Streams ask for usage with
 ``stream_options: {include_usage: true}`` unless ``params`` set ``stream_options``
 (``null`` sends none, for servers that refuse the option).
+
+The request shape is this protocol's own, so ``params`` go into the body as they are
+(``response_format`` with a JSON schema included: the server enforces it), every key, known
+or not; a key whose value is None is left out. ``tools``, ``tool_choice``,
+``response_format`` and ``stop`` are checked first (see ``options``), so a malformed one is
+a ``bad_request`` before anything is sent rather than a 400 after.
+
+Answers: ``message.tool_calls`` become ``ModelResponse.tool_calls`` (``arguments`` re-encoded
+by msgspec, as the Anthropic client does, so the same call reads the same from both; kept as
+sent when not valid JSON; a call without an id gets ``call_<n>``); in a stream the
+``delta.tool_calls`` fragments are assembled by ``index`` into ``TextStream.tool_calls``.
 """
 
 from __future__ import annotations
@@ -15,17 +26,27 @@ from typing import Any, ClassVar, Final
 import httpx
 import msgspec
 
-from ...core.responses import ModelResponse, Usage
+from ...core.protocols import Params, Prompt
+from ...core.responses import ModelResponse, ToolCall, Usage
 from .base import (
     PROBE_PROMPT,
     HTTPModelClient,
-    Prompt,
     TextStream,
+    WireRequest,
     chat_messages,
     normalise_finish_reason,
     request_id_of,
 )
 from .errors import ProviderError, error_from_stream, malformed
+from .options import (
+    ToolCallParts,
+    canonical_json,
+    check_response_format,
+    check_stop,
+    check_tool_choice,
+    check_tools,
+    without_none,
+)
 from .sse import ServerSentEvent
 
 DEFAULT_BASE_URL: Final = "https://api.openai.com/v1"
@@ -39,9 +60,22 @@ class _Part(msgspec.Struct):
     text: str | None = None
 
 
+class _Function(msgspec.Struct):
+    name: str | None = None
+    # A string of JSON; some compatible servers send the object itself.
+    arguments: str | dict[str, Any] | None = None
+
+
+class _ToolCall(msgspec.Struct):
+    id: str | None = None
+    function: _Function = msgspec.field(default_factory=_Function)
+    index: int | None = None  # stream deltas: which call a fragment belongs to
+
+
 class _Message(msgspec.Struct):
     content: str | list[_Part] | None = None
     refusal: str | None = None
+    tool_calls: list[_ToolCall] | None = None
 
 
 class _Choice(msgspec.Struct):
@@ -64,6 +98,7 @@ class _Completion(msgspec.Struct):
 class _Delta(msgspec.Struct):
     content: str | None = None
     refusal: str | None = None
+    tool_calls: list[_ToolCall] | None = None
 
 
 class _ChunkChoice(msgspec.Struct):
@@ -96,8 +131,9 @@ def _text(content: str | list[_Part] | None) -> str:
 class OpenAIClient(HTTPModelClient):
     """A model behind an OpenAI-compatible Chat Completions endpoint.
 
-    ``params`` (``temperature``, ``max_tokens``...) are merged into every request body;
-    ``model``, ``messages`` and ``stream`` are always this client's own. ``supports_prefill``
+    ``params`` (``temperature``, ``max_tokens``, ``tools``...) are merged into every request
+    body; ``model``, ``messages`` and ``stream`` are always this client's own (a configured
+    one is ignored, a per-call one refused). ``supports_prefill``
     is False unless built with ``prefill=True``: only some compatible servers continue a final
     assistant message.
     """
@@ -109,21 +145,37 @@ class OpenAIClient(HTTPModelClient):
     def _auth_headers(self, api_key: str | None) -> dict[str, str]:
         return {"authorization": f"Bearer {api_key}"} if api_key else {}
 
-    def _body(self, prompt: Prompt, *, stream: bool) -> dict[str, Any]:
+    def _request(self, prompt: Prompt, params: dict[str, Any], *, stream: bool) -> WireRequest:
+        # OpenAI refuses stream_options on a request that does not stream; None sends none.
+        options = params.pop(_STREAM_OPTIONS, {"include_usage": True})
+        params = without_none(params)
+        self.check_params(params, model_id=self.model_id)
         body = {
-            **self.params,
+            **params,
             "model": self.model,
             "messages": chat_messages(prompt),
             "stream": stream,
         }
-        # OpenAI refuses stream_options on a request that does not stream.
-        options = body.pop(_STREAM_OPTIONS, {"include_usage": True})
         if stream and options is not None:
             body[_STREAM_OPTIONS] = options
-        return body
+        return WireRequest(body)
+
+    @classmethod
+    def check_params(cls, params: Params, *, model_id: str | None = None) -> None:
+        """The options this client understands, checked (the server gets them unchanged)."""
+        params = without_none(params)
+        tools = None
+        if "tools" in params:
+            tools = check_tools(params["tools"], functions_only=False, model_id=model_id)
+        if "tool_choice" in params:
+            check_tool_choice(params["tool_choice"], tools, model_id=model_id)
+        if "response_format" in params:
+            check_response_format(params["response_format"], model_id=model_id)
+        if "stop" in params:
+            check_stop(params["stop"], model_id=model_id)
 
     def _probe_body(self) -> dict[str, Any]:
-        body = self._body(PROBE_PROMPT, stream=False)
+        body = self._request(PROBE_PROMPT, dict(self.params), stream=False).body
         # Reasoning models refuse max_tokens; a client configured for them names the new key.
         if "max_completion_tokens" in body:
             body.pop("max_tokens", None)
@@ -135,7 +187,9 @@ class OpenAIClient(HTTPModelClient):
     def _accept_probe(self, response: httpx.Response) -> None:
         self._decode(response.content, _Completion, "chat completion")
 
-    def _parse(self, response: httpx.Response, latency: float) -> ModelResponse:
+    def _parse(
+        self, response: httpx.Response, latency: float, request: WireRequest
+    ) -> ModelResponse:
         data = self._decode(response.content, _Completion, "chat completion")
         if not data.choices:
             raise malformed("chat completion without choices", model_id=self.model_id)
@@ -153,18 +207,21 @@ class OpenAIClient(HTTPModelClient):
             usage=_usage(usage),
             request_id=request_id_of(response.headers) or data.id,
             latency=latency,
+            tool_calls=_tool_calls(choice.message.tool_calls or ()),
         )
 
     async def _texts(
-        self, events: AsyncIterator[ServerSentEvent], out: TextStream
+        self, events: AsyncIterator[ServerSentEvent], out: TextStream, request: WireRequest
     ) -> AsyncGenerator[str, None]:
         finished = False
+        calls = ToolCallParts()
         async for event in events:
             if event.data.strip() == _DONE:
                 if out.skipped and not out.decoded:
                     raise malformed(
                         "every event of the stream was malformed", model_id=self.model_id
                     )
+                out.tool_calls = calls.calls()
                 return
             chunk = self._event(event.data, _Chunk, out)
             if chunk is None:
@@ -178,6 +235,8 @@ class OpenAIClient(HTTPModelClient):
             for choice in chunk.choices[:1]:
                 if choice.delta.content:
                     yield choice.delta.content
+                for n, part in enumerate(choice.delta.tool_calls or ()):
+                    _add_part(calls, part, n)
                 if choice.finish_reason is not None:
                     finished = True
                     out.finish_reason = normalise_finish_reason(choice.finish_reason)
@@ -186,6 +245,36 @@ class OpenAIClient(HTTPModelClient):
         # Some servers end with a finish_reason and no [DONE]; without either it was cut.
         if not finished:
             raise self._incomplete()
+        out.tool_calls = calls.calls()
+
+
+def _arguments(value: str | dict[str, Any] | None) -> str:
+    """A fragment of arguments as it came (an object, from some servers, as JSON)."""
+    if value is None:
+        return ""
+    return value if isinstance(value, str) else msgspec.json.encode(value).decode()
+
+
+def _tool_calls(calls: list[_ToolCall] | tuple[()]) -> tuple[ToolCall, ...]:
+    return tuple(
+        ToolCall(
+            id=call.id or f"call_{n}",
+            name=call.function.name or "",
+            arguments=canonical_json(_arguments(call.function.arguments)),
+        )
+        for n, call in enumerate(calls)
+    )
+
+
+def _add_part(calls: ToolCallParts, part: _ToolCall, position: int) -> None:
+    """One ``delta.tool_calls`` fragment (a server that sends each call whole may leave out
+    ``index``: its position in the list says)."""
+    calls.add(
+        position if part.index is None else part.index,
+        id=part.id,
+        name=part.function.name,
+        arguments=_arguments(part.function.arguments),
+    )
 
 
 def _usage(usage: _Usage) -> Usage:
