@@ -22,7 +22,7 @@ from ...core.events import EngineStarted, Event
 from ...core.projections import Snapshot
 from ...storage import GroupCommitStore
 from ...storage.archive import ArchiveRecord, archive_of, log_identity, records
-from .queries import EventFilter, fold_into, read_events, snapshot_at
+from .queries import EventFilter, fold_into, read_events, scalar, snapshot_at
 from .render import clock_text
 
 
@@ -166,10 +166,12 @@ def chain(live: GroupCommitStore, archives: Sequence[GroupCommitStore]) -> Itera
         if owner != identity:
             what = "not an archive" if owner is None else "an archive of another log"
             raise ArchiveChainError(f"{store.location} is {what}, not of {live.location}")
-        low, high = store.query("SELECT min(seq), max(seq) FROM events")[0]
+        # Two queries: each is one look at the end of the table, where SQLite answers
+        # min and max together by reading a whole index.
+        low = scalar(store, "SELECT min(seq) FROM events")
         if low is None:
             raise ArchiveChainError(f"archive {store.location} holds no event")
-        spans.append((int(low), int(high), store))
+        spans.append((int(low), int(scalar(store, "SELECT max(seq) FROM events")), store))
     spans.sort(key=lambda span: span[0])
     segments: list[Segment] = []
     reached = spans[0][0] - 1 if spans else 0
