@@ -7,6 +7,7 @@ price) on its attempt's event, so that live metrics and a replay of the log agre
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Mapping
 from typing import Any
@@ -21,6 +22,8 @@ from devs.risks.multi_model_failover import (
     replay,
 )
 from devs.risks.multi_model_failover.core.pricing import (
+    MAX_PRICE,
+    MAX_TOKENS,
     Price,
     prices_by_model,
     response_tokens,
@@ -357,3 +360,86 @@ async def test_a_whole_answer_streamed_in_one_chunk_keeps_its_tool_calls() -> No
         assert [chunk async for chunk in stream] == []
     assert stream.outcome is not None
     assert (stream.outcome.tool_calls, stream.outcome.finish_reason) == ((call,), "tool_calls")
+
+
+# -- what a call spent, and bounds ------------------------------------------------------------
+
+
+async def test_the_outcome_adds_up_what_every_attempt_of_the_call_spent() -> None:
+    billed = FakeModelClient(failing("server", usage=Usage(input_tokens=40)), model_id="billed")
+    backup = FakeModelClient(always(response(10, 5)), model_id="backup")
+    prices = {"billed": Price(input=1.0, output=1.0), "backup": Price(input=2.0, output=4.0)}
+    async with engine([billed, backup], {"max_attempts": 1}, prices=prices) as fo:
+        outcome = await fo.call_with_outcome("hi")
+        plain = await fo.call_with_outcome("again", params=None)
+    assert (outcome.input_tokens, outcome.output_tokens) == (50, 5)
+    assert outcome.cost == pytest.approx((40 * 1.0 + 10 * 2.0 + 5 * 4.0) / 1e6)
+    assert plain.model_id == "backup"  # the billed primary fails every time
+
+
+async def test_an_outcome_without_reported_usage_says_so() -> None:
+    async with engine({"m": FakeModelClient(always("text"))}) as fo:
+        outcome = await fo.call_with_outcome("hi")
+    assert (outcome.input_tokens, outcome.output_tokens, outcome.cost) == (None, None, None)
+
+
+class BreaksAfterUsage(Chunks):
+    """Reports its input tokens at once (as Anthropic's message_start does), sends a chunk,
+    then breaks."""
+
+    def __init__(self) -> None:
+        super().__init__("Hel")
+        self.usage = Usage(input_tokens=25)
+
+    async def __anext__(self) -> str:
+        if not self._chunks:
+            raise ModelError("overloaded", kind="server")
+        return self._chunks.pop(0)
+
+
+async def test_a_stream_that_broke_is_billed_what_it_had_reported() -> None:
+    class Breaking(StreamingClient):
+        def stream(self, prompt: str, params: Mapping[str, Any] | None = None) -> Chunks:
+            return BreaksAfterUsage()
+
+    async with engine({"s": Breaking()}, prices={"s": Price(input=1.0, output=1.0)}) as fo:
+        with pytest.raises(ModelError):
+            async for _ in fo.stream("hi"):
+                pass
+        live = fo.metrics()
+    (failed,) = [e for e in fo.event_store.read() if e.type == "attempt_failed"]
+    assert (failed.input_tokens, failed.cost) == (25, pytest.approx(25 / 1e6))
+    assert live.input_tokens == 25
+    assert replay(fo.event_store).metrics == live
+
+
+async def test_a_streams_outcome_adds_up_the_whole_call() -> None:
+    class Breaking(StreamingClient):
+        def stream(self, prompt: str, params: Mapping[str, Any] | None = None) -> Chunks:
+            return BreaksAfterUsage()
+
+    clients = {"first": Breaking(), "second": StreamingClient()}
+    async with engine(clients, prices={"second": Price(input=1.0, output=1.0)}) as fo:
+        stream = fo.stream("hi", recovery="restart")
+        async for _ in stream:
+            pass
+    assert stream.outcome is not None
+    assert (stream.outcome.input_tokens, stream.outcome.output_tokens) == (25 + 7, 2)
+    assert stream.outcome.cost == pytest.approx(9 / 1e6)  # only the priced model's part
+    assert stream.outcome.usage == Usage(input_tokens=7, output_tokens=2)  # the serving one's
+
+
+def test_a_count_no_answer_could_have_is_unknown() -> None:
+    assert tokens_of({"input_tokens": MAX_TOKENS, "output_tokens": MAX_TOKENS + 1}) == (
+        MAX_TOKENS,
+        None,
+    )
+    assert tokens_of({"prompt_tokens": 2**64}) == (None, None)
+
+
+def test_a_price_is_bounded_so_that_no_sum_of_costs_overflows() -> None:
+    with pytest.raises(ValueError, match="price input must be a number from 0 to 1e"):
+        Price(input=MAX_PRICE * 10, output=1.0)
+    total = Price(input=MAX_PRICE, output=MAX_PRICE).cost((MAX_TOKENS, MAX_TOKENS))
+    assert total is not None
+    assert math.isfinite(total * 10**9)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import copy
 import enum
 import math
 from collections.abc import Mapping
@@ -51,7 +52,9 @@ class EngineClosedError(RuntimeError):
 
 
 class CallOutcome(msgspec.Struct, frozen=True, kw_only=True):
-    """A successful call: the response unchanged, who served it and what it took."""
+    """A successful call: the response unchanged, who served it and what it took.
+    ``input_tokens``, ``output_tokens`` and ``cost`` (USD) add up every attempt of the call
+    whose usage was reported (a billed failure included); None when none was."""
 
     response: Any
     model_id: str
@@ -59,6 +62,9 @@ class CallOutcome(msgspec.Struct, frozen=True, kw_only=True):
     attempts: int
     failovers: int
     latency: float
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    cost: float | None = None
 
 
 class Call:
@@ -81,6 +87,7 @@ class Call:
         "params",
         "prompt",
         "records",
+        "spent",
         "start",
         "trial_slots",
         "trials",
@@ -116,6 +123,8 @@ class Call:
         # whose trial slot it still holds.
         self.trials: tuple[str, ...] = ()
         self.trial_slots: tuple[str, ...] = ()
+        # The reported usage of its attempts so far: input and output tokens, cost.
+        self.spent: tuple[int | None, int | None, float | None] = (None, None, None)
 
     def interrupt(self) -> None:
         """The engine is closing: cut the current wait short (the call then records it)."""
@@ -130,7 +139,7 @@ class Call:
 class Failure:
     """One failed attempt, classified and scrubbed; ``error`` is what the client raised."""
 
-    __slots__ = ("error", "kind", "message", "retry_after")
+    __slots__ = ("error", "kind", "message", "retry_after", "usage")
 
     def __init__(
         self,
@@ -143,6 +152,8 @@ class Failure:
         self.message = message
         self.retry_after = retry_after
         self.error = error
+        # What the provider had reported of the attempt's usage before it failed (a stream's).
+        self.usage: object = None
 
 
 class ScrubbedError(Exception):
@@ -248,7 +259,12 @@ def check_params(params: object) -> Mapping[str, Any] | None:
     for key in params:
         if not isinstance(key, str):
             raise TypeError(f"params keys must be str, got {key!r} ({type(key).__name__})")
-    return MappingProxyType(dict(params))
+    try:
+        # Deep: a caller preparing its next call in the same lists changes nothing of this one.
+        frozen = copy.deepcopy(dict(params))
+    except Exception as exc:  # noqa: BLE001 - any object that cannot be copied
+        raise TypeError(f"params cannot be copied for the call: {exc}") from None
+    return MappingProxyType(frozen)
 
 
 def no_params_failure(model_id: str, params: Mapping[str, Any]) -> Failure:

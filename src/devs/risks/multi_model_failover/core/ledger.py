@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 from loguru import logger
@@ -39,6 +39,7 @@ from .pricing import NO_TOKENS, Price, Tokens, tokens_of
 from .protocols import Clock
 
 Fingerprint = Callable[[Any], tuple[int, str]]
+_N = TypeVar("_N", int, float)
 
 
 class CallLedger:
@@ -107,6 +108,7 @@ class CallLedger:
     ) -> None:
         """Record ``attempt_succeeded`` for the call's current attempt, with the ``tokens``
         (input, output) its answer reported and their cost."""
+        cost = self._spend(call, model_id, tokens)
         self._log.emit(
             AttemptSucceeded(
                 at=self._now(),
@@ -117,13 +119,23 @@ class CallLedger:
                 skipped=skipped,
                 input_tokens=tokens[0],
                 output_tokens=tokens[1],
-                cost=self._cost(model_id, tokens),
+                cost=cost,
             )
         )
 
-    def _cost(self, model_id: str, tokens: Tokens) -> float | None:
+    def _spend(self, call: Call, model_id: str, tokens: Tokens) -> float | None:
+        """The cost of ``tokens`` on ``model_id``, added with them to what ``call`` spent."""
+        if tokens is NO_TOKENS:
+            return None
         price = self._prices.get(model_id)
-        return None if price is None else price.cost(tokens)
+        cost = None if price is None else price.cost(tokens)
+        spent_in, spent_out, spent_cost = call.spent
+        call.spent = (
+            _plus(spent_in, tokens[0]),
+            _plus(spent_out, tokens[1]),
+            _plus(spent_cost, cost),
+        )
+        return cost
 
     def attempt_failed(
         self, call: Call, model_id: str, failure: Failure, final: bool, skipped: int = 0
@@ -140,11 +152,13 @@ class CallLedger:
                 error=failure.error,
             )
         )
-        tokens = NO_TOKENS
+        usage = failure.usage  # what a stream had reported before it broke
         if failure.error is not None:
             call.last_error = failure.error
-            if isinstance(failure.error, ModelError):
-                tokens = tokens_of(failure.error.usage)  # billed only when reported
+            if isinstance(failure.error, ModelError) and failure.error.usage is not None:
+                usage = failure.error.usage  # the provider's own account of the failure
+        tokens = tokens_of(usage)  # billed only when reported
+        cost = self._spend(call, model_id, tokens)
         self._log.emit(
             AttemptFailed(
                 at=self._now(),
@@ -159,7 +173,7 @@ class CallLedger:
                 skipped=skipped,
                 input_tokens=tokens[0],
                 output_tokens=tokens[1],
-                cost=self._cost(model_id, tokens),
+                cost=cost,
             )
         )
 
@@ -218,6 +232,7 @@ class CallLedger:
             )
         finally:
             self._end(call)
+        input_tokens, output_tokens, cost = call.spent
         return CallOutcome(
             response=response,
             model_id=model_id,
@@ -225,6 +240,9 @@ class CallLedger:
             attempts=call.attempts,
             failovers=call.failovers,
             latency=latency,
+            input_tokens=input_tokens,
+            output_tokens=output_tokens,
+            cost=cost,
         )
 
     def failed(
@@ -321,6 +339,13 @@ class CallLedger:
         self.in_flight.discard(call)
         if self.closing and not self.in_flight:
             self.on_idle()
+
+
+def _plus(total: _N | None, more: _N | None) -> _N | None:
+    """``total`` plus ``more``, where None is "not reported" (not zero) unless one was."""
+    if more is None:
+        return total
+    return more if total is None else total + more
 
 
 def _what_happened(call: Call, reason: FailReason) -> str:

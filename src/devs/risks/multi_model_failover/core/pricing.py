@@ -2,8 +2,10 @@
 
 A response's usage is read where the bundled clients put it (``response.usage``, a ``Usage``)
 and, for other clients, from any object or mapping with ``input_tokens`` / ``output_tokens``
-(or OpenAI's ``prompt_tokens`` / ``completion_tokens``). A count that is missing, negative or
-not an integer is unknown, never guessed.
+(or OpenAI's ``prompt_tokens`` / ``completion_tokens``). A count that is missing, negative,
+not an integer or above ``MAX_TOKENS`` (a trillion: no model reads or writes that much in one
+answer) is unknown, never guessed. A price is at most ``MAX_PRICE`` USD per million tokens,
+so that no sum of costs can overflow.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ import msgspec
 
 from .responses import Usage
 
+MAX_TOKENS: Final = 10**12
+MAX_PRICE: Final = 1e6
 _NAMES: Final = (("input_tokens", "prompt_tokens"), ("output_tokens", "completion_tokens"))
 Tokens = tuple[int | None, int | None]
 NO_TOKENS: Final[Tokens] = (None, None)
@@ -32,8 +36,11 @@ class Price(msgspec.Struct, frozen=True, kw_only=True):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | float):
                 raise TypeError(f"price {name} must be a number, got {type(value).__name__}")
-            if not math.isfinite(value) or value < 0:
-                raise ValueError(f"price {name} must be a finite number >= 0, got {value!r}")
+            if not math.isfinite(value) or not 0 <= value <= MAX_PRICE:
+                raise ValueError(
+                    f"price {name} must be a number from 0 to {MAX_PRICE:g} "
+                    f"(USD per million tokens), got {value!r}"
+                )
 
     @classmethod
     def coerce(cls, value: Price | Mapping[str, Any], *, name: str = "price") -> Price:
@@ -57,7 +64,8 @@ class Price(msgspec.Struct, frozen=True, kw_only=True):
             raise type(exc)(f"{name}: {exc}") from None
 
     def cost(self, tokens: Tokens) -> float | None:
-        """USD for ``tokens`` (input, output); None when neither count is known."""
+        """USD for the counts of ``tokens`` (input, output) that were reported (one that was
+        not adds nothing); None when neither was."""
         input_tokens, output_tokens = tokens
         if input_tokens is None and output_tokens is None:
             return None
@@ -115,7 +123,7 @@ def _first(get: Any, names: tuple[str, str]) -> int | None:
 
 
 def _count(value: object) -> int | None:
-    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_TOKENS:
         return value
     return None
 

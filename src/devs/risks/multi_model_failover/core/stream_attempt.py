@@ -194,12 +194,14 @@ class StreamAttempt:
                 return first
             return timed_out(limit, by_attempt, "no first chunk within", call)
         except Exception as exc:  # noqa: BLE001 - any client failure is a failed attempt
-            return failure(exc, call.prompt)
+            failed = failure(exc, call.prompt)
         except asyncio.CancelledError as exc:
-            return foreign_cancel_failure(exc, call.prompt)
+            failed = foreign_cancel_failure(exc, call.prompt)
         finally:
             call.cut = None
-            await close_chunks(chunks)  # on every way out, cancellation included
+            await close_chunks(chunks)
+        failed.usage = getattr(chunks, "usage", None)  # what it had reported before it failed
+        return failed  # on every way out, cancellation included
 
     async def next_chunk(self) -> str | End:
         """The next chunk, within ``idle_timeout``; an engine closing meanwhile cuts the wait

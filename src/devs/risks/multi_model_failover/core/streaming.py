@@ -87,7 +87,9 @@ class StreamSwitch(msgspec.Struct, frozen=True, kw_only=True):
 class StreamOutcome(msgspec.Struct, frozen=True, kw_only=True):
     """A finished stream: who served it and what it took. ``usage``, ``finish_reason``,
     ``model`` (as served), ``request_id`` and ``tool_calls`` come from the serving client's
-    stream, when it reports them; after a switch they are the serving client's alone."""
+    stream, when it reports them; after a switch they are the serving client's alone.
+    ``input_tokens``, ``output_tokens`` and ``cost`` add up the whole call (as in
+    ``CallOutcome``): a broken stream's reported usage included."""
 
     model_id: str
     call_id: str
@@ -100,6 +102,9 @@ class StreamOutcome(msgspec.Struct, frozen=True, kw_only=True):
     finish_reason: str | None = None
     request_id: str | None = None
     tool_calls: tuple[ToolCall, ...] = ()
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    cost: float | None = None
 
 
 class FailoverStream(ChunkStream[_Chunk_co]):
@@ -227,6 +232,9 @@ async def stream_with_failover(
             failovers=outcome.failovers,
             latency=outcome.latency,
             restarts=restarts,
+            input_tokens=outcome.input_tokens,
+            output_tokens=outcome.output_tokens,
+            cost=outcome.cost,
             **stream_meta(attempt.chunks),
         )
         await runner.ledger.commit(call, "call_succeeded")
@@ -314,6 +322,7 @@ def _record_break(
         f"stream from {model_id} broke after {delivered.chunks} chunk(s), "
         f"{delivered.chars} char(s) delivered{how} {broke.message}"
     )
+    broke.usage = getattr(attempt.chunks, "usage", None)  # what it had reported so far
     runner.ledger.attempt_failed(call, model_id, broke, True, skipped=_skipped(attempt))
     runner.monitor.gave_up_on(model_id, broke.kind, broke.message)
 
