@@ -14,8 +14,17 @@ it repeats it).
 Answers: ``tool_use`` blocks become ``ModelResponse.tool_calls`` (``arguments``: the input
 encoded by msgspec); in a stream, ``content_block_start`` (``tool_use``) and its
 ``input_json_delta`` pieces are assembled into ``TextStream.tool_calls`` (re-encoded by
-msgspec, so a call streamed and one answered whole read the same). With ``response_format``
-the forced tool's input is the text, streamed as it arrives.
+msgspec, so a call streamed and one answered whole read the same). Some compatible servers
+give a tool's whole input in its ``content_block_start`` and no piece: that input is used
+when no piece follows. With ``response_format`` the forced tool's input is the text,
+streamed as it arrives. ``stop_reason: refusal`` is ``ModelError(kind=content_filter)``
+carrying the usage reported for it (``ModelError.usage``: it was billed).
+
+Usage: ``input_tokens`` counts every prompt token: the uncached ones (Anthropic's own
+``input_tokens``) plus the cache writes (``cache_creation_input_tokens``) plus the cache reads
+(``cache_read_input_tokens``). ``Usage`` has one input count with one price, so a cost
+computed from it prices all three at the input price: it overstates cache reads (billed at a
+tenth of it) and understates cache writes (billed at 1.25 or 2 times it).
 """
 
 from __future__ import annotations
@@ -28,7 +37,12 @@ import msgspec
 
 from ...core.protocols import Params, Prompt
 from ...core.responses import ModelResponse, ToolCall, Usage
-from .anthropic_request import DEFAULT_MAX_TOKENS, to_anthropic, translate_options
+from .anthropic_request import (
+    DEFAULT_MAX_TOKENS,
+    merge_anthropic_params,
+    to_anthropic,
+    translate_options,
+)
 from .base import (
     PROBE_PROMPT,
     HTTPModelClient,
@@ -63,8 +77,10 @@ class _Block(msgspec.Struct):
 
 
 class _Usage(msgspec.Struct):
-    input_tokens: int | None = None
+    input_tokens: int | None = None  # the prompt tokens neither written to nor read from a cache
     output_tokens: int | None = None
+    cache_creation_input_tokens: int | None = None
+    cache_read_input_tokens: int | None = None
 
 
 class _Message(msgspec.Struct):
@@ -163,6 +179,11 @@ class AnthropicClient(HTTPModelClient):
         """See ``translate_options``: the same errors, nothing built."""
         translate_options(params, model_id=model_id)
 
+    def _merged(self, params: Params | None) -> dict[str, Any]:
+        # Each source in Anthropic's spelling first: a call's max_tokens must replace a
+        # configured max_completion_tokens, not sit beside it as a second spelling.
+        return merge_anthropic_params(self.params, params, model_id=self.model_id)
+
     def _request(self, prompt: Prompt, params: dict[str, Any], *, stream: bool) -> WireRequest:
         messages, system = to_anthropic(prompt, model_id=self.model_id)
         messages, _ = strip_prefill(messages)
@@ -196,9 +217,11 @@ class AnthropicClient(HTTPModelClient):
         self, response: httpx.Response, latency: float, request: WireRequest
     ) -> ModelResponse:
         data = self._decode(response.content, _Message, "message")
+        usage = _usage(data.usage or _Usage())
         if data.stop_reason == _REFUSAL:
-            raise self._refused("the model declined to answer (stop_reason=refusal)")
-        usage = data.usage or _Usage()
+            # Billed: the error carries the usage the provider reported.
+            billed = usage if data.usage is not None else None
+            raise self._refused("the model declined to answer (stop_reason=refusal)", billed)
         text = "".join(b.text for b in data.content if b.type == "text" and b.text)
         uses = [b for b in data.content if b.type == "tool_use"]
         finish_reason = normalise_finish_reason(data.stop_reason)
@@ -216,7 +239,7 @@ class AnthropicClient(HTTPModelClient):
             text=text,
             model=data.model or self.model,
             finish_reason=finish_reason,
-            usage=Usage(input_tokens=usage.input_tokens, output_tokens=usage.output_tokens),
+            usage=usage,
             request_id=request_id_of(response.headers) or data.id,
             latency=latency,
             tool_calls=calls,
@@ -225,7 +248,8 @@ class AnthropicClient(HTTPModelClient):
     async def _texts(
         self, events: AsyncIterator[ServerSentEvent], out: TextStream, request: WireRequest
     ) -> AsyncGenerator[str, None]:
-        blocks = _ToolBlocks(request.answer_tool)
+        blocks = _Blocks(request.answer_tool)
+        tally = _Tally(out)
         async for event in events:
             data = self._event(event.data, _StreamEvent, out)
             if data is None:
@@ -236,52 +260,66 @@ class AnthropicClient(HTTPModelClient):
                 raise error_from_stream(
                     ProviderError(type=error.type, message=error.message), model_id=self.model_id
                 )
-            delta = data.delta
             if kind == "message_start" and data.message is not None:
                 out.request_id = out.request_id or data.message.id or None
                 out.model = data.message.model or out.model
-                _count(out, data.message.usage)
-            elif kind == "content_block_start" and data.content_block is not None:
-                blocks.start(data.index, data.content_block)
-            elif kind == "content_block_delta" and delta is not None:
-                text = delta.text if delta.type == "text_delta" else None
-                if delta.type == "input_json_delta":
-                    text = blocks.piece(data.index, delta.partial_json or "")
+                tally.add(data.message.usage)
+            elif kind.startswith("content_block_"):
+                text = blocks.read(kind, data)
                 if text:
                     yield text
             elif kind == "message_delta":
-                self._stopping(data, out, blocks)
+                self._stopping(data, out, blocks, tally)
             elif kind == "message_stop":
-                if blocks.unanswered:
-                    yield "{}"  # the answer tool's input came in no piece: it is empty
+                text = blocks.end()
+                if text:
+                    yield text
                 out.tool_calls = blocks.calls.calls()
                 return
         raise self._incomplete()
 
-    def _stopping(self, data: _StreamEvent, out: TextStream, blocks: _ToolBlocks) -> None:
+    def _stopping(
+        self, data: _StreamEvent, out: TextStream, blocks: _Blocks, tally: _Tally
+    ) -> None:
         """``message_delta``: the counts so far and why the answer stops."""
-        _count(out, data.usage)
+        tally.add(data.usage)
         stop_reason = data.delta.stop_reason if data.delta else None
         if stop_reason:
             out.finish_reason = blocks.finish_reason(stop_reason)
         if stop_reason == _REFUSAL:
-            raise self._refused("the model declined to go on (stop_reason=refusal)")
+            raise self._refused("the model declined to go on (stop_reason=refusal)", out.usage)
 
 
-class _ToolBlocks:
-    """The ``tool_use`` blocks of a stream: tool calls, assembled, or the answer tool's input
-    (``response_format``), which is the text."""
+class _Blocks:
+    """The content blocks of a stream: their text, and their ``tool_use`` blocks: tool calls,
+    assembled, or the answer tool's input (``response_format``), which is the text.
+
+    Anthropic starts a block with an empty ``input`` and sends the input in
+    ``input_json_delta`` pieces; some compatible servers give the whole input at the start
+    and no piece. A non-empty input at the start is held until the block stops and used then
+    if no piece came (a piece means the pieces are the input).
+    """
 
     def __init__(self, answer_tool: str | None) -> None:
         self.answer_tool = answer_tool
         self.calls = ToolCallParts()
         self._answer_at: int | None = None  # the block holding the answer tool's input
         self._answered = False
+        self._whole: dict[int, Any] = {}  # inputs given at a block's start, no piece yet
 
-    @property
-    def unanswered(self) -> bool:
-        """The answer tool was called and no piece of its input came."""
-        return self._answer_at is not None and not self._answered
+    def read(self, kind: str, data: _StreamEvent) -> str | None:
+        """One ``content_block_*`` event; the text it gives."""
+        if kind == "content_block_start" and data.content_block is not None:
+            self.start(data.index, data.content_block)
+            return None
+        if kind == "content_block_stop":
+            return self.stop(data.index)
+        delta = data.delta
+        if kind != "content_block_delta" or delta is None:
+            return None
+        if delta.type == "input_json_delta":
+            return self.piece(data.index, delta.partial_json or "")
+        return delta.text if delta.type == "text_delta" else None
 
     def start(self, index: int | None, block: _Block) -> None:
         if block.type != "tool_use":
@@ -291,15 +329,40 @@ class _ToolBlocks:
             self._answer_at = at
         else:
             self.calls.add(at, id=block.id, name=block.name)
+        if block.input:
+            self._whole[at] = block.input
 
     def piece(self, index: int | None, partial_json: str) -> str | None:
         """A piece of a tool input; the text to give when it is the answer's."""
         at = -1 if index is None else index
+        if partial_json:
+            self._whole.pop(at, None)
         if at == self._answer_at:
             self._answered = self._answered or bool(partial_json)
             return partial_json
         self.calls.add(at, arguments=partial_json)
         return None
+
+    def stop(self, index: int | None) -> str | None:
+        """``content_block_stop``: a whole input given at the start and in no piece is the
+        block's input now; the text to give when it is the answer's."""
+        at = -1 if index is None else index
+        if at not in self._whole:
+            return None
+        whole = _json(self._whole.pop(at))
+        if at == self._answer_at:
+            self._answered = True
+            return whole
+        self.calls.add(at, arguments=whole)
+        return None
+
+    def end(self) -> str | None:
+        """``message_stop``: the blocks a server left without ``content_block_stop`` stopped;
+        the text still to give (the answer tool's input, "{}" when none came)."""
+        text = "".join(filter(None, [self.stop(at) for at in list(self._whole)]))
+        if self._answer_at is not None and not self._answered:
+            return "{}"  # the answer tool's input came in no piece: it is empty
+        return text or None
 
     def finish_reason(self, stop_reason: str) -> str | None:
         reason = normalise_finish_reason(stop_reason)
@@ -317,13 +380,38 @@ def _answered(finish_reason: str | None) -> str | None:
     return "stop" if finish_reason == "tool_calls" else finish_reason
 
 
-def _count(out: TextStream, new: _Usage | None) -> None:
-    """``out.usage`` with the counts ``new`` gives over it (``message_delta``'s are
-    cumulative; each event may give only some of them)."""
-    if new is None:
-        return
-    old = out.usage or Usage()
-    out.usage = Usage(
-        input_tokens=old.input_tokens if new.input_tokens is None else new.input_tokens,
-        output_tokens=old.output_tokens if new.output_tokens is None else new.output_tokens,
+def _usage(usage: _Usage) -> Usage:
+    """The counts as ``Usage``: every prompt token is input, cached or not (see the module's
+    docstring for what that does to a cost)."""
+    parts = (
+        usage.input_tokens,
+        usage.cache_creation_input_tokens,
+        usage.cache_read_input_tokens,
     )
+    known = [n for n in parts if n is not None]
+    return Usage(input_tokens=sum(known) if known else None, output_tokens=usage.output_tokens)
+
+
+class _Tally:
+    """A stream's usage as its events report it, into ``out.usage``: ``message_start`` gives
+    the input counts, each ``message_delta`` the cumulative counts so far, each event perhaps
+    only some of them, so every count is kept until an event gives it anew."""
+
+    def __init__(self, out: TextStream) -> None:
+        self.out = out
+        self.counts = _Usage()
+
+    def add(self, new: _Usage | None) -> None:
+        if new is None:
+            return
+        self.counts = _Usage(
+            *(
+                old if given is None else given
+                for old, given in zip(
+                    msgspec.structs.astuple(self.counts),
+                    msgspec.structs.astuple(new),
+                    strict=True,
+                )
+            )
+        )
+        self.out.usage = _usage(self.counts)

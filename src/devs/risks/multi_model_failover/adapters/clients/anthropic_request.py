@@ -42,11 +42,19 @@ Anthropic's own options pass as they are: ``top_k``, ``thinking``, ``metadata``,
 any request is sent, ``ModelError(kind=bad_request)`` naming it: OpenAI options the protocol
 cannot express (``seed``, ``logit_bias``, ``logprobs``, ``top_logprobs``, ``n`` above 1,
 ``presence_penalty``, ``frequency_penalty``, ``reasoning_effort``, ``stream_options``...),
-unknown keys, tool types other than ``function``, an option given twice (``stop`` and
-``stop_sequences``, ``user`` and ``metadata.user_id``, a ``system`` option and system
-messages, ``max_tokens`` and ``max_completion_tokens``), and a ``response_format`` of JSON
-with ``tools``, ``tool_choice`` or extended ``thinking`` (the forced answer tool would
-override the first two, and the API refuses a forced tool while thinking).
+unknown keys, tool types other than ``function``, an option given twice by one source
+(``stop`` and ``stop_sequences``, ``user`` and ``metadata.user_id``, ``max_tokens`` and
+``max_completion_tokens``; a ``system`` option and system messages), and a
+``response_format`` of JSON with ``tools``, ``tool_choice`` or extended ``thinking`` (the
+forced answer tool would override the first two, and the API refuses a forced tool while
+thinking).
+
+An option spelled either way is one option: each source (the configured ``params``, a call's)
+is first spelled the Anthropic way (``native_spelling``), then the call's are merged over the
+configured ones (``merge_anthropic_params``). So a call's ``max_tokens`` overrides a configured
+``max_completion_tokens``, its ``stop`` a configured ``stop_sequences``, its ``user`` a
+configured ``metadata.user_id`` (the rest of the configured ``metadata`` kept); only one
+source giving both spellings is refused.
 
 Why structured output goes through a tool: Anthropic's native structured output
 (``output_config.format``) exists only on the newest models and not on Anthropic-compatible
@@ -73,6 +81,7 @@ from .options import (
     check_stop,
     check_tool_choice,
     check_tools,
+    merge_params,
     without_none,
 )
 
@@ -218,12 +227,80 @@ def _tool_use(call: object, where: str, model_id: str | None) -> dict[str, Any]:
 # -- options ------------------------------------------------------------------------------
 
 
+def native_spelling(params: Mapping[str, Any], *, model_id: str | None = None) -> dict[str, Any]:
+    """``params`` of one source (the configured ones, or one call's) with each option given
+    in its OpenAI spelling renamed to Anthropic's: ``max_completion_tokens`` to
+    ``max_tokens``, ``stop`` to ``stop_sequences`` (a list), ``user`` to
+    ``metadata.user_id``. A new dict; a source giving both spellings of one option (neither
+    None) is a ``bad_request`` naming them. A None stays None under the native name (over a
+    configured option, it unsets it); a None ``user`` is dropped (``merge_anthropic_params``
+    reads it from the call's own ``params``)."""
+    out = dict(params)
+    _rename(out, "max_completion_tokens", "max_tokens", model_id)
+    if out.get("stop") is not None:
+        out["stop"] = check_stop(out["stop"], model_id=model_id)
+    _rename(out, "stop", "stop_sequences", model_id)
+    user = out.pop("user", None)
+    if user is not None:
+        out["metadata"] = _with_user(user, out.get("metadata"), model_id)
+    return out
+
+
+def _rename(params: dict[str, Any], alias: str, native: str, model_id: str | None) -> None:
+    if alias not in params:
+        return
+    value = params.pop(alias)
+    if value is not None and params.get(native) is not None:
+        raise bad_request(f"params {alias} and {native}: give one of them", model_id=model_id)
+    if value is not None or native not in params:
+        params[native] = value
+
+
+def _with_user(user: object, metadata: object, model_id: str | None) -> dict[str, Any]:
+    """``metadata`` with ``user`` as its ``user_id``."""
+    if not isinstance(user, str):
+        raise bad_request(
+            f"params user must be a string, got {type(user).__name__}", model_id=model_id
+        )
+    if metadata is not None and not isinstance(metadata, Mapping):
+        raise bad_request(
+            f"params metadata must be an object, got {type(metadata).__name__}",
+            model_id=model_id,
+        )
+    if metadata and "user_id" in metadata:
+        raise bad_request("params user and metadata.user_id: give one of them", model_id=model_id)
+    return {**(metadata or {}), "user_id": user}
+
+
+def merge_anthropic_params(
+    configured: Mapping[str, Any], given: Mapping[str, Any] | None, *, model_id: str | None = None
+) -> dict[str, Any]:
+    """A call's ``given`` options over the ``configured`` ones (``options.merge_params``),
+    each source first spelled the Anthropic way (``native_spelling``), so that the call's
+    option wins however either spells it. A call's ``user`` (without ``metadata``) replaces
+    only the configured ``metadata.user_id``, or removes it when None: the rest of the
+    configured ``metadata`` stays."""
+    mine = native_spelling(configured, model_id=model_id)
+    if not given:
+        return mine
+    merged = merge_params(mine, native_spelling(given, model_id=model_id), model_id=model_id)
+    if "user" in given and "metadata" not in given:
+        kept = mine.get("metadata")
+        metadata = dict(kept) if isinstance(kept, Mapping) else {}
+        metadata.pop("user_id", None)
+        if given["user"] is not None:
+            metadata["user_id"] = given["user"]
+        merged["metadata"] = metadata or None
+    return merged
+
+
 def translate_options(
     params: Mapping[str, Any], *, model_id: str | None = None
 ) -> tuple[dict[str, Any], str | None]:
-    """The request options of ``params`` (OpenAI shape) on the Messages protocol, and the
-    name of the tool whose input is the answer (``response_format``), if any."""
-    params = without_none(params)
+    """The request options of ``params`` (OpenAI shape, or already ``native_spelling``) on
+    the Messages protocol, and the name of the tool whose input is the answer
+    (``response_format``), if any."""
+    params = without_none(native_spelling(params, model_id=model_id))
     refused = sorted(params.keys() - NATIVE_KEYS - TRANSLATED_KEYS - OWN_KEYS)
     if refused:
         raise bad_request(
@@ -234,46 +311,17 @@ def translate_options(
     for key in ("temperature", "top_p"):
         if key in params:
             options[key] = params[key]
-    options["max_tokens"] = _max_tokens(params, model_id)
+    options["max_tokens"] = params.get("max_tokens", DEFAULT_MAX_TOKENS)
     if params.get("n", 1) != 1:
         raise bad_request(
             f"params n={params['n']!r}: the Anthropic protocol gives one answer per request",
             model_id=model_id,
         )
-    if "stop" in params:
-        _not_both(params, "stop", "stop_sequences", model_id)
-        options["stop_sequences"] = check_stop(params["stop"], model_id=model_id)
-    if "user" in params:
-        options["metadata"] = _with_user(params, model_id)
     _tools(params, options, model_id)
     answer_tool = None
     if "response_format" in params:
         answer_tool = _answer_tool(params, options, model_id)
     return options, answer_tool
-
-
-def _not_both(params: Mapping[str, Any], mine: str, native: str, model_id: str | None) -> None:
-    if native in params:
-        raise bad_request(f"params {mine} and {native}: give one of them", model_id=model_id)
-
-
-def _max_tokens(params: Mapping[str, Any], model_id: str | None) -> Any:
-    if "max_completion_tokens" in params:
-        _not_both(params, "max_completion_tokens", "max_tokens", model_id)
-        return params["max_completion_tokens"]
-    return params.get("max_tokens", DEFAULT_MAX_TOKENS)
-
-
-def _with_user(params: Mapping[str, Any], model_id: str | None) -> dict[str, Any]:
-    user = params["user"]
-    if not isinstance(user, str):
-        raise bad_request(
-            f"params user must be a string, got {type(user).__name__}", model_id=model_id
-        )
-    metadata = params.get("metadata") or {}
-    if not isinstance(metadata, Mapping) or "user_id" in metadata:
-        raise bad_request("params user and metadata.user_id: give one of them", model_id=model_id)
-    return {**metadata, "user_id": user}
 
 
 def _tools(params: Mapping[str, Any], options: dict[str, Any], model_id: str | None) -> None:

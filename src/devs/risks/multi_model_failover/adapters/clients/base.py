@@ -20,8 +20,10 @@ Both take ``params``, options for this one request in the OpenAI shape (``temper
 ``max_tokens``, ``stop``, ``seed``, ``tools``, ``tool_choice``, ``response_format``...),
 merged over the client's configured ``params`` for that call only (see ``options``). Each
 protocol checks and translates them before anything is sent: an option it cannot express is
-a ``ModelError(kind=bad_request)`` naming it, never silently dropped. The configured
-``params`` are checked the same way when the client is built (``ValueError``).
+a ``ModelError(kind=bad_request)`` naming it, never silently dropped, and so is a value that
+cannot be written as JSON (a ``numpy.float32``...: the body is encoded while the request is
+built). The configured ``params`` are checked the same way when the client is built
+(``ValueError``).
 
 ``finish_reason`` is one of ``stop``, ``length``, ``tool_calls``, ``content_filter`` for the
 reasons both protocols know (Anthropic's ``end_turn`` and ``stop_sequence`` are ``stop``,
@@ -58,7 +60,7 @@ from .errors import (
     error_from_transport,
     malformed,
 )
-from .options import merge_params
+from .options import bad_request, merge_params
 from .sse import ServerSentEvent, iter_events
 
 T = TypeVar("T")
@@ -128,6 +130,41 @@ class WireRequest(NamedTuple):
     # The tool whose input is the answer's text (Anthropic's tool-based structured output):
     # its call is the answer, not a tool call for the caller.
     answer_tool: str | None = None
+
+
+# What msgspec raises for a value it cannot write as JSON (RecursionError: a value that
+# holds itself).
+_UNSENDABLE: Final = (TypeError, msgspec.EncodeError, RecursionError)
+
+
+def encode_body(body: Mapping[str, Any], *, model_id: str | None = None) -> bytes:
+    """``body`` as JSON bytes; ``ModelError(kind=bad_request)`` naming the key whose value
+    cannot be written as JSON (a ``numpy.float32``, a set, an object...).
+
+    Encoding happens while the request is built, before anything is sent: a value no server
+    could be sent is the caller's mistake, not a failure of the model (which the engine would
+    retry and hold against the model's health).
+    """
+    try:
+        return _encoder.encode(body)
+    except _UNSENDABLE as exc:
+        named = [
+            "the prompt (messages)" if key == "messages" else f"params {key}"
+            for key, value in body.items()
+            if not _sendable(value)
+        ]
+        raise bad_request(
+            f"{', '.join(named) or 'the request'}: cannot be sent as JSON ({exc})",
+            model_id=model_id,
+        ) from exc
+
+
+def _sendable(value: object) -> bool:
+    try:
+        _encoder.encode(value)
+    except _UNSENDABLE:
+        return False
+    return True
 
 
 def _trim_lead(text: str, pending: str) -> tuple[str, str]:
@@ -227,8 +264,8 @@ class HTTPModelClient:
     request for one token) or ``"models"`` (``GET {models}``). ``prefill`` (default: the
     protocol's own, ``default_prefill``) sets ``supports_prefill``. ``params`` are options
     sent with every request (see the module's docstring); ``ValueError`` names one the
-    protocol cannot express. The key is only sent, never shown: ``repr`` leaves it out and it
-    is registered with the scrubber, so no message can carry it.
+    protocol cannot express or JSON cannot hold. The key is only sent, never shown: ``repr``
+    leaves it out and it is registered with the scrubber, so no message can carry it.
     """
 
     provider: ClassVar[str] = "http"
@@ -258,6 +295,7 @@ class HTTPModelClient:
         self.params = dict(params or {})
         try:
             self.check_params(self.params, model_id=self.model_id)
+            encode_body(self.params, model_id=self.model_id)
         except ModelError as exc:
             raise ValueError(f"{self.model_id}: {exc.message}") from None
         register_secret(api_key)
@@ -328,15 +366,14 @@ class HTTPModelClient:
     async def call(self, prompt: Prompt, params: Params | None = None) -> ModelResponse:
         """Answer ``prompt`` with ``params`` (options for this call, over the configured ones);
         raises ``ModelError`` with the kind of failure (never retries): ``bad_request`` before
-        anything is sent for an option the protocol cannot express."""
+        anything is sent for an option the protocol cannot express or JSON cannot hold."""
         request = self._request(prompt, self._merged(params), stream=False)
+        content = encode_body(request.body, model_id=self.model_id)
         started = time.perf_counter()
         try:
             with anyio.fail_after(self.timeout):
                 response = await self._http.post(
-                    self._url(self.chat_path),
-                    content=_encoder.encode(request.body),
-                    headers=_JSON,
+                    self._url(self.chat_path), content=content, headers=_JSON
                 )
         except TimeoutError:
             raise self._timed_out(self.timeout) from None
@@ -362,7 +399,7 @@ class HTTPModelClient:
                 else:
                     response = await self._http.post(
                         self._url(self.chat_path),
-                        content=_encoder.encode(self._probe_body()),
+                        content=encode_body(self._probe_body(), model_id=self.model_id),
                         headers=_JSON,
                         timeout=self.health_timeout,
                     )
@@ -379,26 +416,24 @@ class HTTPModelClient:
         """Answer ``prompt`` with ``params`` as text chunks (server-sent events); see
         ``TextStream``.
 
-        The request is built and checked at once (``ModelError(kind=bad_request)`` here for
-        an option the protocol cannot express), but nothing is sent until the first chunk is
-        asked for. Raises ``ModelError`` before the first chunk or between chunks; a stream
-        that ends without the protocol's end marker is a ``server`` error, never a silent
-        short answer.
+        The request is built, checked and encoded at once (``ModelError(kind=bad_request)``
+        here for an option the protocol cannot express or JSON cannot hold), but nothing is
+        sent until the first chunk is asked for. Raises ``ModelError`` before the first chunk
+        or between chunks; a stream that ends without the protocol's end marker is a
+        ``server`` error, never a silent short answer.
         """
         request = self._request(prompt, self._merged(params), stream=True)
+        content = encode_body(request.body, model_id=self.model_id)
         # What the API made us cut from a prefilled answer; the continuation may repeat it.
         pending = self._prefill_space(prompt)
-        return TextStream(self.model_id, lambda out: self._stream(request, pending, out))
+        return TextStream(self.model_id, lambda out: self._stream(request, content, pending, out))
 
     async def _stream(
-        self, request: WireRequest, pending: str, out: TextStream
+        self, request: WireRequest, content: bytes, pending: str, out: TextStream
     ) -> AsyncGenerator[str, None]:
         try:
             async with self._http.stream(
-                "POST",
-                self._url(self.chat_path),
-                content=_encoder.encode(request.body),
-                headers=_EVENT_STREAM,
+                "POST", self._url(self.chat_path), content=content, headers=_EVENT_STREAM
             ) as response:
                 raw = response.aiter_bytes()
                 grace = 0.0
@@ -487,8 +522,11 @@ class HTTPModelClient:
         out._decoded()
         return decoded
 
-    def _refused(self, reason: str) -> ModelError:
-        return ModelError(reason, kind=ErrorKind.CONTENT_FILTER, model_id=self.model_id)
+    def _refused(self, reason: str, usage: Usage | None = None) -> ModelError:
+        """A refusal; ``usage``: what the provider reported (and billed) for it."""
+        return ModelError(
+            reason, kind=ErrorKind.CONTENT_FILTER, model_id=self.model_id, usage=usage
+        )
 
     def _incomplete(self) -> ModelError:
         return malformed("the stream ended before it was complete", model_id=self.model_id)

@@ -1,8 +1,9 @@
 """Model clients from configuration entries.
 
 Everything that can be wrong with an entry (a missing key variable, a target that does not
-import, a base URL that is not HTTP, ``params`` the client's protocol cannot express) is found
-when the clients are built, at start-up, not at the first call.
+import, a base URL that is not HTTP, ``params`` the client's protocol cannot express or its
+function does not take) is found when the clients are built, at start-up, not at the first
+call.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from ...core.errors import ConfigError, ModelError
 from ...core.scrub import scrub
 from ..config import ClientConfig, resolve_api_key
 from . import anthropic, openai
-from .function import CallableClient, import_target
+from .function import CallableClient, import_target, takes_params
 
 _DEFAULT_BASE_URLS = {"openai": openai.DEFAULT_BASE_URL, "anthropic": anthropic.DEFAULT_BASE_URL}
 
@@ -33,7 +34,13 @@ def _factory(config: ClientConfig, env: Mapping[str, str] | None) -> Callable[[]
     """Check ``config`` now; return what builds its client without failing."""
     if config.kind == "callable":
         fn = import_target(config.target or "", client_id=config.id)
-        return lambda: CallableClient(fn, model_id=config.id)
+        if config.params and not takes_params(fn):
+            raise ConfigError(
+                f"client {config.id!r}: params {', '.join(sorted(config.params))} given to "
+                f"target {config.target!r}, which takes no params (a parameter named params, "
+                "or **kwargs)"
+            )
+        return lambda: CallableClient(fn, model_id=config.id, params=config.params)
     api_key = resolve_api_key(config, env)
     base_url = _base_url(config)
     cls = openai.OpenAIClient if config.kind == "openai" else anthropic.AnthropicClient

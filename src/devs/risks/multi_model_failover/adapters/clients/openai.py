@@ -16,6 +16,9 @@ Answers: ``message.tool_calls`` become ``ModelResponse.tool_calls`` (``arguments
 by msgspec, as the Anthropic client does, so the same call reads the same from both; kept as
 sent when not valid JSON; a call without an id gets ``call_<n>``); in a stream the
 ``delta.tool_calls`` fragments are assembled by ``index`` into ``TextStream.tool_calls``.
+A refusal (``message.refusal``, or ``delta.refusal`` in a stream, with no text) and
+``finish_reason: content_filter`` are ``ModelError(kind=content_filter)``, carrying the usage
+the provider reported for them (``ModelError.usage``: it was billed).
 """
 
 from __future__ import annotations
@@ -120,6 +123,14 @@ class _Chunk(msgspec.Struct):
     usage: _Usage | None = None
 
 
+class _Said:
+    """What a streamed answer said so far: whether any text, and its refusal's pieces."""
+
+    def __init__(self) -> None:
+        self.text = False
+        self.refusal: list[str] = []
+
+
 def _text(content: str | list[_Part] | None) -> str:
     if content is None:
         return ""
@@ -195,16 +206,20 @@ class OpenAIClient(HTTPModelClient):
             raise malformed("chat completion without choices", model_id=self.model_id)
         choice = data.choices[0]
         text = _text(choice.message.content)
+        usage = _usage(data.usage or _Usage())
+        # A refusal the provider reported usage for was billed: the error carries it.
+        billed = usage if data.usage is not None else None
         if choice.finish_reason == _FILTERED:
-            raise self._refused("the answer was withheld by a content filter (content_filter)")
+            raise self._refused(
+                "the answer was withheld by a content filter (content_filter)", billed
+            )
         if choice.message.refusal and not text:
-            raise self._refused(f"the model refused: {choice.message.refusal}")
-        usage = data.usage or _Usage()
+            raise self._refused(f"the model refused: {choice.message.refusal}", billed)
         return ModelResponse(
             text=text,
             model=data.model or self.model,
             finish_reason=normalise_finish_reason(choice.finish_reason),
-            usage=_usage(usage),
+            usage=usage,
             request_id=request_id_of(response.headers) or data.id,
             latency=latency,
             tool_calls=_tool_calls(choice.message.tool_calls or ()),
@@ -215,12 +230,14 @@ class OpenAIClient(HTTPModelClient):
     ) -> AsyncGenerator[str, None]:
         finished = False
         calls = ToolCallParts()
+        answer = _Said()
         async for event in events:
             if event.data.strip() == _DONE:
                 if out.skipped and not out.decoded:
                     raise malformed(
                         "every event of the stream was malformed", model_id=self.model_id
                     )
+                self._check_refusal(answer, out)
                 out.tool_calls = calls.calls()
                 return
             chunk = self._event(event.data, _Chunk, out)
@@ -234,18 +251,36 @@ class OpenAIClient(HTTPModelClient):
                 out.usage = _usage(chunk.usage)
             for choice in chunk.choices[:1]:
                 if choice.delta.content:
+                    answer.text = True
                     yield choice.delta.content
+                if choice.delta.refusal:
+                    answer.refusal.append(choice.delta.refusal)
                 for n, part in enumerate(choice.delta.tool_calls or ()):
                     _add_part(calls, part, n)
                 if choice.finish_reason is not None:
                     finished = True
-                    out.finish_reason = normalise_finish_reason(choice.finish_reason)
-                if choice.finish_reason == _FILTERED:
-                    raise self._refused("the stream was cut by a content filter (content_filter)")
+                    self._finishing(choice.finish_reason, answer, out)
         # Some servers end with a finish_reason and no [DONE]; without either it was cut.
         if not finished:
             raise self._incomplete()
         out.tool_calls = calls.calls()
+
+    def _finishing(self, finish_reason: str, answer: _Said, out: TextStream) -> None:
+        """The choice finished: why, and ``content_filter`` when it was filtered or refused."""
+        out.finish_reason = normalise_finish_reason(finish_reason)
+        if finish_reason == _FILTERED:
+            raise self._refused(
+                "the stream was cut by a content filter (content_filter)", out.usage
+            )
+        self._check_refusal(answer, out)
+
+    def _check_refusal(self, answer: _Said, out: TextStream) -> None:
+        """``content_filter`` when the model gave a refusal and no text, as for an answer
+        given whole. Raised as soon as the choice finishes: the usage OpenAI sends after the
+        finish (``include_usage``) is not waited for, so a streamed refusal is billed only
+        when a server reported usage before it."""
+        if answer.refusal and not answer.text:
+            raise self._refused(f"the model refused: {''.join(answer.refusal)}", out.usage)
 
 
 def _arguments(value: str | dict[str, Any] | None) -> str:
