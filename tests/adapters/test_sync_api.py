@@ -176,6 +176,87 @@ class Streamer:
             self.released.set()
 
 
+class Held:
+    """An async client whose calls wait until the test (another thread) releases them."""
+
+    def __init__(self) -> None:
+        self.model_id = "held"
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    async def call(self, prompt: str) -> str:
+        self.entered.set()
+        # Set by the test's thread, not on the loop: waited for in a worker thread.
+        await anyio.to_thread.run_sync(self.release.wait, abandon_on_cancel=True)
+        return f"held: {prompt}"
+
+    async def health_check(self) -> bool:
+        return True
+
+
+class Closable(Streamer):
+    """A streaming client with an async ``aclose()``; records each close and whether its
+    stream had been released by then."""
+
+    def __init__(self, model_id: str, *, fails: bool = False) -> None:
+        super().__init__(["a", "b"], endless=True)
+        self.model_id = model_id
+        self.fails = fails
+        self.closes: list[bool] = []  # per close: was the stream released already?
+        self.close_threads: list[int] = []
+
+    async def aclose(self) -> None:
+        self.closes.append(self.released.is_set())
+        self.close_threads.append(threading.get_ident())
+        if self.fails:
+            raise RuntimeError(f"{self.model_id} failed to close")
+
+
+class SyncClosable(Echo):
+    """A client whose only close is synchronous: its caller closes it whenever it likes."""
+
+    def __init__(self) -> None:
+        super().__init__("sync-closable")
+        self.closed = False
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def threads_left(before: set[int | None]) -> list[str]:
+    """Threads started since ``before`` still alive, but trio's cache of idle workers."""
+    return [
+        t.name
+        for t in threading.enumerate()
+        if t.ident not in before and not t.name.startswith("Trio thread")
+    ]
+
+
+def wait_until(condition: Callable[[], bool], seconds: float = 5.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.005)
+    return True
+
+
+def interrupt_main_thread_when(condition: Callable[[], bool]) -> threading.Thread:
+    """SIGINT to the main thread (a Ctrl-C) once ``condition()`` holds, and a moment more for
+    the main thread to get into the wait that follows it."""
+    assert threading.current_thread() is threading.main_thread()
+    main = threading.main_thread().ident or 0
+
+    def interrupt() -> None:
+        assert wait_until(condition)
+        time.sleep(0.2)
+        signal.pthread_kill(main, signal.SIGINT)
+
+    thread = threading.Thread(target=interrupt)
+    thread.start()
+    return thread
+
+
 def in_threads(count: int, work: Callable[[int], object]) -> list[object]:
     """``work(i)`` in ``count`` threads at once; what each returned or raised, by ``i``."""
     results: list[object] = [None] * count
@@ -393,6 +474,105 @@ def test_an_interrupted_caller_cancels_its_call(backend: str) -> None:
     assert_replay_matches(fo)
 
 
+def test_ctrl_c_during_close_cuts_the_grace_short(backend: str) -> None:
+    """Ctrl-C while close() waits out a long grace: the call in flight ends at once (recorded),
+    the log is flushed and closed, the loop's thread stops, then the interrupt goes on."""
+    before = {t.ident for t in threading.enumerate()}
+    hang = Hang()
+    fo = SyncMultiModelFailover([hang], NO_WAIT, backend=backend)
+    results: list[object] = []
+    caller = threading.Thread(target=lambda: results.append(_outcome(lambda: fo.call("hi"))))
+    caller.start()
+    hang.wait_for(1)
+    interrupter = interrupt_main_thread_when(lambda: fo.closed)
+    started = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        fo.close(grace=10)
+    took = time.monotonic() - started
+    interrupter.join()
+    caller.join(timeout=5)
+    assert took < 5, f"close() took {took:.1f}s after Ctrl-C"
+    assert [type(r) for r in results] == [EngineClosedError]
+    cancelled = [e for e in fo.event_store.read() if e.type == "call_cancelled"]
+    assert [e.reason for e in cancelled] == ["engine_closed"]  # type: ignore[attr-defined]
+    assert types_of(fo)[-1] == "engine_stopped"
+    assert fo.event_store.closed  # type: ignore[attr-defined]
+    assert wait_until(lambda: not threads_left(before)), threads_left(before)
+    fo.close()  # closed: returns at once
+    with pytest.raises(EngineClosedError):
+        fo.call("after")
+    assert_replay_matches(fo)
+
+
+def test_the_live_view_answers_at_once_while_closing(backend: str) -> None:
+    held = Held()
+    fo = SyncMultiModelFailover([held], NO_WAIT, backend=backend)
+    caller = threading.Thread(target=_outcome, args=(lambda: fo.call("hi"),))
+    caller.start()
+    assert held.entered.wait(5)
+    closer = threading.Thread(target=fo.close, kwargs={"grace": 10})
+    closer.start()
+    try:
+        assert wait_until(lambda: fo.closed)
+        started = time.monotonic()
+        snapshot = fo.snapshot()
+        assert (fo.states, fo.rotation) == ({"held": HealthState.HEALTHY}, ["held"])
+        metrics = fo.metrics()
+        took = time.monotonic() - started
+    finally:
+        held.release.set()  # the call in flight finishes: the close ends within its grace
+        closer.join(timeout=5)
+        caller.join(timeout=5)
+    assert took < 1, f"reads took {took:.1f}s while closing"
+    assert snapshot.metrics.calls == metrics.calls == 1
+    assert fo.metrics().calls_succeeded == 1
+    assert_replay_matches(fo)
+
+
+# -- the clients given ------------------------------------------------------------------------
+
+
+def test_close_closes_the_given_clients_on_the_loop_once_their_streams_are_released(
+    backend: str,
+) -> None:
+    """An async client's connections belong to the loop close() stops: close() closes every
+    given client that has ``aclose()``, once, after the streams still open are released; a
+    client with only a synchronous ``close()`` is its caller's to close."""
+    first, second, plain = Closable("first"), Closable("second"), SyncClosable()
+    fo = SyncMultiModelFailover([first, second, plain], NO_WAIT, backend=backend)
+    stream = fo.stream("hi")
+    assert next(stream) == "a"  # left open: close() ends it
+    fo.close(grace=0)
+    assert first.closes == [True]  # after its stream was released
+    assert second.closes == [False]  # never streamed, closed all the same
+    assert threading.get_ident() not in first.close_threads + second.close_threads  # the loop's
+    assert not plain.closed
+    assert_replay_matches(fo)
+
+
+def test_close_clients_false_leaves_the_given_clients_open(backend: str) -> None:
+    client = Closable("mine")
+    with SyncMultiModelFailover([client], NO_WAIT, backend=backend, close_clients=False) as fo:
+        assert fo.call("hi") == "ab"
+    assert client.closes == []
+    assert_replay_matches(fo)
+
+
+def test_a_client_that_fails_to_close_keeps_neither_the_others_nor_the_thread(
+    backend: str,
+) -> None:
+    before = {t.ident for t in threading.enumerate()}
+    broken, other = Closable("broken", fails=True), Closable("other")
+    fo = SyncMultiModelFailover({"broken": broken, "other": other}, NO_WAIT, backend=backend)
+    with pytest.raises(RuntimeError, match="broken failed to close"):
+        fo.close()
+    assert (len(broken.closes), len(other.closes)) == (1, 1)
+    assert fo.event_store.closed  # type: ignore[attr-defined]
+    assert wait_until(lambda: not threads_left(before)), threads_left(before)
+    fo.close()  # closed: does not raise again
+    assert_replay_matches(fo)
+
+
 def test_an_engine_dropped_unclosed_warns_and_is_closed_in_the_background(backend: str) -> None:
     held = [SyncMultiModelFailover([Echo()], NO_WAIT, backend=backend)]
     store = held[0].event_store
@@ -446,6 +626,30 @@ def test_a_stream_nobody_reads_on_is_ended_by_close(backend: str) -> None:
     assert streamer.released.wait(5)
     with pytest.raises(EngineClosedError):
         next(stream)
+    assert_replay_matches(fo)
+
+
+def test_a_stream_reader_interrupted_by_ctrl_c_leaves_the_stream(backend: str) -> None:
+    """Ctrl-C in next(): the stream is left as close() would leave it, whether or not the
+    reader calls close() afterwards: the model is released and call_cancelled recorded."""
+    streamer = Streamer(["a"], endless=True)
+    fo = SyncMultiModelFailover([streamer], NO_WAIT, backend=backend)
+    try:
+        stream = fo.stream("hi", timeout=30)
+        assert next(stream) == "a"
+        waiting = threading.Event()
+        interrupter = interrupt_main_thread_when(waiting.is_set)
+        waiting.set()
+        with pytest.raises(KeyboardInterrupt):
+            next(stream)
+        interrupter.join()
+        assert streamer.released.wait(5), "the model's stream is still open"
+        assert wait_until(lambda: fo.metrics().calls_cancelled == 1)
+        assert next(stream, None) is None  # left: ended
+        stream.close()  # idempotent
+        assert fo.call("again") == "a"
+    finally:
+        fo.close(grace=0)
     assert_replay_matches(fo)
 
 

@@ -7,13 +7,30 @@ call at once, and their calls run concurrently on the loop, as async callers' wo
 
 Closing (``close()`` or leaving ``with``) refuses new calls at once, gives calls in flight in
 other threads ``grace`` seconds to finish, then ends them with ``EngineClosedError`` (each with
-its terminal event in the log), flushes and closes the log and stops the thread. After it,
-every call raises ``EngineClosedError``; ``metrics()``, ``states`` and ``rotation`` still
-answer from the closed engine.
+its terminal event in the log), flushes and closes the log and stops the thread. A
+``KeyboardInterrupt`` while ``close()`` waits cuts the grace short: the calls in flight end at
+once, the log is still flushed and the thread stopped, then the interrupt goes on. While
+closing and after it, ``metrics()``, ``snapshot()``, ``states`` and ``rotation`` answer at once
+(on the loop while it runs, from the closed engine after); every call raises
+``EngineClosedError``.
+
+Clients. An async client's connections belong to the event loop that used them, and that loop
+is this object's: once it has stopped, nobody can close them (on asyncio, ``aclose()`` on
+another loop fails with "Event loop is closed"). So ``close()`` also closes, on the loop and
+after every stream has been released, each client given to the constructor that has an
+``aclose()``, as ``from_config`` clients are closed by both facades. This differs from the
+async ``MultiModelFailover``, whose caller owns the loop and closes the clients it gave when it
+likes. ``close_clients=False`` leaves given clients open (for a client shared with something
+else that closes it, or one without loop-bound resources); a client with only a synchronous
+``close()`` is never touched: close it yourself whenever you like. A constructor that raises
+closes nothing of yours.
 
 A caller interrupted while it waits (``KeyboardInterrupt``, ``SystemExit`` from a signal
 handler) cancels its call: the call records ``call_cancelled`` and nothing of it runs on. A
-call never outlives its ``timeout`` (or the policy's ``call_budget``) in any case.
+stream's reader interrupted in ``next()`` leaves the stream as ``close()`` would (its chunk in
+transit may be lost, so it does not read on): the model's connection is released and
+``call_cancelled`` recorded. A call never outlives its ``timeout`` (or the policy's
+``call_budget``) in any case.
 
 ``stream()`` returns a plain iterator of text. One task on the loop reads the engine's stream
 and hands each chunk over when the iterator asks for it (at most one chunk read ahead), so a
@@ -25,6 +42,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import inspect
 import os
 import random
 import sys
@@ -64,6 +82,8 @@ class SyncMultiModelFailover:
     blocking. Safe to call from many threads at once; see the module docstring.
 
     ``backend``: the event loop the background thread runs (``"asyncio"`` or ``"trio"``).
+    ``close_clients``: whether ``close()`` closes the given clients that have an ``aclose()``
+    (default: yes, their connections die with this object's loop; see the module docstring).
     Close it (``with``, or ``close()``); an instance dropped unclosed warns
     (``ResourceWarning``) and is closed in the background.
     """
@@ -92,6 +112,7 @@ class SyncMultiModelFailover:
         retention: Retention | RetentionConfig | Mapping[str, Any] | None = None,
         prices: Prices | None = None,
         backend: Backend = "asyncio",
+        close_clients: bool = True,
     ) -> None:
         build = partial(
             MultiModelFailover,
@@ -112,7 +133,7 @@ class SyncMultiModelFailover:
             retention=retention,
             prices=prices,
         )
-        self._open(build, backend)
+        self._open(build, backend, _closable(clients) if close_clients else [])
 
     @classmethod
     def from_config(
@@ -127,10 +148,15 @@ class SyncMultiModelFailover:
         configuration document as a mapping, else config/risks.yaml), running on its own
         event loop thread."""
         sync = cls.__new__(cls)
-        sync._open(partial(MultiModelFailover.from_config, source, env=env, **overrides), backend)
+        # The clients it builds are the facade's own: it closes them itself.
+        build = partial(MultiModelFailover.from_config, source, env=env, **overrides)
+        sync._open(build, backend, [])
         return sync
 
-    def _open(self, build: Callable[[], MultiModelFailover], backend: Backend) -> None:
+    def _open(
+        self, build: Callable[[], MultiModelFailover], backend: Backend, clients: list[Any]
+    ) -> None:
+        self._clients = clients  # given clients that close() closes on the loop
         self._lock = threading.Lock()
         self._closing = False
         self._closed = threading.Event()  # set once a close has finished
@@ -192,12 +218,17 @@ class SyncMultiModelFailover:
             raise
 
     def _read(self, func: Callable[[], T]) -> T:
-        """A read of the live view: on the loop while it runs, directly once it is closed."""
-        if not self._closed.is_set():
-            try:
-                return self._run(func)
-            except EngineClosedError:
-                self._closed.wait()
+        """A read of the live view: on the loop, where the fold runs, while it runs (closing
+        or not: a scrape during a long grace answers at once); directly once closed."""
+        if self._closed.is_set() or threading.get_ident() == self._loop_thread:
+            return func()
+        try:
+            return self._portal.call(func)
+        except (RuntimeError, concurrent.futures.CancelledError):
+            if not self._closing:
+                raise
+        # The loop stopped (or was stopping under the read): the close is about to finish.
+        self._closed.wait()
         return func()
 
     # -- the engine's surface ------------------------------------------------------------------
@@ -322,12 +353,12 @@ class SyncMultiModelFailover:
         portal = self._portal
         try:
             try:
-                portal.call(partial(self._facade.aclose, grace=grace))
+                self._close_engine(grace)
             finally:
                 try:
                     self._running.__exit__(None, None, None)  # the loops end in their own task
                 finally:
-                    portal.call(self._stop_pumps)
+                    portal.call(self._release)
         finally:
             # What still runs is cut short: its thread gets EngineClosedError.
             with contextlib.suppress(RuntimeError):  # already stopped
@@ -335,11 +366,27 @@ class SyncMultiModelFailover:
             self._portal_cm.__exit__(None, None, None)
             self._closed.set()
 
-    async def _stop_pumps(self) -> None:
-        for pump in list(self._pumps):
-            pump.release()
-        self._pump_group.cancel_scope.cancel()
-        await self._host_done.wait()
+    def _close_engine(self, grace: float) -> None:
+        """The engine's close on the loop; interrupted (Ctrl-C), cut short rather than waited
+        out: the cancelled close still ends the calls in flight, records their end and
+        flushes the log, and what ``close()`` does next waits for it."""
+        closing = self._portal.start_task_soon(partial(self._facade.aclose, grace=grace))
+        try:
+            closing.result()
+        except BaseException:
+            if not closing.done():
+                closing.cancel()
+            raise
+
+    async def _release(self) -> None:
+        """Stop the streams' pumps, then close the given clients (no stream uses them now)."""
+        try:
+            for pump in list(self._pumps):
+                pump.release()
+            self._pump_group.cancel_scope.cancel()
+            await self._host_done.wait()
+        finally:
+            await _close_all(self._clients)
 
     def _forget(self, pump: _Pump) -> None:
         """Stop ``pump`` without waiting (its reader is gone), from any thread."""
@@ -376,6 +423,34 @@ class SyncMultiModelFailover:
         )
         # Not here: this may run on the loop's own thread, which closing must wait for.
         threading.Thread(target=self.close, kwargs={"grace": 0.0}, daemon=True).start()
+
+
+def _closable(clients: Sequence[Any] | Mapping[str, Any]) -> list[Any]:
+    """The given clients with an ``aclose()``, each once (one may serve under two ids)."""
+    if isinstance(clients, Mapping):
+        given = list(clients.values())
+    elif isinstance(clients, Sequence):
+        given = list(clients)
+    else:
+        given = []  # not a collection: the engine refuses it, nothing to close
+    unique = {id(client): client for client in given}
+    return [client for client in unique.values() if callable(getattr(client, "aclose", None))]
+
+
+async def _close_all(clients: list[Any]) -> None:
+    """``aclose()`` each client, shielded (closing is cleanup, even when cut short); one that
+    fails does not keep the others open: the first error is raised once all were tried."""
+    error: Exception | None = None
+    for client in clients:
+        try:
+            with anyio.CancelScope(shield=True):
+                closed = client.aclose()
+                if inspect.isawaitable(closed):
+                    await closed
+        except Exception as exc:  # noqa: BLE001 - raised below, after the others are closed
+            error = error or exc
+    if error is not None:
+        raise error
 
 
 async def _host(
@@ -473,10 +548,10 @@ class SyncStream(Generic[_Chunk_co]):
         if self._ended:
             raise StopIteration
         owner = self._owner
-        if self._pump is None:
-            self._pump = owner._run(self._start)
-        pump = self._pump
         try:
+            if self._pump is None:
+                owner._run(self._start)
+            pump = cast(_Pump, self._pump)
             return cast(_Chunk_co, owner._await(pump.next))
         except anyio.EndOfStream:
             self._ended = True
@@ -492,24 +567,35 @@ class SyncStream(Generic[_Chunk_co]):
                 raise EngineClosedError(_CLOSED) from None
             raise StopIteration from None
         except BaseException:
+            # Interrupted (KeyboardInterrupt, SystemExit) or the engine closing: the reader
+            # leaves. The chunk in transit may be lost, so the stream cannot go on: stop it
+            # now (close() then waits for the release) rather than hold the model.
             self._ended = True
+            self._stop_soon()
             raise
 
-    def _start(self) -> _Pump:
+    def _start(self) -> None:
+        """On the loop: start the pump. ``_pump`` is set before ``_ended`` is read, and the
+        reader sets ``_ended`` before it reads ``_pump``: whichever comes second stops it."""
         pump = _Pump(self._stream, self._owner._pumps)
+        self._pump = pump
         self._owner._pump_group.start_soon(pump.run)
-        return pump
+        if self._ended:  # the reader was interrupted while this was on its way
+            pump.cancel()
+
+    def _stop_soon(self) -> None:
+        if self._pump is not None:
+            self._owner._forget(self._pump)
 
     def close(self) -> None:
         """Leave the stream: the model's connection is released and the log records the end
         (``call_cancelled`` when it had not ended). Idempotent."""
-        if self._ended:
-            return
         self._ended = True
-        if self._pump is None:
-            return  # never started: nothing ran, nothing was recorded
+        pump = self._pump
+        if pump is None or pump.done.is_set():
+            return  # never started (nothing ran, nothing recorded), or ended and released
         with contextlib.suppress(EngineClosedError):  # closing the engine ended it
-            self._owner._await(self._pump.stop)
+            self._owner._await(pump.stop)
 
     def __enter__(self) -> Self:
         return self
