@@ -823,6 +823,78 @@ def demo(
         raise fail(str(exc)) from None
 
 
+# -- whatif --------------------------------------------------------------------------------
+
+
+@app.command(name="whatif", epilog=TIMES_HELP)
+def whatif_command(
+    log: LogArg,
+    policy: Annotated[
+        Path | None,
+        typer.Option(
+            "--policy",
+            help="A configuration document (config/risks.yaml's schema) whose retry_policy, "
+            "health_policy, health_check_interval and client order replace the recorded ones "
+            "(keys left out keep their recorded values).",
+        ),
+    ] = None,
+    since: Annotated[
+        str | None,
+        typer.Option(
+            "--since",
+            help="Only the calls that start at or after this time (the replay itself starts "
+            "at the engine start in force then).",
+        ),
+    ] = None,
+    until: Annotated[
+        str | None,
+        typer.Option("--until", help="Only the calls that start at or before this time."),
+    ] = None,
+    maintenance: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--maintenance",
+            help="MODEL@WHEN or MODEL@WHEN-WHEN: an operator action the what-if adds (repeatable).",
+        ),
+    ] = None,
+    without: Annotated[
+        list[str] | None,
+        typer.Option("--without", help="Replay without this client (repeatable)."),
+    ] = None,
+    output_format: Annotated[str, typer.Option("--format", help="table, json or html.")] = "table",
+    strict: StrictOpt = False,
+) -> None:
+    """Replay the recorded calls under another policy, next to what the log recorded.
+
+    Every call runs again at its recorded start, through the real engine on virtual time, its
+    models answering as the log saw them answer. The recorded policy is replayed first: it
+    must reproduce the log (else exit 1). --format html: both health timelines, on one page.
+    """
+    from .whatif import (  # noqa: PLC0415 - only this command needs it
+        WhatIfFormat,
+        WhatIfInputError,
+        build_change,
+        run_whatif,
+    )
+
+    chosen = _choice("--format", output_format, WhatIfFormat)
+    with reading(log, strict=strict) as store:
+        start, end = _time("--since", since), _time("--until", until)
+        try:
+            change = build_change(policy, maintenance or [], without or [])
+            code = run_whatif(
+                store, change, since=start, until=end, output_format=chosen, out=Output()
+            )
+        except WhatIfInputError as exc:
+            raise fail(str(exc)) from None
+    if code:
+        raise fail(
+            "calibration failed: the recorded policy, replayed, does not reproduce the log "
+            "(see the report's first lines)",
+            code=code,
+        )
+
+
 def main() -> None:
     """Console-script entry point."""
     stdout_before = _stdout_id()
