@@ -26,7 +26,7 @@ from typing import Any, Literal, Self, TypeAlias, TypedDict, Unpack, cast, overl
 
 import anyio
 
-from ..core.calls import CallOutcome, check_params
+from ..core.calls import CallOutcome
 from ..core.clock import LoopTime
 from ..core.engine import DEFAULT_GRACE, FailoverEngine
 from ..core.events import Event
@@ -276,17 +276,15 @@ class MultiModelFailover:
         """The first successful client's response, as is (see ``FailoverEngine.call``): a
         ``ModelResponse`` from the bundled clients. ``params``: this call's request options,
         sent to every client the call tries (``TypeError`` unless a mapping with str keys)."""
-        checked = check_params(params)
         return (
-            await self._engine.call_with_outcome(prompt, timeout=timeout, params=checked)
+            await self._engine.call_with_outcome(prompt, timeout=timeout, params=params)
         ).response
 
     async def call_with_outcome(
         self, prompt: Prompt, *, timeout: float | None = None, params: Params | None = None
     ) -> CallOutcome:
         """As ``call``, with the serving model, counts and call id."""
-        checked = check_params(params)
-        return await self._engine.call_with_outcome(prompt, timeout=timeout, params=checked)
+        return await self._engine.call_with_outcome(prompt, timeout=timeout, params=params)
 
     @overload
     def stream(
@@ -319,7 +317,7 @@ class MultiModelFailover:
         """The answer as text chunks; failover until the first chunk, and after it only with
         ``recovery`` (see ``FailoverEngine.stream``). ``.outcome`` once it has ended.
         ``params`` as for ``call``, checked at once."""
-        return self._engine.open_stream(prompt, timeout, recovery, check_params(params))
+        return self._engine.open_stream(prompt, timeout, recovery, params)
 
     async def check_health(self) -> dict[str, HealthState]:
         """Probe every client not in maintenance now; returns the states afterwards."""

@@ -125,7 +125,7 @@ class CallLedger:
 
     def _spend(self, call: Call, model_id: str, tokens: Tokens) -> float | None:
         """The cost of ``tokens`` on ``model_id``, added with them to what ``call`` spent."""
-        if tokens is NO_TOKENS:
+        if tokens[0] is None and tokens[1] is None:
             return None
         price = self._prices.get(model_id)
         cost = None if price is None else price.cost(tokens)
