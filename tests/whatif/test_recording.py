@@ -264,3 +264,44 @@ def test_actions_count_in_log_order_whatever_the_signs() -> None:
     placed.place(closing=None)
     off, on = placed.actions
     assert (off.effective, off.prio) <= (on.effective, on.prio) == (2.0, 2000.0)
+
+
+async def test_the_callers_timeout_is_read_from_the_log_even_where_it_cut_nothing(
+    tmp_path: Path,
+) -> None:
+    # The call gave 2 s and was done in about 1 s (one failure, then the secondary): nothing
+    # in the outcome shows its timeout, call_started holds it. Under three attempts with
+    # backoff, the same caller would have given up at 2 s.
+    scenario = Scenario(
+        spells={"primary": [Spell(0, 100, "server", 0.5)]},
+        calls=[CallSpec(at=1.0, timeout=2.0)],
+        retry_policy={"max_attempts": 1, "call_budget": 30.0, "base_delay": 1.0},
+        probe_every=None,
+    )
+    events = await record_to(tmp_path / "log.sqlite3", scenario)
+    (call,) = record(events).calls
+    assert call.timeout == 2.0
+    report = (await what_if(events, Change(retry_policy={"max_attempts": 3}))).report
+    assert report.calibration.ok
+    assert report.recorded.calls_succeeded == 1
+    assert report.what_if.calls_failed == 1  # the caller's 2 s ran out
+    assert report.what_if.latency.max == pytest.approx(2.0)
+
+
+async def test_a_retry_after_too_long_to_wait_is_read_from_the_log(tmp_path: Path) -> None:
+    # 45 s asked, 12 s of budget: the engine failed over without a backoff event; the
+    # attempt's own event holds the 45 s (not "at least what was left of the call").
+    scenario = Scenario(
+        spells={"primary": [Spell(0, 100, "rate_limited", 0.1, retry_after=45.0)]},
+        calls=[CallSpec(at=1.0)],
+        retry_policy={"max_attempts": 3, "call_budget": 12.0},
+        probe_every=None,
+    )
+    events = await record_to(tmp_path / "log.sqlite3", scenario)
+    rec = record(events)
+    (limited,) = [o for o in rec.attempts if o.kind is ErrorKind.RATE_LIMITED]
+    assert limited.retry_after == 45.0
+    # With a budget that fits 45 s, the what-if waits them out and retries the primary.
+    report = (await what_if(events, Change(retry_policy={"call_budget": 120.0}))).report
+    assert report.calibration.ok
+    assert report.what_if.backoff_seconds == pytest.approx(90.0)

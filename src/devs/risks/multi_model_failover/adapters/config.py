@@ -263,17 +263,24 @@ def _too_deep(source: str) -> ConfigError:
     return ConfigError(f"invalid configuration in {source}: nested too deeply")
 
 
-def parse_config(
-    data: Mapping[str, Any] | str | bytes, *, source: str = "<config>"
-) -> FailoverConfig:
-    """Validate a configuration document (a mapping, JSON text or YAML text)."""
+def read_document(text: str | bytes, *, source: str = "<config>") -> Any:
+    """The YAML (or JSON) document in ``text``, as plain data (None when empty), read as a
+    configuration is: YAML's safe loader, a key given twice is an error. ``ConfigError``
+    naming ``source`` and the line when it is not valid YAML or nests too deeply."""
     try:
-        if isinstance(data, str | bytes):
-            data = yaml.load(data, Loader=_UniqueKeyLoader) if data else None  # type: ignore[assignment]  # noqa: S506 - a SafeLoader
+        return yaml.load(text, Loader=_UniqueKeyLoader) if text else None  # noqa: S506 - a SafeLoader
     except yaml.YAMLError as exc:
         raise ConfigError(f"invalid configuration in {source}: {_yaml_problem(exc)}") from None
     except RecursionError:
         raise _too_deep(source) from None
+
+
+def parse_config(
+    data: Mapping[str, Any] | str | bytes, *, source: str = "<config>"
+) -> FailoverConfig:
+    """Validate a configuration document (a mapping, JSON text or YAML text)."""
+    if isinstance(data, str | bytes):
+        data = read_document(data, source=source)
     if not isinstance(data, Mapping):
         raise ConfigError(
             f"invalid configuration in {source}: expected a mapping with key {ROOT_KEY!r}, "

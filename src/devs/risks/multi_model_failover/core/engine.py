@@ -40,6 +40,7 @@ from .pricing import Price, prices_by_model, response_tokens
 from .projections import Metrics, Snapshot
 from .protocols import Clock, EventStore, Params, Sleep, Timer
 from .registry import ClientRegistry
+from .retry_budget import RetryBudget
 from .runner import CallRunner
 
 if TYPE_CHECKING:
@@ -52,6 +53,8 @@ class FailoverEngine:
     """Tries model clients in a fixed order with retries, backoff, deadlines and health.
 
     Use ``MultiModelFailover`` (the public facade) unless you inject every seam yourself.
+    ``retry_budget``: a ``RetryBudget`` to use instead of the engine's own, e.g. one shared
+    by the engines of a process (its clock should be theirs), or a replay's.
     """
 
     def __init__(
@@ -71,6 +74,7 @@ class FailoverEngine:
         fingerprint: Fingerprint | None = None,
         follow_interval: float | None = None,
         prices: Mapping[str, Price | Mapping[str, Any]] | None = None,
+        retry_budget: RetryBudget | None = None,
     ) -> None:
         self.registry = ClientRegistry(clients)
         self.prices = prices_by_model(prices, self.registry.check_known)
@@ -110,6 +114,7 @@ class FailoverEngine:
             call_ids=call_ids,
             fingerprint=fingerprint,
             prices=self.prices,
+            retry_budget=retry_budget,
         )
         self.log.on_rotation_change = _on_rotation_change(self.runner, self.monitor)
         self._closed = False

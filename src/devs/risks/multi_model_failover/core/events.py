@@ -55,13 +55,16 @@ class EngineStopped(_Event, tag="engine_stopped", frozen=True):
 
 
 class CallStarted(_Event, tag="call_started", frozen=True):
-    """A call began; ``order`` is the rotation it will try. No prompt text is stored."""
+    """A call began; ``order`` is the rotation it will try. No prompt text is stored.
+    ``timeout``: the caller's own timeout in seconds, as given (None: it gave none); the
+    call's budget is the smaller of it and the policy's ``call_budget``."""
 
     call_id: str
     order: tuple[str, ...]
     last_resort: bool = False
     prompt_chars: int | None = None
     prompt_hash: str | None = None
+    timeout: float | None = None
 
 
 class AttemptStarted(_Event, tag="attempt_started", frozen=True):
@@ -92,7 +95,9 @@ class AttemptSucceeded(_Event, tag="attempt_succeeded", frozen=True):
 class AttemptFailed(_Event, tag="attempt_failed", frozen=True):
     """The client failed. ``final``: the call gives up on this client now.
     ``counts``: the failure counts against the client's health. Tokens and ``cost`` only when
-    the client reported usage for the failed attempt (``ModelError(usage=...)``)."""
+    the client reported usage for the failed attempt (``ModelError(usage=...)``).
+    ``retry_after``: the wait the failure asked for (Retry-After), also when the engine did
+    not wait (it would not fit the call's budget: no ``backoff`` follows to hold it)."""
 
     call_id: str
     model_id: str
@@ -106,6 +111,7 @@ class AttemptFailed(_Event, tag="attempt_failed", frozen=True):
     input_tokens: int | None = None
     output_tokens: int | None = None
     cost: float | None = None
+    retry_after: float | None = None
 
 
 class Backoff(_Event, tag="backoff", frozen=True):

@@ -71,12 +71,23 @@ class CallLedger:
 
     # -- the start and the steps ---------------------------------------------------------
 
-    def started(self, call: Call, order: tuple[str, ...], last_resort: bool) -> None:
-        """Record ``call_started``; the call is in flight."""
+    def started(
+        self,
+        call: Call,
+        order: tuple[str, ...],
+        last_resort: bool,
+        timeout: float | None = None,
+    ) -> None:
+        """Record ``call_started`` (with the caller's own ``timeout``); the call is in
+        flight."""
         if self.closing:
             raise EngineClosedError("this MultiModelFailover is closed")
         event = CallStarted(
-            at=self._now(), call_id=call.call_id, order=order, last_resort=last_resort
+            at=self._now(),
+            call_id=call.call_id,
+            order=order,
+            last_resort=last_resort,
+            timeout=timeout,
         )
         if self._fingerprint is not None:
             chars, digest = self._fingerprint(call.prompt)
@@ -87,6 +98,7 @@ class CallLedger:
                 last_resort=last_resort,
                 prompt_chars=chars,
                 prompt_hash=digest,
+                timeout=timeout,
             )
         self._log.emit(event)
         self.in_flight.add(call)
@@ -174,6 +186,7 @@ class CallLedger:
                 input_tokens=tokens[0],
                 output_tokens=tokens[1],
                 cost=cost,
+                retry_after=failure.retry_after,
             )
         )
 

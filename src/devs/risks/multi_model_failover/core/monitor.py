@@ -197,6 +197,14 @@ class HealthMonitor:
         if self.closed:
             raise EngineClosedError("this MultiModelFailover is closed: no more probes")
 
+    async def probe(self, model_id: str) -> None:
+        """Probe ``model_id`` once, now, as its loop would: the probe is recorded and judges
+        the model's health. ``ValueError`` naming the known ids for a model it does not have;
+        ``EngineClosedError`` once closed."""
+        self._refuse_if_closed()
+        self._registry.check_known(model_id)
+        await self._probe(self._registry[model_id])
+
     async def _probe(self, client: RegisteredClient) -> None:
         model_id = client.model_id
         started = self._clock()

@@ -49,6 +49,12 @@ class RetryBudget:
         self._current()[1] += 1
         self._calls += 1
 
+    def record_retry(self) -> None:
+        """Count a retry made without asking (a replay's recorded decision): the window's
+        count stays true to what was done."""
+        self._current()[2] += 1
+        self._retries += 1
+
     def try_retry(self) -> bool:
         """Withdraw one retry if the budget allows it; False means fail over instead."""
         current = self._current()

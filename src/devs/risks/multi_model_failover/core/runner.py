@@ -71,6 +71,7 @@ class CallRunner:
         call_ids: Callable[[], str],
         fingerprint: Callable[[Any], tuple[int, str]] | None,
         prices: Mapping[str, Price] | None = None,
+        retry_budget: RetryBudget | None = None,
     ) -> None:
         self._registry = registry
         self._log = log
@@ -84,7 +85,9 @@ class CallRunner:
         self._native_timer = isinstance(timer, LoopTime)
         self._rng = rng
         self._call_ids = call_ids
-        self._budget = RetryBudget(policy.retry_budget_ratio, policy.retry_budget_min_per_s, clock)
+        self._budget = retry_budget or RetryBudget(
+            policy.retry_budget_ratio, policy.retry_budget_min_per_s, clock
+        )
         self._plan: tuple[tuple[str, ...], bool] | None = None
         self._plan_unhealthy: tuple[str, ...] = ()  # of the plan: who may get a trial
 
@@ -125,7 +128,8 @@ class CallRunner:
         frozen = check_params(params)
         budget = self.policy.call_budget
         if timeout is not None:
-            budget = min(budget, check_positive("timeout", timeout))
+            timeout = check_positive("timeout", timeout)
+            budget = min(budget, timeout)
         start = self._clock()
         call = Call(self._call_ids(), start, start + budget, prompt, frozen)
         order, last_resort = self.plan()
@@ -133,7 +137,7 @@ class CallRunner:
         if self._plan_unhealthy and not last_resort:
             order = self._with_trials(call, order)
         try:
-            self.ledger.started(call, order, last_resort)
+            self.ledger.started(call, order, last_resort, timeout)
         except BaseException:
             self.ledger.release_trials(call)  # no terminal event will release them
             raise

@@ -29,8 +29,8 @@ from typing import Any, Final
 
 import anyio
 import msgspec
-import yaml
 
+from ...core.errors import ConfigError
 from ...core.events import Event
 from ...core.projections import Snapshot
 from ...core.whatif import (
@@ -45,7 +45,7 @@ from ...core.whatif import (
 )
 from ...core.whatif.change import merged_retry
 from ...storage import GroupCommitStore
-from ..config import ROOT_KEY, ClientConfig, FailoverConfig, _UniqueKeyLoader
+from ..config import ROOT_KEY, ClientConfig, FailoverConfig, read_document
 from .queries import EventFilter, read_events, scalar
 from .render import Output, clock_text, cost_text, seconds_text, tokens_text, visible, visible_json
 from .report import Incident, health_svg
@@ -81,9 +81,11 @@ def load_policy(path: Path) -> dict[str, Any]:
     except (OSError, UnicodeDecodeError) as exc:
         raise WhatIfInputError(f"--policy: cannot read {path}: {exc}") from None
     try:
-        document = yaml.load(text, Loader=_UniqueKeyLoader) if text.strip() else {}  # noqa: S506 - a SafeLoader
-    except yaml.YAMLError as exc:
-        raise WhatIfInputError(f"--policy: {path} is not valid YAML/JSON ({exc})") from None
+        document = read_document(text, source=str(path))
+    except ConfigError as exc:
+        raise WhatIfInputError(f"--policy: {exc}") from None
+    if document is None:
+        document = {}  # an empty file: the recorded policy
     if not isinstance(document, Mapping):
         raise WhatIfInputError(f"--policy: {path} must hold a mapping of policy keys")
     section = document.get(ROOT_KEY, document) if set(document) <= {ROOT_KEY} else document

@@ -163,7 +163,9 @@ class CallRecord:
         self.prev_delay: dict[str, float] = {}
         self.refused: str | None = None  # the model whose retry the budget just refused
         self.deadline_hint: float | None = None  # seconds from the start to its deadline
-        self.timeout: float | None = None  # the caller's own timeout, when the log shows it
+        # The caller's own timeout: recorded on call_started (logs before it was: inferred
+        # from where it cut the call, see ``finish``).
+        self.timeout: float | None = None
         self.end: float | None = None
         self.ended = False
         self.cancel_at: float | None = None  # the caller cancelled it then
@@ -336,6 +338,7 @@ class _Reader:
         assert rec is not None  # noqa: S101 - set by read()
         call = CallRecord(event.call_id, at, float(event.seq), len(rec.engines) - 1)
         call.last_resort = event.last_resort
+        call.timeout = event.timeout
         self.calls[event.call_id] = call
         if at <= self.until_s:
             rec.calls.append(call)
@@ -377,6 +380,8 @@ class _Reader:
         )
         if kind is ErrorKind.DEADLINE:
             call.hint_deadline(at - call.start)
+        if event.retry_after is not None:
+            obs.retry_after, obs.retry_after_known = event.retry_after, True
         if not event.final:
             return  # a backoff follows
         refused = call.refused == event.model_id
@@ -393,10 +398,11 @@ class _Reader:
         # The engine gave up on a model it would have retried: the wait would have run past
         # the call's deadline.
         if kind is ErrorKind.RATE_LIMITED:
-            # Retry-After is on the backoff event only: the one behind this was at least as
-            # long as what was left of the call.
-            obs.retry_after = max(0.0, call.start + policy.call_budget - at) + 1e-3
-            obs.retry_after_known = True
+            if not obs.retry_after_known:
+                # A log from before attempt_failed held Retry-After: the one behind this was
+                # at least as long as what was left of the call.
+                obs.retry_after = max(0.0, call.start + policy.call_budget - at) + 1e-3
+                obs.retry_after_known = True
             return
         longest = longest_wait(policy, event.attempt, previous)
         if at + longest < call.start + policy.call_budget:
@@ -515,7 +521,11 @@ class _Reader:
         end = 0.0
         for call in rec.calls:
             hint = call.deadline_hint
-            if hint is not None and hint < rec.engines[call.engine].retry.call_budget - 1e-6:
+            if (
+                call.timeout is None  # not recorded: a log from before call_started held it
+                and hint is not None
+                and hint < rec.engines[call.engine].retry.call_budget - 1e-6
+            ):
                 call.timeout = max(hint, 1e-6)  # the caller's own, shorter timeout
             if not call.ended:  # the log ends (or the process died) with the call open
                 call.cancel_at, call.cancel_prio = call.last_at, call.last_prio + 0.5

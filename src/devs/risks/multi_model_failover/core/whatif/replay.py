@@ -283,6 +283,10 @@ class Replay:
         retry = change.retry(run.retry_raw) if change.retry_policy else run.retry
         health = change.health(run.health_raw) if change.health_policy else run.health
         sim, world = self.sim, self.world
+        same = (retry.retry_budget_ratio, retry.retry_budget_min_per_s) == (
+            run.retry.retry_budget_ratio,
+            run.retry.retry_budget_min_per_s,
+        )
         engine = FailoverEngine(
             {m: WorldClient(m, world, sim) for m in models},
             retry,
@@ -296,16 +300,12 @@ class Replay:
             wall_clock=sim.utc,
             rng=ReplayRandom(world, retry.jitter),
             call_ids=_call_id,
+            # The budget's recorded answers (see ``World.budget``).
+            retry_budget=ReplayBudget(
+                retry.retry_budget_ratio, retry.retry_budget_min_per_s, sim, world, same=same
+            ),
         )
         engine.log.load()  # a restart reads the replay's log so far, at once
-        # The budget's recorded answers (see ``World.budget``); the runner has no public seam.
-        same = (retry.retry_budget_ratio, retry.retry_budget_min_per_s) == (
-            run.retry.retry_budget_ratio,
-            run.retry.retry_budget_min_per_s,
-        )
-        engine.runner._budget = ReplayBudget(
-            retry.retry_budget_ratio, retry.retry_budget_min_per_s, sim, world, same=same
-        )
         return engine
 
     async def _backoff(self, seconds: float) -> None:
@@ -341,7 +341,8 @@ class Replay:
     async def _run_probe(self, engine: FailoverEngine, model_id: str) -> None:
         if engine.closed or engine.monitor.state(model_id) is HealthState.MAINTENANCE:
             return
-        await engine.monitor._probe(engine.registry[model_id])  # one probe, now
+        with contextlib.suppress(EngineClosedError):  # closing: no probe, as in the monitor
+            await engine.monitor.probe(model_id)
 
     async def _probe_loop(self, engine: FailoverEngine, model_id: str) -> None:
         """The monitor's probe schedule for one model (``HealthMonitor._probe_loop``)."""
@@ -361,7 +362,8 @@ class Replay:
             started = sim.now
             if monitor.state(model_id) is not HealthState.MAINTENANCE:
                 fiber.data = ProbeRun(None)
-                await monitor._probe(engine.registry[model_id])  # one probe, now
+                with contextlib.suppress(EngineClosedError):
+                    await monitor.probe(model_id)
             due = max(started + monitor.next_probe_in(model_id), sim.now)
 
     def _watch_unhealthy(self, engine: FailoverEngine) -> None:

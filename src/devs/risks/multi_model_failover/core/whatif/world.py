@@ -345,9 +345,6 @@ class ReplayBudget(RetryBudget):
         recorded = self._world.budget() if self._same else None
         if recorded is None:
             return super().try_retry()
-        # Keep the window's count true to what was decided (RetryBudget has no public way).
-        slot = self._current()
         if recorded:
-            slot[2] += 1
-            self._retries += 1
+            self.record_retry()  # the window's count stays true to what was decided
         return recorded
