@@ -297,7 +297,11 @@ def _maintenance_view(whole: Snapshot) -> Snapshot:
     for model_id, state in whole.states.items():
         if state.state is HealthState.MAINTENANCE:
             view.states[model_id] = ModelState(
-                state=state.state, since=state.since, reason=state.reason, cause=state.cause
+                state=state.state,
+                since=state.since,
+                reason=state.reason,
+                cause=state.cause,
+                by=state.by,
             )
     return view
 

@@ -115,13 +115,15 @@ class Metrics(msgspec.Struct, kw_only=True):
 
 
 class ModelState(msgspec.Struct, kw_only=True):
-    """One client's health: the state, since when, why, and its failure streak."""
+    """One client's health: the state, since when, why, and its failure streak. ``by``: the
+    operator whose maintenance action set the state ("" when the engine judged it)."""
 
     state: HealthState = HealthState.HEALTHY
     since: datetime | None = None
     reason: str = ""
     cause: str = ""
     streak: int = 0
+    by: str = ""
 
 
 class AuditEntry(msgspec.Struct, frozen=True, kw_only=True):
@@ -136,8 +138,15 @@ class AuditEntry(msgspec.Struct, frozen=True, kw_only=True):
     by: str = ""
 
 
+# The audit trail a fold keeps: its last entries only, so that a snapshot (what an engine
+# start loads, what the store keeps every so many events) does not grow with the log's age.
+# ``failover audit`` lists every entry the log holds.
+AUDIT_KEPT: Final = 1000
+
+
 class Snapshot(msgspec.Struct, kw_only=True):
-    """Everything the log says: metrics, per-model states, the audit trail."""
+    """Everything the log says: metrics, per-model states, the audit trail (its last
+    ``AUDIT_KEPT`` entries)."""
 
     metrics: Metrics = msgspec.field(default_factory=Metrics)
     states: dict[str, ModelState] = {}
@@ -163,14 +172,27 @@ def _latency(model: ModelMetrics, latency: float) -> None:
 
 
 def _set_state(
-    snap: Snapshot, model_id: str, to: HealthState, at: datetime, reason: str, cause: str
+    snap: Snapshot,
+    model_id: str,
+    to: HealthState,
+    at: datetime,
+    reason: str,
+    cause: str,
+    by: str = "",
 ) -> HealthState:
     state = snap.state_of(model_id)
     before = state.state
-    state.state, state.since, state.reason, state.cause = to, at, reason, cause
+    state.state, state.since, state.reason, state.cause, state.by = to, at, reason, cause, by
     if to is HealthState.HEALTHY:
         state.streak = 0
     return before
+
+
+def _audit(snap: Snapshot, entry: AuditEntry) -> None:
+    trail = snap.audit
+    trail.append(entry)
+    if len(trail) > AUDIT_KEPT:
+        del trail[0]  # rare (a state change), and a thousand pointers move in a microsecond
 
 
 def _apply_attempt_failed(snap: Snapshot, event: AttemptFailed) -> None:
@@ -196,7 +218,8 @@ def _apply_state_changed(snap: Snapshot, event: StateChanged) -> None:
         return
     snap.metrics.state_changes += 1
     _set_state(snap, event.model_id, event.to_state, event.at, event.reason, event.type)
-    snap.audit.append(
+    _audit(
+        snap,
         AuditEntry(
             at=event.at,
             model_id=event.model_id,
@@ -204,7 +227,7 @@ def _apply_state_changed(snap: Snapshot, event: StateChanged) -> None:
             from_state=event.from_state,
             to_state=event.to_state,
             reason=event.reason,
-        )
+        ),
     )
 
 
@@ -218,8 +241,9 @@ def _apply_maintenance(snap: Snapshot, event: Maintenance) -> None:
         target = current
     if target is not current:
         snap.metrics.state_changes += 1
-        _set_state(snap, event.model_id, target, event.at, event.reason, event.type)
-    snap.audit.append(
+        _set_state(snap, event.model_id, target, event.at, event.reason, event.type, event.by)
+    _audit(
+        snap,
         AuditEntry(
             at=event.at,
             model_id=event.model_id,
@@ -228,7 +252,7 @@ def _apply_maintenance(snap: Snapshot, event: Maintenance) -> None:
             to_state=target,
             reason=event.reason,
             by=event.by,
-        )
+        ),
     )
 
 
@@ -336,7 +360,7 @@ _HANDLERS: Final[dict[type[Any], Callable[[Snapshot, Any], None]]] = {
 # The fold's version. Bump it whenever ``apply`` changes what it makes of the log (an event
 # folded differently, a new handler, a counter counted another way): a snapshot is stored with
 # ``FOLD_KEY`` and one written under another key is ignored, never trusted.
-FOLD_VERSION: Final = 2
+FOLD_VERSION: Final = 3
 
 
 def fold_key(layout: type[Any] = Snapshot, *, version: int = FOLD_VERSION) -> str:

@@ -53,6 +53,7 @@ from .files import is_sqlite
 from .queries import (
     STATE_TYPES,
     EventFilter,
+    audit_trail,
     first_seen,
     known_models,
     nth_last_seq,
@@ -513,9 +514,7 @@ def audit(
     with reading(log, strict=strict) as store:
         if model is not None:
             _check_model(store, model)
-        entries = [
-            e for e in fold_log(store, None, STATE_TYPES).audit if model in (None, e.model_id)
-        ]
+        entries = [e for e in audit_trail(store) if model in (None, e.model_id)]
     if as_json:
         for entry in entries:
             typer.echo(visible_json(msgspec.json.encode(entry)))

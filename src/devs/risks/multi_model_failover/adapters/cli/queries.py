@@ -17,7 +17,7 @@ from datetime import datetime
 from typing import Any, Final
 
 from ...core.events import EVENT_TYPES, EngineStarted, Event
-from ...core.projections import Snapshot, apply
+from ...core.projections import AuditEntry, Snapshot, apply
 from ...storage import HOT_TYPES, NOT_HOT, GroupCommitStore
 
 STATE_TYPES: Final = ("engine_started", "state_changed", "maintenance")
@@ -202,6 +202,23 @@ def snapshot_at(
         if upto is not None:
             return store.snapshots.load(upto)[0]
     return fold_into(Snapshot(), read_events(store, pinned(store, at, types=types)))
+
+
+def audit_trail(store: GroupCommitStore) -> list[AuditEntry]:
+    """Every state change and maintenance action the log holds, oldest first.
+
+    A fold keeps only its last ``AUDIT_KEPT`` entries; this one keeps them all. An archived log
+    starts from the snapshot at its cut, whose trail holds the last entries before it.
+    """
+    first = scalar(store, "SELECT min(seq) FROM events")
+    snap, cursor = store.snapshots.load(int(first) - 1) if first is not None else (Snapshot(), 0)
+    entries = list(snap.audit)
+    for event in read_events(store, pinned(store, types=STATE_TYPES), after=cursor):
+        last = snap.audit[-1] if snap.audit else None
+        apply(snap, event)
+        if snap.audit and snap.audit[-1] is not last:  # an event adds one entry at most
+            entries.append(snap.audit[-1])
+    return entries
 
 
 def first_seen(store: GroupCommitStore, at: datetime | None = None) -> dict[str, datetime]:

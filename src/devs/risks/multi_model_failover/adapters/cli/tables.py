@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 import msgspec
 
 from ...core.health import HealthState
-from ...core.projections import AuditEntry, Metrics, Snapshot
+from ...core.projections import Metrics, Snapshot
 from ...storage import GroupCommitStore
 from .queries import STATE_TYPES, first_seen, snapshot_at
 from .render import (
@@ -39,13 +39,6 @@ def _model_order(snap: Snapshot) -> list[str]:
     return list(dict.fromkeys([*snap.models, *snap.states]))
 
 
-def _last_audit(snap: Snapshot, model_id: str) -> AuditEntry | None:
-    for entry in reversed(snap.audit):
-        if entry.model_id == model_id:
-            return entry
-    return None
-
-
 class StateRow(msgspec.Struct, kw_only=True):
     """One model's state at an instant, as ``state`` prints it (a JSON object with --json)."""
 
@@ -69,7 +62,6 @@ def rows_of(snap: Snapshot, seen: dict[str, datetime]) -> list[StateRow]:
     rows = []
     for model_id in _model_order(snap):
         state = snap.states[model_id]
-        entry = _last_audit(snap, model_id)
         rows.append(
             StateRow(
                 model=model_id,
@@ -78,7 +70,7 @@ def rows_of(snap: Snapshot, seen: dict[str, datetime]) -> list[StateRow]:
                 since=state.since or seen.get(model_id),
                 reason=state.reason or ("configured" if state.since is None else ""),
                 cause=state.cause or ("engine_started" if model_id in seen else ""),
-                by=entry.by if entry is not None and entry.to_state is state.state else "",
+                by=state.by,
             )
         )
     return rows
