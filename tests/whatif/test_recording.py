@@ -6,6 +6,7 @@ import math
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from devs.risks.multi_model_failover.core.errors import ErrorKind
@@ -305,3 +306,28 @@ async def test_a_retry_after_too_long_to_wait_is_read_from_the_log(tmp_path: Pat
     report = (await what_if(events, Change(retry_policy={"call_budget": 120.0}))).report
     assert report.calibration.ok
     assert report.what_if.backoff_seconds == pytest.approx(90.0)
+
+
+async def test_a_log_from_before_timeouts_were_recorded_still_has_them_inferred(
+    tmp_path: Path,
+) -> None:
+    scenario = Scenario(
+        spells={"primary": [Spell(0, 100, "silence")]},
+        calls=[CallSpec(at=1.0, timeout=2.5), CallSpec(at=5.0)],
+        retry_policy={"attempt_timeout": None, "call_budget": 30.0},
+        probe_every=None,
+    )
+    events = await record_to(tmp_path / "log.sqlite3", scenario)
+    # As an engine of the version before wrote them: no events_version, no timeout.
+    old = [
+        msgspec.structs.replace(e, events_version=1)
+        if isinstance(e, EngineStarted)
+        else msgspec.structs.replace(e, timeout=None)
+        if isinstance(e, CallStarted)
+        else e
+        for e in events
+    ]
+    short, plain = record(old).calls
+    assert short.timeout == pytest.approx(2.5, abs=1e-3)  # where it cut the attempt
+    assert plain.timeout is None
+    assert (await what_if(old)).report.calibration.ok

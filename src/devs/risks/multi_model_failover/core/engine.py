@@ -30,7 +30,7 @@ from loguru import logger
 
 from .calls import CallOutcome, EngineClosedError, check_positive
 from .errors import ModelError
-from .events import EngineStarted, EngineStopped, Event, Maintenance
+from .events import EVENTS_VERSION, EngineStarted, EngineStopped, Event, Maintenance
 from .health import HealthState
 from .ledger import Fingerprint
 from .livelog import LiveLog, WallClock
@@ -128,6 +128,7 @@ class FailoverEngine:
                 models=self.registry.ids,
                 retry_policy=self.retry_policy.to_dict(),
                 health_policy=self.health_policy.to_dict(),
+                events_version=EVENTS_VERSION,
             )
         )
 

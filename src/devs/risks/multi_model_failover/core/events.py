@@ -42,12 +42,20 @@ class _Event(
         return self.__struct_config__.tag  # type: ignore[return-value]
 
 
+# What the events of an engine record, for a reader that must know what an absent field means
+# (``failover whatif``): 2 since ``call_started.timeout`` (absent: the caller gave none) and
+# ``attempt_failed.retry_after``; 1 (absent) before.
+EVENTS_VERSION: Final = 2
+
+
 class EngineStarted(_Event, tag="engine_started", frozen=True):
-    """An engine opened the log: its configured order and policies."""
+    """An engine opened the log: its configured order and policies, and ``events_version``:
+    what its events record (see ``EVENTS_VERSION``)."""
 
     models: tuple[str, ...]
     retry_policy: dict[str, object] = {}
     health_policy: dict[str, object] = {}
+    events_version: int = 1
 
 
 class EngineStopped(_Event, tag="engine_stopped", frozen=True):

@@ -86,9 +86,14 @@ async def what_if(
     ``initial``: the fold of the log before them (states, maintenance). The report covers the
     calls that started between ``since`` and ``until`` (None: open ends). Raises
     ``ValueError`` naming what is wrong (no engine start in ``events``, a model id the log does
-    not know) and ``CalibrationError`` (see above).
+    not know, a time without a timezone) and ``CalibrationError`` (see above).
     """
     change = change if change is not None else Change()
+    _check_aware("since", since)
+    _check_aware("until", until)
+    for window in change.maintenance:
+        _check_aware(f"the maintenance window of {window.model_id} (start)", window.start)
+        _check_aware(f"the maintenance window of {window.model_id} (end)", window.end)
     rec = record(events, initial=initial, since=since, until=until)
     change.check_models(list(rec.models))
     for run in rec.engines:  # a key valid alone may not be over a recorded policy
@@ -101,6 +106,13 @@ async def what_if(
                 f"{rec.instant(run.start).isoformat()}: {exc}"
             ) from None
     return await replay(rec, change, strict=strict)
+
+
+def _check_aware(name: str, at: datetime | None) -> None:
+    """``ValueError`` naming ``name`` unless ``at`` is None or has a timezone: the log's times
+    are UTC, and a naive time could mean any zone."""
+    if at is not None and at.utcoffset() is None:
+        raise ValueError(f"{name}: {at.isoformat()} has no timezone (give one, e.g. UTC)")
 
 
 async def replay(rec: Recording, change: Change, *, strict: bool = True) -> WhatIf:

@@ -84,6 +84,7 @@ class Observation:
         "kind",
         "latency",
         "message",
+        "mid_stream",
         "model_id",
         "ok",
         "prio",
@@ -109,6 +110,7 @@ class Observation:
         self.ok = False
         self.kind: ErrorKind | None = None
         self.silence = False  # the engine's timer ended it: no answer at all
+        self.mid_stream = False  # a stream that broke after its first chunk
         self.message = ""
         self.retry_after: float | None = None
         self.retry_after_known = False
@@ -139,14 +141,17 @@ class CallRecord:
         "commit_cancel_at",
         "current",
         "deadline_hint",
+        "deadline_seen",
         "end",
         "ended",
         "engine",
+        "fits_beyond",
         "last_at",
         "last_prio",
         "last_resort",
         "prev_delay",
         "prio",
+        "recovery",
         "refused",
         "start",
         "timeout",
@@ -158,11 +163,16 @@ class CallRecord:
         self.prio = prio
         self.engine = engine
         self.last_resort = False
+        # A stream the log shows broke after its first chunk: "none" (the call failed then),
+        # "restart" (the next client took over); None: replayed as a call.
+        self.recovery: str | None = None
         self.attempts: dict[tuple[str, int], Observation] = {}
         self.current: Observation | None = None
         self.prev_delay: dict[str, float] = {}
         self.refused: str | None = None  # the model whose retry the budget just refused
         self.deadline_hint: float | None = None  # seconds from the start to its deadline
+        self.deadline_seen: float | None = None  # ... where the log shows it cut something
+        self.fits_beyond: float | None = None  # ... later than this: a backoff fitted before it
         # The caller's own timeout: recorded on call_started (logs before it was: inferred
         # from where it cut the call, see ``finish``).
         self.timeout: float | None = None
@@ -179,6 +189,12 @@ class CallRecord:
         if self.deadline_hint is None or seconds < self.deadline_hint:
             self.deadline_hint = seconds
 
+    def saw_deadline(self, seconds: float) -> None:
+        """The log shows the call's deadline cut something ``seconds`` after its start."""
+        self.hint_deadline(seconds)
+        if self.deadline_seen is None or seconds < self.deadline_seen:
+            self.deadline_seen = seconds
+
 
 class EngineRun:
     """One engine's run: when it started (and stopped), its models and policies."""
@@ -193,10 +209,13 @@ class EngineRun:
         "start",
         "stop",
         "stop_prio",
+        "timeouts_known",
     )
 
     def __init__(self, event: EngineStarted, start: float) -> None:
         self.start = start
+        # Its calls record the caller's timeout: one without it had none.
+        self.timeouts_known = event.events_version >= 2
         self.prio = float(event.seq)
         self.models = tuple(event.models)
         self.retry_raw: dict[str, Any] = dict(event.retry_policy)
@@ -379,7 +398,7 @@ class _Reader:
             kind is ErrorKind.TIMEOUT and event.message.startswith(_SILENT_ATTEMPT)
         )
         if kind is ErrorKind.DEADLINE:
-            call.hint_deadline(at - call.start)
+            call.saw_deadline(at - call.start)
         if event.retry_after is not None:
             obs.retry_after, obs.retry_after_known = event.retry_after, True
         if not event.final:
@@ -395,6 +414,12 @@ class _Reader:
         unhealthy = states.state_of(obs.model_id).state is HealthState.UNHEALTHY
         if refused or not _only_the_deadline(policy, call, obs, unhealthy=unhealthy):
             return
+        longest = longest_wait(policy, event.attempt, previous)
+        if obs.retry_after_known and obs.retry_after is not None:
+            longest = max(longest, obs.retry_after)
+        if self.rec.engines[call.engine].timeouts_known and _fits(call, policy, at + longest):
+            self._gave_up_in_time(call, obs, event, at)
+            return
         # The engine gave up on a model it would have retried: the wait would have run past
         # the call's deadline.
         if kind is ErrorKind.RATE_LIMITED:
@@ -404,11 +429,29 @@ class _Reader:
                 obs.retry_after = max(0.0, call.start + policy.call_budget - at) + 1e-3
                 obs.retry_after_known = True
             return
-        longest = longest_wait(policy, event.attempt, previous)
         if at + longest < call.start + policy.call_budget:
             # Even the longest wait fits the policy's budget: the caller's own timeout was
             # shorter, at most this long (the replay draws that longest wait again).
             call.hint_deadline(at - call.start + longest - 1e-6)
+
+    def _gave_up_in_time(
+        self, call: CallRecord, obs: Observation, event: AttemptFailed, at: float
+    ) -> None:
+        """The engine gave up on a model that the policy would have retried, though even the
+        longest wait fitted the call's deadline (known: its caller's timeout is recorded)."""
+        if call.last_resort:
+            # In a last-resort call, only the model being unhealthy ends its retries: the
+            # engine had it unhealthy, not in the maintenance another writer's action has it
+            # in by now in the log.
+            actions = self.actions.get(event.model_id)
+            if actions is not None:
+                actions.sign(at, event.seq, in_maintenance=False)
+            return
+        # Else only a stream does: it broke after its first chunk, and the next client took
+        # over (``recovery`` "restart" or "continue"; the replay's clients take no prefill).
+        obs.mid_stream = True
+        if call.recovery is None:
+            call.recovery = "restart"
 
     def _ended(self, event: AttemptSucceeded | AttemptFailed, at: float) -> Observation | None:
         call = self.calls.get(event.call_id)
@@ -440,6 +483,9 @@ class _Reader:
             retry_after=event.retry_after if obs.kind is ErrorKind.RATE_LIMITED else None,
         )
         call.prev_delay[event.model_id] = event.delay
+        ends = at - call.start + event.delay  # the engine found it ended before the deadline
+        if call.fits_beyond is None or ends > call.fits_beyond:
+            call.fits_beyond = ends
 
     def budget_refused(self, event: RetryBudgetExhausted, at: float) -> None:
         call = self.calls.get(event.call_id)
@@ -452,7 +498,13 @@ class _Reader:
             return
         call.ended, call.end = True, at
         if isinstance(event, CallFailed) and event.reason == "deadline":
-            call.hint_deadline(event.latency)
+            call.saw_deadline(event.latency)
+        if isinstance(event, CallFailed) and event.reason == "stream_interrupted":
+            # A stream (``recovery="none"``) whose last attempt broke after its first chunk:
+            # it is replayed as a stream, that attempt breaking as it did.
+            call.recovery = "none"
+            if call.current is not None and not call.current.ok:
+                call.current.mid_stream = True
 
     def call_cancelled(self, event: CallCancelled, at: float) -> None:
         call = self.calls.get(event.call_id)
@@ -520,19 +572,57 @@ class _Reader:
             actions.place(closing=None)
         end = 0.0
         for call in rec.calls:
-            hint = call.deadline_hint
-            if (
-                call.timeout is None  # not recorded: a log from before call_started held it
-                and hint is not None
-                and hint < rec.engines[call.engine].retry.call_budget - 1e-6
-            ):
-                call.timeout = max(hint, 1e-6)  # the caller's own, shorter timeout
+            run = rec.engines[call.engine]
+            call.timeout = _callers_timeout(call, run.retry.call_budget, known=run.timeouts_known)
             if not call.ended:  # the log ends (or the process died) with the call open
                 call.cancel_at, call.cancel_prio = call.last_at, call.last_prio + 0.5
             end = max(end, call.last_at)
         window_end = min(self.last, self.until_s)
         rec.end = max(end, window_end)
         return rec
+
+
+def _fits(call: CallRecord, policy: RetryPolicy, instant: float) -> bool:
+    """Whether ``instant`` is before the deadline of ``call`` (its recorded timeout known)."""
+    budget = policy.call_budget if call.timeout is None else min(policy.call_budget, call.timeout)
+    return instant < call.start + budget - 1e-3
+
+
+def _callers_timeout(call: CallRecord, budget: float, *, known: bool) -> float | None:
+    """The caller's own timeout to replay ``call`` with (None: the policy's budget).
+
+    ``call_started.timeout`` says what the caller gave. Where the log shows that deadline cut
+    something, its instant is kept instead: the replay's call starts at the recorded stamp,
+    which the engine took microseconds after it set the deadline, and the log's instant is
+    what reproduces the log. An engine from before ``timeout`` was recorded (not ``known``):
+    the deadline the log shows, or bounds it by, when shorter than the budget.
+    """
+    recorded = call.timeout
+    if not known:
+        hint = call.deadline_hint
+        return max(hint, 1e-6) if hint is not None and hint < budget - 1e-6 else None
+    if recorded is None or recorded >= budget:
+        return recorded  # the policy's budget was the shorter: the caller's stays for a what-if
+    return max(_as_the_log_shows(call, recorded), 1e-6)
+
+
+# How far (seconds) the log's own bounds may move a recorded timeout: the microseconds between
+# the engine's reading of its clock and the stamp on ``call_started``, never more.
+_NUDGE: Final = 1e-3
+
+
+def _as_the_log_shows(call: CallRecord, timeout: float) -> float:
+    """``timeout`` moved (by microseconds) to agree with what the log shows of the deadline:
+    where it cut something, before a wait the engine found too long, after one it did not."""
+    seen = call.deadline_seen
+    if seen is not None and abs(seen - timeout) < _NUDGE:
+        return seen
+    upper, lower = call.deadline_hint, call.fits_beyond
+    if upper is not None and upper < timeout and timeout - upper < _NUDGE:
+        timeout = upper
+    if lower is not None and timeout <= lower and lower - timeout < _NUDGE:
+        timeout = lower + 1e-6
+    return timeout
 
 
 def _only_the_deadline(

@@ -19,9 +19,9 @@ What the engine decides (order, retries, backoffs, failovers, health) is the eng
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from functools import partial
-from typing import Any, cast
+from typing import Any, Final, cast
 
 import anyio
 import anyio.lowlevel
@@ -35,12 +35,17 @@ from ..health import HealthState
 from ..projections import Snapshot, apply
 from ..protocols import Timer
 from .change import Change
+from .operators import MaintenanceAction
 from .recording import CallRecord, EngineRun, Observation, Recording
 from .simclock import FOREVER, INF, Fiber, Scope, SimClock, current_fiber
-from .world import MATCH, ReplayBudget, ReplayRandom, World
+from .world import MATCH, Answer, ReplayBudget, ReplayRandom, World
 
 # The interval of an engine whose probes the replay takes from the log (not used for them).
 _RECORDED_INTERVAL = 30.0
+
+
+# The text of a replayed stream's chunk: what the caller read is not in the log.
+_CHUNK: Final = "."
 
 
 class CallRun:
@@ -140,10 +145,30 @@ class WorldClient:
 
     async def call(self, prompt: Any) -> Any:
         """Answer the attempt of the call running on this fiber."""
+        answer = self._answer()
+        await self._until_done(answer)
+        if answer.ok:
+            return answer.response
+        raise ModelError(answer.message, kind=answer.kind, retry_after=answer.retry_after)
+
+    async def stream(self, prompt: Any) -> AsyncIterator[str]:
+        """Answer the attempt of the stream running on this fiber: one chunk, at once when
+        the attempt broke after its first chunk (then the failure), else when it ends."""
+        answer = self._answer()
+        if answer.mid_stream and not answer.ok:
+            yield _CHUNK
+        await self._until_done(answer)
+        if not answer.ok:
+            raise ModelError(answer.message, kind=answer.kind, retry_after=answer.retry_after)
+        yield _CHUNK
+
+    def _answer(self) -> Answer:
         run = cast(CallRun, current_fiber().data)
         n = run.counts[self.model_id] = run.counts.get(self.model_id, 0) + 1
+        return self._world.attempt(run.record, self.model_id, n, self._sim.now)
+
+    async def _until_done(self, answer: Answer) -> None:
         sim = self._sim
-        answer = self._world.attempt(run.record, self.model_id, n, sim.now)
         try:
             if answer.silence:
                 if answer.end is not None:
@@ -155,9 +180,6 @@ class WorldClient:
                 await sim.sleep(answer.latency)
         finally:
             self._world.last = answer  # the engine's next draw and budget question follow it
-        if answer.ok:
-            return answer.response
-        raise ModelError(answer.message, kind=answer.kind, retry_after=answer.retry_after)
 
     async def health_check(self) -> bool:
         """Answer the probe running on this fiber."""
@@ -190,6 +212,13 @@ class Replay:
         self._loops: dict[tuple[int, str], Fiber] = {}
         self._own_probes = self.change.health_check_interval is not None
         self._calls = {call.call_id: call for call in rec.calls}
+        # Maintenance: a model is in it while the log's operators have it there or any of
+        # the what-if's windows is open on it (``_recorded``, ``_window``).
+        self._recorded_on = {
+            model_id: state.state is HealthState.MAINTENANCE
+            for model_id, state in rec.initial.states.items()
+        }
+        self._windows_open: dict[str, int] = {}
 
     async def run(self) -> list[Event]:
         """Run the replay; the events it recorded, oldest first."""
@@ -223,14 +252,26 @@ class Replay:
                     sim.at(probe.start, probe.prio, partial(self._probe, probe))
         for action in rec.maintenance:
             if action.effective <= end:
-                operator = partial(self._operator, action.model_id, action.on)
-                sim.at(action.effective, action.prio, partial(operator, action.reason, action.by))
+                sim.at(action.effective, action.prio, partial(self._recorded, action))
         for window in self.change.maintenance:
             # First at its instant: "from WHEN" includes a call that starts at WHEN.
-            operator = partial(self._operator, window.model_id)
-            sim.at(rec.seconds(window.start), -INF, partial(operator, True, "what-if", "whatif"))
+            sim.at(rec.seconds(window.start), -INF, partial(self._window, window.model_id, True))
             if window.end is not None:
-                sim.at(rec.seconds(window.end), -INF, partial(operator, False, "what-if", "whatif"))
+                sim.at(rec.seconds(window.end), -INF, partial(self._window, window.model_id, False))
+
+    def _recorded(self, action: MaintenanceAction) -> None:
+        """A recorded operator action; while a what-if window holds the model, it stays in."""
+        self._recorded_on[action.model_id] = action.on
+        if not self._windows_open.get(action.model_id):
+            self._operator(action.model_id, action.on, action.reason, action.by)
+
+    def _window(self, model_id: str, opens: bool) -> None:
+        """A what-if window opens or closes: the model goes in with the first one open, out
+        with the last one closed, unless the log's operators have it in maintenance then."""
+        open_now = self._windows_open.get(model_id, 0) + (1 if opens else -1)
+        self._windows_open[model_id] = open_now
+        if open_now == (1 if opens else 0) and not self._recorded_on.get(model_id, False):
+            self._operator(model_id, opens, "what-if", "whatif")
 
     def _start_engine(self, run: EngineRun) -> None:
         previous = self.engine
@@ -330,13 +371,13 @@ class Replay:
     async def _call(self, engine: FailoverEngine, record: CallRecord) -> None:
         if record.cancel_at is None:
             with contextlib.suppress(ModelError, EngineClosedError):  # the log holds how
-                await engine.call_with_outcome(record.call_id, timeout=record.timeout)
+                await _run_call(engine, record)
             return
         run = cast(CallRun, current_fiber().data)
         with self.sim.scope(record.cancel_at, record.cancel_prio) as scope:
             run.scope = scope
             with contextlib.suppress(ModelError, EngineClosedError):
-                await engine.call_with_outcome(record.call_id, timeout=record.timeout)
+                await _run_call(engine, record)
 
     async def _run_probe(self, engine: FailoverEngine, model_id: str) -> None:
         if engine.closed or engine.monitor.state(model_id) is HealthState.MAINTENANCE:
@@ -385,6 +426,17 @@ class Replay:
                     self.sim.retime(fiber, self.sim.now + engine.monitor.next_probe_in(model_id))
 
         engine.log.on_rotation_change = changed
+
+
+async def _run_call(engine: FailoverEngine, record: CallRecord) -> None:
+    """The recorded call again: a stream where the log shows one broke after its first chunk,
+    else a call (a stream that did not break is, to the engine, a call that answered)."""
+    if record.recovery is None:
+        await engine.call_with_outcome(record.call_id, timeout=record.timeout)
+        return
+    async with engine.open_stream(record.call_id, record.timeout, record.recovery) as stream:
+        async for _ in stream:
+            pass
 
 
 def _ends_as_recorded(fiber: Fiber, end: float, prio: float) -> None:

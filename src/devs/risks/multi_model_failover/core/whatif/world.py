@@ -61,6 +61,7 @@ class Answer:
         "kind",
         "latency",
         "message",
+        "mid_stream",
         "observed",
         "ok",
         "prio",
@@ -76,6 +77,7 @@ class Answer:
         self.kind = ErrorKind.UNKNOWN
         self.message = ""
         self.latency = 0.0
+        self.mid_stream = False  # as a stream: it fails after its first chunk
         self.end: float | None = None  # an absolute instant (observed at the same instant)
         self.prio = INF
         self.retry_after: float | None = None
@@ -284,6 +286,7 @@ def _from_attempt(obs: Observation) -> Answer:
     answer.ok, answer.silence = obs.ok, obs.silence
     answer.kind = obs.kind or ErrorKind.UNKNOWN
     answer.message, answer.latency, answer.retry_after = obs.message, obs.latency, obs.retry_after
+    answer.mid_stream = obs.mid_stream
     if obs.ok:
         answer.response = _response(obs)
     return answer
