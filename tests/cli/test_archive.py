@@ -4,11 +4,14 @@ named for what it holds, read with --archive, and `verify` checking the snapshot
 from __future__ import annotations
 
 import contextlib
+import random
+import shutil
+import sqlite3
 import subprocess
 import sys
 import time
 from collections.abc import Callable
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import anyio
@@ -17,8 +20,21 @@ import pytest
 from typer.testing import Result
 
 from devs.risks.multi_model_failover import SQLiteEventStore, replay
-from devs.risks.multi_model_failover.core.projections import fold
-from devs.risks.multi_model_failover.storage.archive import read_rows, records
+from devs.risks.multi_model_failover.adapters.cli import queries
+from devs.risks.multi_model_failover.core.errors import ErrorKind
+from devs.risks.multi_model_failover.core.events import (
+    AttemptFailed,
+    CallStarted,
+    CallSucceeded,
+    EngineStarted,
+    Event,
+    Maintenance,
+    StateChanged,
+)
+from devs.risks.multi_model_failover.core.health import HealthState
+from devs.risks.multi_model_failover.core.projections import Snapshot, fold
+from devs.risks.multi_model_failover.storage import snapshots
+from devs.risks.multi_model_failover.storage.archive import archive, read_rows, records
 
 from .conftest import write_incident
 
@@ -408,3 +424,184 @@ def test_a_postgresql_log_archives_to_a_file_and_answers_as_before(
         "state", pg_url, "--at", EARLY, "--json", "--archive", tmp_path / "pg.sqlite3"
     )
     assert ok(with_archive).stdout == early
+
+
+# -- archives read from their nearest snapshot ---------------------------------------------------
+
+EVERY = 40  # the live store's snapshot_every: the archive gets a snapshot every 40 events
+BASE = datetime(2024, 5, 1, tzinfo=UTC)
+
+
+def busy_history(count: int) -> list[Event]:
+    """Two models, calls failing over, health changes and maintenance, one event a minute;
+    every 17th event stamped 3 minutes late and every 23rd 2 minutes early (writers' clocks)."""
+    events: list[Event] = [EngineStarted(at=BASE, models=("a", "b"))]
+    for n in range(1, count):
+        at = BASE + timedelta(minutes=n)
+        if n % 17 == 0:
+            at += timedelta(minutes=3)
+        elif n % 23 == 0:
+            at -= timedelta(minutes=2)
+        call = f"call-{n // 5}"
+        match n % 5:
+            case 0:
+                events.append(CallStarted(at=at, call_id=call, order=("a", "b")))
+            case 1:
+                events.append(
+                    AttemptFailed(
+                        at=at,
+                        call_id=call,
+                        model_id="a",
+                        attempt=1,
+                        latency=0.25,
+                        error_kind=ErrorKind.SERVER,
+                        message="503",
+                        final=True,
+                    )
+                )
+            case 2:
+                events.append(
+                    CallSucceeded(
+                        at=at, call_id=call, model_id="b", attempts=2, failovers=1, latency=0.5
+                    )
+                )
+            case 3:
+                healthy, degraded = HealthState.HEALTHY, HealthState.DEGRADED
+                to_degraded = n % 2 == 1
+                events.append(
+                    StateChanged(
+                        at=at,
+                        model_id="a",
+                        from_state=healthy if to_degraded else degraded,
+                        to_state=degraded if to_degraded else healthy,
+                        reason=f"change {n}",
+                    )
+                )
+            case _:
+                events.append(
+                    Maintenance(at=at, model_id="b", on=n % 3 == 0, reason="rotation", by="ops")
+                )
+    return events
+
+
+@pytest.fixture
+def archived_pair(tmp_path: Path) -> tuple[Path, Path, Path, list[Event]]:
+    """(the whole log, a copy of it with its first 300 events archived, the archive, the
+    events); the live store's ``snapshot_every`` is ``EVERY``."""
+    events = busy_history(400)
+    whole = tmp_path / "whole.sqlite3"
+    with SQLiteEventStore(whole, snapshot_every=EVERY) as log:
+        for event in events:
+            log.append(event)
+    live, target = tmp_path / "live.sqlite3", tmp_path / "old.sqlite3"
+    shutil.copyfile(whole, live)
+    with SQLiteEventStore(live, snapshot_every=EVERY) as store:
+        result = archive(store, before=BASE + timedelta(minutes=301), to=target)
+    assert result.last_seq is not None
+    assert result.last_seq >= 290
+    stored = [e for e, _ in events_of(whole)]
+    return whole, live, target, stored  # type: ignore[return-value]
+
+
+class Folded:
+    """Counts the events folded (by any fold: a snapshot's load or a command's own)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.count = 0
+        for module in (queries, snapshots):
+            monkeypatch.setattr(module, "apply", self._counting(module.apply))
+
+    def _counting(self, apply: Callable[[Snapshot, Event], None]) -> Callable[..., None]:
+        def counted(snap: Snapshot, event: Event) -> None:
+            self.count += 1
+            apply(snap, event)
+
+        return counted
+
+
+def instants(events: list[Event], count: int, seed: int) -> list[datetime]:
+    """``count`` instants across the archived range: random ones (seeded), and the stamps of
+    events themselves (the boundaries: an event stamped at the instant is in the fold)."""
+    rng = random.Random(seed)
+    low, high = BASE, BASE + timedelta(minutes=300)
+    span = (high - low).total_seconds()
+    found = [low + timedelta(seconds=rng.uniform(0, span)) for _ in range(count)]
+    found += [rng.choice(events[:300]).at for _ in range(count)]
+    return found
+
+
+def test_state_and_metrics_with_the_archive_answer_as_the_whole_log_at_any_instant(
+    run_cli: Run, archived_pair: tuple[Path, Path, Path, list[Event]]
+) -> None:
+    whole, live, target, events = archived_pair
+    with SQLiteEventStore(target, create=False) as log:
+        kinds = [k for (k,) in log.query("SELECT kind FROM snapshots ORDER BY cursor")]
+    assert kinds.count("archive") >= 7
+
+    for instant in instants(events, 12, seed=13):
+        at = instant.isoformat()
+        expected = ok(run_cli("state", whole, "--at", at, "--json")).stdout
+        got = ok(run_cli("state", live, "--at", at, "--archive", target, "--json")).stdout
+        assert got == expected, at
+        # The metrics of the events stamped at or before the instant, in seq order.
+        metrics = ok(run_cli("metrics", live, "--at", at, "--archive", target, "--format", "json"))
+        folded = fold(e for e in events if e.at <= instant)
+        assert msgspec.json.decode(metrics.stdout) == msgspec.to_builtins(folded.metrics), at
+
+
+def test_a_question_inside_the_archive_folds_at_most_n_events_past_a_snapshot(
+    run_cli: Run,
+    archived_pair: tuple[Path, Path, Path, list[Event]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    _, live, target, events = archived_pair
+    folded = Folded(monkeypatch)
+    # Late and early stamps reach 3 minutes either way: a few events past the N.
+    margin = 6
+    for instant in instants(events, 6, seed=5):
+        at = instant.isoformat()
+        for args in (
+            ("state", live, "--at", at, "--archive", target),
+            ("metrics", live, "--at", at, "--archive", target),
+        ):
+            folded.count = 0
+            ok(run_cli(*args))
+            assert folded.count <= EVERY + margin, (args[0], at, folded.count)
+
+
+def test_an_archive_without_snapshots_reads_the_same_from_its_start(
+    run_cli: Run,
+    archived_pair: tuple[Path, Path, Path, list[Event]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    whole, live, target, events = archived_pair
+    with contextlib.closing(sqlite3.connect(target)) as conn, conn:  # as an older version wrote it
+        conn.execute("DELETE FROM snapshots WHERE kind = 'archive'")
+    folded = Folded(monkeypatch)
+    at = events[280].at.isoformat()
+
+    got = ok(run_cli("metrics", live, "--at", at, "--archive", target, "--format", "json"))
+
+    assert got.stdout == ok(run_cli("metrics", whole, "--at", at, "--format", "json")).stdout
+    assert folded.count > 250  # from the archive's start
+
+
+def test_a_continued_archive_is_read_from_its_snapshots(
+    run_cli: Run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    events = busy_history(400)
+    whole, live, target = tmp_path / "whole.sqlite3", tmp_path / "live", tmp_path / "old"
+    with SQLiteEventStore(whole, snapshot_every=EVERY) as log:
+        for event in events:
+            log.append(event)
+    shutil.copyfile(whole, live)
+    for minutes in (100, 200, 301):
+        with SQLiteEventStore(live, snapshot_every=EVERY) as store:
+            archive(store, before=BASE + timedelta(minutes=minutes), to=target)
+    folded = Folded(monkeypatch)
+    for instant in instants([e for e, _ in events_of(whole)], 4, seed=8):  # type: ignore[misc]
+        at = instant.isoformat()
+        folded.count = 0
+        got = ok(run_cli("state", live, "--at", at, "--archive", target, "--json")).stdout
+        assert folded.count <= EVERY + 6, at
+        assert got == ok(run_cli("state", whole, "--at", at, "--json")).stdout, at

@@ -13,6 +13,10 @@ Kinds:
 - ``close``: when a store that appended events closes (only what is committed).
 - ``cut``: left by an archive. The events up to its cursor are no longer in this log, so it is
   the *base* of every fold: ``from_start`` folds from the latest cut (or from nothing).
+- ``archive``: written into an archive file as the events are copied into it, every
+  ``every`` of them (``storage.archive``), so that a question about an instant inside the
+  archive folds at most that many events past one. Never pruned: an archive's events do not
+  change, so its snapshots stay true (a few KB each).
 
 ``load`` starts from the latest snapshot at or before where it is asked to stop whose key is
 this version's, and folds the events after it. A snapshot of another fold (an older or newer
@@ -20,8 +24,8 @@ version) or one that does not decode is ignored (logged once) and never trusted:
 from an earlier point, and the next snapshot replaces it. A stale or damaged *cut* cannot be
 folded over (its events are archived): ``EventLogError`` says so and names the archives.
 
-A store keeps the latest cut and the two latest other snapshots; older ones are pruned each
-time one is saved.
+A store keeps the latest cut, every ``archive`` snapshot after it and the two latest other
+snapshots; older ones are pruned each time one is saved.
 """
 
 from __future__ import annotations
@@ -50,8 +54,8 @@ SNAPSHOTS_TABLE: Final = (
     "fold text NOT NULL, at text NOT NULL, body {blob} NOT NULL)"
 )
 
-Kind = Literal["periodic", "close", "cut"]
-KINDS: Final[tuple[str, ...]] = ("periodic", "close", "cut")
+Kind = Literal["periodic", "close", "cut", "archive"]
+KINDS: Final[tuple[str, ...]] = ("periodic", "close", "cut", "archive")
 # Seconds ``at_close`` waits for a periodic snapshot it has asked to stop.
 _JOIN: Final = 30.0
 # Events folded between two looks at whether a periodic snapshot must stop (the store closes).
@@ -71,9 +75,10 @@ _PRUNE: Final = (
     # Snapshots from before the cut: the events between them and the cut are gone.
     "DELETE FROM snapshots WHERE kind <> 'cut' AND cursor < "
     "(SELECT max(cursor) FROM snapshots WHERE kind = 'cut')",
-    # All but the two latest others.
-    "DELETE FROM snapshots WHERE kind <> 'cut' AND cursor < (SELECT min(cursor) FROM "
-    "(SELECT cursor FROM snapshots WHERE kind <> 'cut' ORDER BY cursor DESC LIMIT 2) AS latest)",
+    # All but the two latest others (an archive's own snapshots stay: see ``archive``).
+    "DELETE FROM snapshots WHERE kind NOT IN ('cut', 'archive') AND cursor < (SELECT "
+    "min(cursor) FROM (SELECT cursor FROM snapshots WHERE kind NOT IN ('cut', 'archive') "
+    "ORDER BY cursor DESC LIMIT 2) AS latest)",
 )
 
 
@@ -298,6 +303,20 @@ class Snapshots:
             except EventLogError as exc:
                 logger.warning("event log {}: snapshot not saved: {}", self.store.location, exc)
         return snap, cursor
+
+    def nearest(self, upto: int) -> int | None:
+        """The cursor of the latest snapshot at or before seq ``upto`` that a load could start
+        from (this version's fold, not before the latest cut); None when there is none. Reads
+        the headers only: ``load(upto=cursor)`` then starts there (or, should its body not
+        decode, from an earlier point)."""
+        headers = self._headers()
+        cut = _latest_cut(headers)
+        for row in headers:
+            if cut is not None and row.cursor < cut.cursor:
+                break
+            if row.cursor <= upto and row.fold == FOLD_KEY:
+                return row.cursor
+        return None
 
     def _load(
         self,

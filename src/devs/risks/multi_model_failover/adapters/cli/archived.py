@@ -8,7 +8,11 @@ are read first, in ``seq`` order, then the live log; not given, the command says
 files hold those events.
 
 Archives given must be archives of this log, and together with the live log leave no gap:
-the first one's own snapshot of what came before it is where the fold starts.
+the first one's own snapshot of what came before it is where the fold starts, unless one of
+the archives has a snapshot nearer the instant asked about. An archive keeps a snapshot every
+so many events (``storage.archive``): a fold up to an instant starts from the latest one that
+holds no event stamped at or after the instant, and reads the events from there (an archive
+written by an older version has none: the fold starts at its beginning, slower but the same).
 """
 
 from __future__ import annotations
@@ -18,11 +22,12 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 
+from ...core.errors import EventLogError
 from ...core.events import EngineStarted, Event
 from ...core.projections import Snapshot
 from ...storage import GroupCommitStore
 from ...storage.archive import ArchiveRecord, archive_of, log_identity, records
-from .queries import EventFilter, fold_into, read_events, scalar, snapshot_at
+from .queries import EventFilter, fold_into, read_events, scalar, seq_stamped, snapshot_at
 from .render import clock_text
 
 
@@ -83,8 +88,41 @@ class Chain:
             yield from read_events(segment.store, bounded, after=max(after, segment.after))
 
     def fold(self, at: datetime | None, types: tuple[str, ...] = ()) -> Snapshot:
-        """The projection of the log up to ``at`` (default: all of it)."""
-        return fold_into(self.base(), self.events(EventFilter(until=at, types=types)))
+        """The projection of the log up to ``at`` (default: all of it): the events stamped
+        at or before ``at``, in ``seq`` order (``types``: only those are read after the
+        snapshot the fold starts from, which holds every type)."""
+        snap, after = self.start(at)
+        return fold_into(snap, self.events(EventFilter(until=at, types=types), after=after))
+
+    def start(self, at: datetime | None) -> tuple[Snapshot, int]:
+        """Where a fold up to ``at`` starts, and the cursor of that snapshot: the latest
+        snapshot of an archive given that holds no event stamped at or after ``at`` (a
+        snapshot holds every event up to its cursor), else the chain's base."""
+        bound = self._bound(at)
+        best: tuple[int, GroupCommitStore] | None = None
+        for segment in self.segments[:-1]:  # the archives (the last segment is the live log)
+            if segment.after >= bound:
+                break
+            found = segment.store.snapshots.nearest(min(bound, segment.upto))
+            if found is not None and found >= self.first and (best is None or found > best[0]):
+                best = (found, segment.store)
+        if best is not None:
+            with contextlib.suppress(EventLogError):  # then from the base, as before
+                return best[1].snapshots.load(best[0])
+        return self.base(), self.first - 1
+
+    def _bound(self, at: datetime | None) -> int:
+        """The last seq of the archives before their first event stamped at or after ``at``
+        (their last seq when there is none)."""
+        archives = self.segments[:-1]
+        if not archives:
+            return self.first - 1
+        if at is not None:
+            for segment in archives:
+                late = seq_stamped(segment.store, at, last=False)
+                if late is not None:
+                    return min(late - 1, segment.upto)
+        return archives[-1].upto
 
     def first_seen(self, at: datetime | None) -> dict[str, datetime]:
         """When each model was first configured (its first ``engine_started``), up to ``at``."""
