@@ -45,7 +45,9 @@ from ...core.whatif import (
 )
 from ...core.whatif.change import merged_retry
 from ...storage import GroupCommitStore
+from ...storage.archive import records
 from ..config import ROOT_KEY, ClientConfig, FailoverConfig, read_document
+from .archived import live_first
 from .queries import EventFilter, read_events, scalar
 from .render import Output, clock_text, cost_text, seconds_text, tokens_text, visible, visible_json
 from .report import Incident, health_svg
@@ -193,6 +195,7 @@ def recorded_span(
             (store.at_param(since), upto),
         )
     if start is None:
+        _refuse_archived_start(store, since)
         start = scalar(
             store,
             "SELECT min(seq) FROM events WHERE type = 'engine_started' AND seq <= ?",
@@ -207,6 +210,25 @@ def recorded_span(
     end = None if until is None else until + timedelta(seconds=_horizon(store, int(start), upto))
     events = read_events(store, EventFilter(until=end, upto=upto), after=int(start) - 1)
     return initial, events
+
+
+def _refuse_archived_start(store: GroupCommitStore, since: datetime | None) -> None:
+    """``WhatIfInputError`` naming the archive files when the engine start in force at
+    ``since`` was archived (the live log holds none before it), or, without ``since``, when
+    the live log holds no engine start at all: the live log alone cannot replay those calls."""
+    found = tuple(records(store))
+    archived = [r for r in found if r.first_seq < live_first(store, found)]
+    if not archived:
+        return
+    if since is None and scalar(store, "SELECT 1 FROM events WHERE type = 'engine_started'"):
+        return  # the replay starts at the live log's first engine start
+    paths = ", ".join(dict.fromkeys(r.path for r in archived))
+    raise WhatIfInputError(
+        f"{store.location}: the engine start in force at "
+        f"{clock_text(since) if since is not None else 'its first call'} is archived "
+        f"(in {paths}); whatif replays one file: run it on the archive for the calls it holds, "
+        "or give --since after an engine start in the live log"
+    )
 
 
 def _horizon(store: GroupCommitStore, start: int, upto: int) -> float:
