@@ -58,6 +58,8 @@ async def test_a_failing_log_shows_in_event_log_errors_while_calls_succeed(tmp_p
             "BEGIN SELECT RAISE(ABORT, 'refused by the test'); END"
         )
         assert await fo.call("still answered") == "STILL ANSWERED"
+        # The call's events are journaled: the writer meets the fault at its next batch.
+        assert not fo.event_store.flush(timeout=5)  # type: ignore[attr-defined]
         errors = samples(fo.prometheus_text())["failover_event_log_errors_total{}"]
         assert errors >= 1
         conn.execute("DROP TRIGGER refuse")

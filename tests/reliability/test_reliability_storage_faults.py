@@ -122,6 +122,9 @@ async def calls_keep_succeeding(fo: MultiModelFailover, count: int = CALLS) -> N
 
 def assert_loud(fo: MultiModelFailover, records: list[dict[str, Any]], what: str) -> None:
     """The fault is counted in ``log_status`` and an ERROR line about the log says ``what``."""
+    # A call returns once its events are journaled: the writer meets the fault at its next
+    # batch (False while the log is failing; True once a replaced file took the events).
+    fo.event_store.flush(timeout=GUARD)  # type: ignore[attr-defined]
     status = fo.log_status()
     assert status["errors"] > 0, status
     lines = [str(r["message"]) for r in records if r["level"].name == "ERROR"]  # type: ignore[attr-defined]
@@ -327,9 +330,11 @@ async def test_after_a_deleted_log_every_call_lands_in_a_new_file(tmp_path: Path
     log = tmp_path / "events.sqlite3"
     fo = engine(log)
     await calls_keep_succeeding(fo, 1)
+    assert fo.event_store.flush()  # type: ignore[attr-defined]  # in the file before it goes
     for file in (log, Path(f"{log}-wal"), Path(f"{log}-shm")):
         file.unlink()
     await calls_keep_succeeding(fo)
+    assert fo.event_store.flush()  # type: ignore[attr-defined]  # moved into the new file
     assert committed_calls(log) == CALLS  # the calls before the deletion went with the file
     with anyio.fail_after(GUARD):
         await fo.aclose()

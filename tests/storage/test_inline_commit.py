@@ -18,6 +18,7 @@ import anyio.lowlevel
 import pytest
 
 from devs.risks.multi_model_failover.core.events import CallStarted, HealthProbe
+from devs.risks.multi_model_failover.storage import _journal
 from devs.risks.multi_model_failover.storage.sqlite import SQLiteEventStore
 
 pytestmark = pytest.mark.anyio
@@ -58,7 +59,10 @@ class Writes:
 
 
 @pytest.fixture
-def file_store(tmp_path: Path) -> Iterator[SQLiteEventStore]:
+def file_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[SQLiteEventStore]:
+    # Inline commits are what a file log does without a journal (no ``fcntl``: Windows); with
+    # one, see test_journal.py.
+    monkeypatch.setattr(_journal, "fcntl", None)
     store = SQLiteEventStore(tmp_path / "events.sqlite3", durability="process")
     yield store
     store.close()

@@ -25,6 +25,7 @@ from hypothesis import strategies as st
 
 from devs.risks.multi_model_failover.core.errors import EventLogError, SchemaVersionError
 from devs.risks.multi_model_failover.core.events import SCHEMA_VERSION, AttemptStarted
+from devs.risks.multi_model_failover.storage import _journal
 from devs.risks.multi_model_failover.storage._group_commit import at_micros
 from devs.risks.multi_model_failover.storage.sqlite import SQLiteEventStore, _at_text
 
@@ -96,9 +97,37 @@ class TestFileStore(EventStoreContract):
         self.folder = tmp_path
         self.made = 0
 
+    # A file log in ``process`` mode journals its callers' events: they return at once. (A
+    # strict store, and every ``power`` one, waits; ``TestFileStoreWithoutJournal`` runs the
+    # waiting tests in ``process`` mode.)
+    waits_for_commits = False
+
     def make_store(self, durability: str = "process", **options: Any) -> SQLiteEventStore:
         self.made += 1
         return store_on(self.folder / f"log-{self.made}.sqlite3", durability=durability, **options)
+
+    async def test_close_gives_up_on_a_log_that_stays_unwritable(self) -> None:
+        if self.waits_for_commits:
+            await super().test_close_gives_up_on_a_log_that_stays_unwritable()
+            return
+        # The journaling store gives up on the log, not on its events: the journal keeps them
+        # and the next store to open the log adds them. The strict one (no journal) drops.
+        store = self.make_store("process", close_timeout=0.2)
+        strict = self.make_store("process", close_timeout=0.2, strict=True)
+        with self.refuse_writes(store), self.refuse_writes(strict):
+            for n in range(3):
+                await store.wait_committed(store.append(attempt("c", n)))
+            strict_ticket = strict.append(attempt("c"))
+            async with anyio.create_task_group() as group:
+                group.start_soon(store.aclose)
+                group.start_soon(strict.aclose)
+            assert (store.dropped, strict.dropped) == (0, 1)
+            with pytest.raises(EventLogError):
+                await strict.wait_committed(strict_ticket)
+            assert store.count() == 0
+        reopened = self.reopen(store)
+        assert [(e.seq, e.attempt) for e in reopened.read()] == [(1, 0), (2, 1), (3, 2)]  # type: ignore[attr-defined]
+        reopened.close()
 
     def reopen(self, store: Any) -> SQLiteEventStore:
         return store_on(store.path)
@@ -131,6 +160,17 @@ class TestFileStore(EventStoreContract):
                 yield
             finally:
                 conn.execute("ROLLBACK")
+
+
+class TestFileStoreWithoutJournal(TestFileStore):
+    """The contract on a log file where ``fcntl`` is missing (Windows): no journal, a caller
+    in ``process`` mode commits its own events or waits for the writer's group commit."""
+
+    waits_for_commits = True
+
+    @pytest.fixture(autouse=True)
+    def _no_journal(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setattr(_journal, "fcntl", None)
 
 
 # -- opening -------------------------------------------------------------------------------

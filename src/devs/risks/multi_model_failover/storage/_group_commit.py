@@ -43,12 +43,14 @@ from functools import partial
 from typing import Any, Final, Self
 
 import anyio
+import anyio.lowlevel
 import msgspec
 from loguru import logger
 
 from ..core.errors import EventLogError
 from ..core.events import EVENT_TYPES, Event, decode, encode
 from ..core.protocols import DURABILITIES, Durability
+from ._journal import Journal
 from .snapshots import Snapshots
 
 PAGE: Final = 5_000
@@ -69,6 +71,8 @@ _LINGER: Final = 0.05
 _IDLE_LOOKS: Final = 20
 _INLINE_MOST: Final = 64
 _CHECKPOINT_EVERY: Final = 2_000
+# A journaling store's ``wait_committed`` yields to the event loop once in this many returns.
+_YIELD_EVERY: Final = 32
 _FIRST_RETRY: Final = 0.05
 _LAST_RETRY: Final = 5.0
 _HOST_CHARS: Final = 24
@@ -130,15 +134,16 @@ def at_text(at: datetime) -> str:
     return at.isoformat(timespec="microseconds")
 
 
-def prepare(event: Event) -> Prepared:
-    """Everything a row needs but its seq, computed outside the write transaction."""
+def prepare(event: Event, raw: bytes | None = None) -> Prepared:
+    """Everything a row needs but its seq, computed outside the write transaction (``raw``:
+    ``encode(event)`` when the caller has it already)."""
     tag, has_call_id, has_model_id = _SHAPES[type(event)]
     return (
         tag,
         at_text(utc(event.at)),  # in UTC, so that the column sorts in time order
         getattr(event, "call_id", None) if has_call_id else None,
         getattr(event, "model_id", None) if has_model_id else None,
-        encode(event)[1:],
+        (encode(event) if raw is None else raw)[1:],
     )
 
 
@@ -177,8 +182,9 @@ def micros_text(micros: int) -> str:
     return f"{whole}.{fraction:06d}Z"
 
 
-def compact(event: Event) -> Prepared:
-    """Row format 2: everything a row needs but its seq, the body without what the columns hold.
+def compact(event: Event, raw: bytes | None = None) -> Prepared:
+    """Row format 2: everything a row needs but its seq, the body without what the columns hold
+    (``raw``: ``encode(event)`` when the caller has it already).
 
     msgspec writes the tag first, then ``call_id`` and ``model_id`` (each event class declares
     them first), the other fields, and ``at`` last: the body is what lies between. An event
@@ -187,7 +193,8 @@ def compact(event: Event) -> Prepared:
     tag, has_call_id, has_model_id = _SHAPES[type(event)]
     call_id = getattr(event, "call_id", None) if has_call_id else None
     model_id = getattr(event, "model_id", None) if has_model_id else None
-    raw = encode(event)
+    if raw is None:
+        raw = encode(event)
     start = len(_HEADS[type(event)])
     for value, key in ((call_id, b'"call_id":'), (model_id, b'"model_id":')):
         if value is not None:
@@ -321,11 +328,11 @@ def _write_events(
 ) -> None:
     """The writer thread: each time it is woken, write what is queued.
 
-    With ``linger`` (a store whose callers commit their own events, see ``_commit_inline``)
-    appends do not wake it: it looks at the queue every ``linger`` seconds instead, writes what
-    has waited since its previous look (events nobody waits for: probes, for instance; fresh
-    ones are their callers' to commit), and sleeps until woken once it has found nothing to do
-    for a while.
+    With ``linger`` (a store whose callers commit their own events, see ``_commit_inline``, or
+    journal them) appends do not wake it: it looks at the queue every ``linger`` seconds
+    instead, writes what has waited since its previous look (events nobody waits for: probes,
+    for instance; fresh ones are their callers' to commit) or, with a journal, everything
+    queued, and sleeps until woken once it has found nothing to do for a while.
 
     It holds its store only while it writes: one the program lets go of is collected, and its
     ``__del__`` closes it (and so stops this thread).
@@ -346,10 +353,10 @@ def _write_events(
             return
         store._asleep = False
         wake.clear()
-        busy = bool(store._queue)
+        busy = bool(store._queue or store._ready)
         # A wake set between the wait's return and the clear above is lost: ``close`` is
         # therefore looked at here, and other callers' events are overdue by the next look.
-        overdue = store._committed < seen
+        overdue = store._committed < seen or (store._journal is not None and busy)
         if (woken or linger is None or store._closing or overdue) and not store._drain():
             return
         seen = store._appended
@@ -450,9 +457,26 @@ class GroupCommitStore(abc.ABC):
         # Callers commit their own events when nobody else waits (``_commit_inline``); the
         # writer then lingers instead of being woken by every append. A backend turns it on.
         self._inline = False
+        # Whether the writer lingers (looks at the queue now and then, rather than being woken
+        # by every append): a store whose callers commit their own events, or journal them.
+        self._lingering = False
         self._asleep = False  # the lingering writer sleeps until woken (see ``_doze``)
         self._drain_lock = threading.Lock()  # one drainer at a time: tickets commit in order
         self._since_checkpoint = 0
+        # A file log in ``process`` mode makes its callers' events durable in a journal file
+        # (see ``_journal``); the backend sets it. Tickets up to ``_journaled`` are in the
+        # journal; ``_taken`` counts the tickets the writer took (from ``_ready``); ``_moving``
+        # is the last ticket of the batch being written (recorded in the same transaction).
+        self._journal: Journal | None = None
+        self._journal_lock = threading.Lock()  # before ``_append_lock`` when both are taken
+        self._journaled = 0
+        self._taken = 0
+        self._moving = 0
+        # A journaling store's journaled events with their JSON, for the writer, in ticket
+        # order; ``_queue`` then holds only the others.
+        self._ready: deque[tuple[Event, bytes | None]] = deque()
+        self._journal_kept = False  # unmoved events left in the journal at close
+        self._unyielded = 0  # journaled returns since ``wait_committed`` last yielded
         # Whether ``wait_committed`` waits at all (an in-memory log has nothing to wait for).
         self._waits = durability != "buffered"
         self._retry_now = threading.Event()
@@ -544,7 +568,7 @@ class GroupCommitStore(abc.ABC):
             # at the queue would be neither written nor counted.
             if self._closing:
                 raise EventLogError(f"event log {self.location} is closed")
-            if len(self._queue) >= self.max_buffer:
+            if len(self._queue) + len(self._ready) >= self.max_buffer:
                 self._overflow(event)
                 return self._appended
             self._queue.append(event)
@@ -552,7 +576,7 @@ class GroupCommitStore(abc.ABC):
             ticket = self._appended
             if self._thread is None:
                 self._start_writer()
-        if (not self._inline or self._asleep or len(self._queue) >= self.batch_size) and (
+        if (not self._lingering or self._asleep or len(self._queue) >= self.batch_size) and (
             not self._wake.is_set()
         ):
             self._wake.set()
@@ -573,9 +597,10 @@ class GroupCommitStore(abc.ABC):
         logger.error(message)
 
     def _start_writer(self) -> None:
+        self._lingering = self._inline or self._journal is not None
         self._thread = threading.Thread(
             target=_write_events,
-            args=(weakref.ref(self), self._wake, _LINGER if self._inline else None),
+            args=(weakref.ref(self), self._wake, _LINGER if self._lingering else None),
             name=f"failover-log-{self.writer}",
             daemon=True,
         )
@@ -587,14 +612,123 @@ class GroupCommitStore(abc.ABC):
             # Read before the queue: once ``_closing`` is set, nothing more gets queued.
             closing = self._closing
             with self._drain_lock:
-                if not self._queue:
+                if self._journal is not None:
+                    count, batch = self._take()
+                else:
+                    count = min(self.batch_size, len(self._queue))
+                    events = [self._queue.popleft() for _ in range(count)]
+                    batch = self._prepare_batch(events) if count else []
+                if not count:
                     return not closing
-                count = min(self.batch_size, len(self._queue))
-                events = [self._queue.popleft() for _ in range(count)]
-                if not self._store(self._prepare_batch(events)):
-                    self._give_up(len(events))
+                if not self._store(batch):
+                    self._give_up(count)
                     return False
-                self._done(len(events))
+                self._done(count)
+                if self._journal is not None and self._journal.retired:
+                    with self._journal_lock:
+                        self._journal.moved(self._moving)
+
+    def _take(self) -> tuple[int, list[Prepared]]:
+        """The next batch of a journaling store: how many tickets it covers, and their rows
+        (journaling what is queued first, so that only journaled events are moved)."""
+        with self._journal_lock:
+            self._journal_queued()
+            ready = self._ready
+            count = min(self.batch_size, len(ready))
+            if count == len(ready):
+                rows = list(ready)
+                ready.clear()
+            else:
+                rows = [ready.popleft() for _ in range(count)]
+            self._taken += count
+            self._moving = self._taken  # the batch's last ticket, recorded with it
+        batch: list[Prepared] = []
+        for event, raw in rows:
+            if raw is None:  # could not be encoded: already dropped and counted
+                continue
+            try:
+                batch.append(compact(event, raw) if self.compact else prepare(event, raw))
+            except Exception as exc:  # noqa: BLE001 - one unencodable event must not stop the log
+                self._unstorable(exc)
+        return count, batch
+
+    def _journal_queued(self) -> None:
+        """Move the queued events to ``_ready``, with their JSON, after writing them to the
+        journal with one write(2); the caller holds ``_journal_lock``.
+
+        The writer reuses the JSON (the callers pay one encode per event; the writer turns
+        it into a row). A failed write breaks the journal (logged): from then on callers wait
+        for the log's own commits, as without one.
+        """
+        with self._append_lock:  # a stable queue: nothing appended between copy and clear
+            if not self._queue:
+                return
+            pending = list(self._queue)
+            self._queue.clear()
+            upto = self._appended
+        records: list[tuple[int, bytes]] = []
+        rows: list[tuple[Event, bytes | None]] = []
+        for ticket, event in enumerate(pending, upto - len(pending) + 1):
+            try:
+                raw = encode(event)
+            except Exception as exc:  # noqa: BLE001 - one unencodable event must not stop the log
+                self._unstorable(exc)
+                rows.append((event, None))  # keeps its ticket's place; neither journaled nor stored
+                continue
+            records.append((ticket, raw))
+            rows.append((event, raw))
+        journal = self._journal
+        if journal is not None and not journal.broken:
+            try:
+                if records:
+                    journal.write(records)
+            except OSError as exc:
+                self.errors += 1
+                self.last_error = f"journal: {type(exc).__name__}: {exc}"
+                logger.error(
+                    "event log {}: its journal cannot be written ({}); callers wait for the "
+                    "log's own commits from now on",
+                    self.location,
+                    self.last_error,
+                )
+            else:
+                self._journaled = upto
+        self._ready.extend(rows)
+
+    def _journal_upto(self, ticket: int) -> bool:
+        """Whether ``ticket`` is in the journal now (journaling what is queued if need be)."""
+        if self._journaled >= ticket:
+            return True
+        with self._journal_lock:
+            self._journal_queued()
+            return self._journaled >= ticket
+
+    def _settle(self, timeout: float = 30.0) -> None:
+        """Wait until the events journaled so far are in the log (read-your-writes): at once
+        when none is pending, and not while the log cannot be written."""
+        target = self._journaled
+        if self._committed >= target or threading.current_thread() is self._thread:
+            return
+        self._wake.set()
+        with self._progress:
+            self._progress.wait_for(
+                lambda: self._committed >= target or self._failing or self._closed, timeout
+            )
+
+    def _close_journal(self) -> None:
+        """Delete the journal once the log has all of it; keep it for the next opener of the
+        log when some of it could not be moved (the log is locked or failing)."""
+        journal = self._journal
+        if journal is None:
+            return
+        with self._journal_lock:
+            keep = self._journal_kept or self._committed < self._journaled
+            journal.close(keep=keep)
+        if not keep:
+            self._forget_journal(journal.key)
+
+    def _forget_journal(self, key: str) -> None:  # noqa: B027 - only a journaling backend
+        """Remove the log's record of how far journal ``key`` was moved (it is deleted)."""
 
     def _commit_inline(self) -> None:
         """Commit what is queued on the calling thread, if that is quick and nobody is at it.
@@ -630,7 +764,7 @@ class GroupCommitStore(abc.ABC):
         """The lingering writer found nothing to do for a while: from now appends wake it.
         False if something arrived meanwhile (it looks again instead of sleeping)."""
         self._asleep = True
-        if self._queue or self._closing:
+        if self._queue or self._ready or self._closing:
             self._asleep = False
         return self._asleep
 
@@ -652,15 +786,18 @@ class GroupCommitStore(abc.ABC):
             try:
                 batch.append(compact(event) if self.compact else prepare(event))
             except Exception as exc:  # noqa: BLE001 - one unencodable event must not stop the log
-                self._count_dropped(1)
-                self.errors += 1
-                logger.error(
-                    "event log {}: dropped an event that cannot be stored ({}: {})",
-                    self.location,
-                    type(exc).__name__,
-                    exc,
-                )
+                self._unstorable(exc)
         return batch
+
+    def _unstorable(self, exc: Exception) -> None:
+        self._count_dropped(1)
+        self.errors += 1
+        logger.error(
+            "event log {}: dropped an event that cannot be stored ({}: {})",
+            self.location,
+            type(exc).__name__,
+            exc,
+        )
 
     def _store(self, batch: list[Prepared]) -> bool:
         """Commit ``batch``, retrying with backoff; False when ``close`` gave up on it."""
@@ -696,7 +833,7 @@ class GroupCommitStore(abc.ABC):
             "event log {} write failed ({}); {} event(s) kept in memory and retried",
             self.location,
             self.last_error,
-            batch + len(self._queue),
+            batch + len(self._queue) + len(self._ready),
         )
         with self._progress:
             self._failing = True
@@ -717,15 +854,31 @@ class GroupCommitStore(abc.ABC):
             logger.warning("event log {} writable again", self.location)
 
     def _give_up(self, in_flight: int) -> None:
-        lost = in_flight + len(self._queue)
+        kept = 0
+        if self._journal is not None:
+            with self._journal_lock:  # what is journaled is not lost: the next open adds it
+                self._journal_queued()
+                kept = max(0, self._journaled - self._committed)
+                self._journal_kept = kept > 0
+        lost = in_flight + len(self._queue) + len(self._ready) - kept
         self._queue.clear()
-        self._count_dropped(lost)
-        logger.error(
-            "event log {} closed with {} event(s) unwritten: {}",
-            self.location,
-            lost,
-            self.last_error,
-        )
+        self._ready.clear()
+        if lost:
+            self._count_dropped(lost)
+            logger.error(
+                "event log {} closed with {} event(s) unwritten: {}",
+                self.location,
+                lost,
+                self.last_error,
+            )
+        if kept:
+            logger.error(
+                "event log {} closed with {} event(s) not in it yet ({}); they stay in its "
+                "journal, and the next store that opens the log adds them",
+                self.location,
+                kept,
+                self.last_error,
+            )
 
     # -- waiting -------------------------------------------------------------------------
 
@@ -743,11 +896,23 @@ class GroupCommitStore(abc.ABC):
     async def wait_committed(self, ticket: int) -> None:
         """Wait until ``ticket`` is committed (``process``/``power``); at once if ``buffered``.
 
+        A store with a journal (a file log in ``process`` mode) writes the queued events to it
+        and returns: they survive a crash of the process from then on.
+
         While the log cannot be written, or once it is closed with the event unwritten, it
         returns without waiting (or raises ``EventLogError`` with ``strict=True``): a failing
         log never holds up model answers.
         """
         if not self._waits or self._committed >= ticket:
+            return
+        if self._journal is not None and self._journal_upto(ticket):
+            # (A strict store has no journal: it waits, to raise while the log fails.) Now and
+            # then a journaled return yields to the event loop all the same: a loop of calls to
+            # a client that never yields must still let a cancel scope or a timeout fire.
+            self._unyielded += 1
+            if self._unyielded >= _YIELD_EVERY:
+                self._unyielded = 0
+                await anyio.lowlevel.checkpoint()
             return
         if self._inline and not self._loops:
             self._commit_inline()  # nobody else waiting: no group to join
@@ -1012,12 +1177,14 @@ class GroupCommitStore(abc.ABC):
         return datetime.fromisoformat(str(stored))
 
     def last_seq(self) -> int:
-        """The highest stored ``seq``; 0 for an empty log. Does not wait for queued events."""
+        """The highest stored ``seq``; 0 for an empty log. Does not wait for queued events (only
+        for those this store's callers saw committed, see ``query``)."""
         rows = self.query("SELECT coalesce(max(seq), 0) FROM events")
         return int(rows[0][0])
 
     def count(self) -> int:
-        """How many events are stored. Does not wait for queued events."""
+        """How many events are stored. Does not wait for queued events (only for those this
+        store's callers saw committed, see ``query``)."""
         rows = self.query("SELECT count(*) FROM events")
         return int(rows[0][0])
 
@@ -1050,6 +1217,7 @@ class GroupCommitStore(abc.ABC):
             self._progress.notify_all()
             due = self._due_loops()
         self._wake_loops(due)
+        self._close_journal()
         self.snapshots.at_close()
         self._close_connection()
 

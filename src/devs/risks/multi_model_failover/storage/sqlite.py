@@ -8,8 +8,10 @@ processes can share one file (WAL).
 Durability modes:
 
 - ``buffered``: callers never wait; a process crash may lose the events of the last moments.
-- ``process`` (default): ``wait_committed`` returns once the event is committed; with WAL and
-  ``synchronous=NORMAL`` a committed event survives a crash of the process.
+- ``process`` (default): ``wait_committed`` returns once the event survives a crash of the
+  process: on a file log, written to this store's journal (one write(2), see ``_journal``),
+  from which the writer moves it into the log and the next opener recovers it after a crash;
+  without ``fcntl`` (Windows) or for a strict store, committed (WAL, ``synchronous=NORMAL``).
 - ``power``: as ``process`` with ``synchronous=FULL``: every commit is fsynced.
 
 A write that fails (disk full, file locked longer than ``lock_timeout``, read-only) never fails
@@ -32,15 +34,17 @@ import os
 import secrets
 import sqlite3
 import threading
+import weakref
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Final
 
+import msgspec
 import sqlite_utils
 from loguru import logger
 
 from ..core.errors import EventLogError, SchemaVersionError
-from ..core.events import SCHEMA_VERSION, Event
+from ..core.events import SCHEMA_VERSION, Event, decode
 from ..core.protocols import Durability
 from ._group_commit import (
     INDEXED,
@@ -55,6 +59,8 @@ from ._group_commit import (
     schema_version,
 )
 from ._group_commit import at_text as _at_text  # noqa: F401 - tests import it from here
+from ._journal import DeadJournal, Journal, dead_journals
+from ._journal import available as journal_available
 from .snapshots import SNAPSHOT_EVERY, SNAPSHOTS_TABLE
 
 _SNAPSHOTS: Final = SNAPSHOTS_TABLE.format(int="INTEGER", blob="BLOB")
@@ -89,11 +95,18 @@ _LAST_SEQ: Final = (
 )
 
 MEMORY: Final = ":memory:"
+# The journaling stores of this process. A read through any store of this process first waits
+# for them to move what their callers saw committed into the same file: within a process every
+# store reads what any of them returned from ``wait_committed`` (``replay(path)`` beside a live
+# engine, say). Other processes see it once moved (see ``_journal``).
+_JOURNALING: Final[weakref.WeakSet[SQLiteEventStore]] = weakref.WeakSet()
 _SYNCHRONOUS: Final = {"buffered": "NORMAL", "process": "NORMAL", "power": "FULL"}
 _OPEN_TIMEOUT: Final = 5.0
 # Rows per INSERT statement: 7 parameters each, under SQLite's limit on parameters per
 # statement (32,766 since 3.32, 999 before).
 _CHUNK: Final = 500 if sqlite3.sqlite_version_info >= (3, 32, 0) else 140
+# How far a journal was moved into the log: its last record's ticket (see ``_journal``).
+_JOURNAL_MOVED: Final = "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)"
 _INSERT: Final = (
     "INSERT INTO events (seq, type, at, call_id, model_id, writer, body) "
     "VALUES (?, ?, ?, ?, ?, ?, ?)"
@@ -276,9 +289,18 @@ class SQLiteEventStore(GroupCommitStore):
         # An in-memory log cannot outlive the process: waiting for its commits buys nothing
         # (a strict store still waits, to raise while its log cannot be written).
         self._waits = self._waits and (self.path != MEMORY or strict)
-        # ``process`` mode commits a sequential caller's events on its own thread (a WAL commit
-        # without fsync takes tens of microseconds; two thread hand-offs took 100).
+        # ``process`` mode on a file makes its callers' events durable with one write(2) to a
+        # journal file and lets the writer move them into the log (see ``_journal``): a WAL
+        # commit on the caller's thread cost six times a buffered call. A strict store does
+        # not: its callers wait for the log's own commit, to raise while it cannot be written.
+        # Without ``fcntl`` (Windows), or strict, a sequential caller commits its own events on
+        # its own thread (a WAL commit without fsync takes tens of microseconds; two thread
+        # hand-offs took 100).
         self._inline = self.durability == "process" and self.path != MEMORY
+        if self._inline and not strict and journal_available():
+            # Its files are created later: by absolute path, whatever the working folder then.
+            self._journal = Journal(os.path.abspath(self.path), self.writer)
+            self._inline = False
         self._lock = threading.Lock()  # one statement at a time on the shared connection
         self._conn_closed = False
         self._inode: tuple[int, int] | None = None
@@ -286,6 +308,10 @@ class SQLiteEventStore(GroupCommitStore):
         self._conn = self._open(create=create)
         self._read_log = self._identity
         self._opened = True
+        if self.path != MEMORY:
+            self._recover_journals()  # before anything else is read or appended
+        if self._journal is not None:
+            _JOURNALING.add(self)
 
     event_columns = f"seq, type, at, {_EVENT_JSON}"
 
@@ -360,11 +386,111 @@ class SQLiteEventStore(GroupCommitStore):
             try:
                 (last,) = conn.execute(_LAST_SEQ if self.has_snapshots else _MAX_SEQ).fetchone()
                 _insert(conn, list(_rows(batch, last + 1, self.writer_key, compact=self.compact)))
+                if self._journal is not None:  # in the same transaction: no record moved twice
+                    conn.execute(_JOURNAL_MOVED, (self._journal.key, str(self._moving)))
                 conn.execute("COMMIT")
             except BaseException:
                 with contextlib.suppress(sqlite3.Error):
                     conn.execute("ROLLBACK")
                 raise
+
+    # -- journals ------------------------------------------------------------------------
+
+    def _recover_journals(self) -> None:
+        """Add to the log the events left in the journals of processes that ended before
+        their writers moved them (see ``_journal``), then delete those journals. A journal
+        whose events cannot be added now (the log is locked, read-only) is kept for the next
+        open; it never stops this one."""
+        found = dead_journals(self.path)
+        if found:  # after what the live stores of this process journaled: their events came first
+            self._settle_all()
+        for dead in found:
+            try:
+                added = self._fold_journal(dead)
+            except (sqlite3.Error, EventLogError) as exc:
+                self.errors += 1
+                self.last_error = f"journal of writer {dead.writer}: {type(exc).__name__}: {exc}"
+                logger.error(
+                    "event log {}: cannot add the events left in the journal of writer {} "
+                    "({}); the journal is kept for the next open",
+                    self.path,
+                    dead.writer,
+                    exc,
+                )
+                dead.release(delete=False)
+                continue
+            dead.release(delete=True)
+            self._forget_journal(dead.key)
+            if added or dead.damaged:
+                logger.warning(
+                    "event log {}: added {} event(s) left in the journal of writer {}, whose "
+                    "process ended before they were moved into the log{}",
+                    self.path,
+                    added,
+                    dead.writer,
+                    f" ({dead.damaged} damaged record(s) skipped)" if dead.damaged else "",
+                )
+
+    def _fold_journal(self, dead: DeadJournal) -> int:
+        """One transaction: the journal's records that the log does not have yet (after the
+        ticket its ``meta`` row names), in ticket order, after the log's last event."""
+        with self._lock:
+            conn = self._conn
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                row = conn.execute("SELECT value FROM meta WHERE key = ?", (dead.key,)).fetchone()
+                moved = int(row[0]) if row else 0
+                tickets = sorted(ticket for ticket in dead.records if ticket > moved)
+                batch: list[Prepared] = []
+                for ticket in tickets:
+                    try:
+                        event = decode(dead.records[ticket])
+                        batch.append(compact(event) if self.compact else prepare(event))
+                    except (msgspec.DecodeError, msgspec.ValidationError):
+                        dead.damaged += 1
+                if batch:
+                    writer = self._writer_ids_in(conn, dead.writer)
+                    (last,) = conn.execute(_LAST_SEQ if self.has_snapshots else _MAX_SEQ).fetchone()
+                    _insert(conn, list(_rows(batch, last + 1, writer, compact=self.compact)))
+                if tickets:
+                    conn.execute(_JOURNAL_MOVED, (dead.key, str(tickets[-1])))
+                conn.execute("COMMIT")
+            except BaseException:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+                raise
+        return len(batch)
+
+    def _writer_ids_in(self, conn: sqlite3.Connection, name: str) -> object:
+        """What the ``writer`` column holds for ``name``, registered as needed (inside the
+        caller's transaction)."""
+        if not self.compact:
+            return name
+        conn.execute("INSERT OR IGNORE INTO writers (name) VALUES (?)", (name,))
+        return conn.execute("SELECT id FROM writers WHERE name = ?", (name,)).fetchone()[0]
+
+    def _forget_journal(self, key: str) -> None:
+        try:
+            self.transaction([("DELETE FROM meta WHERE key = ?", (key,))])
+        except EventLogError as exc:  # a stale row is harmless: its journal is gone
+            logger.warning("event log {}: {}", self.path, exc)
+
+    def _settle_all(self) -> None:
+        """Wait until the events journaled by this store, and by the other journaling stores of
+        this process on the same file, are in the log (at once when none is pending)."""
+        self._settle()
+        if self.path == MEMORY:
+            return
+        for peer in list(_JOURNALING):
+            pending = peer._committed < peer._journaled
+            if pending and peer is not self and peer._inode == self._inode:
+                peer._settle()
+
+    @property
+    def journal_files(self) -> list[str]:
+        """This store's journal files now (none without a journal, or before its first
+        event, or once closed)."""
+        return [] if self._journal is None else self._journal.paths
 
     def _write_inline(self, batch: list[Prepared]) -> bool:
         """``_write`` on the caller's thread, or False at once: the connection is busy, another
@@ -482,8 +608,11 @@ class SQLiteEventStore(GroupCommitStore):
 
         For readers that need an indexed look-up (columns ``seq``, ``type``, ``at``,
         ``call_id``, ``model_id``, ``writer``, ``body``). Works after ``close`` on a file log;
-        an SQLite error becomes ``EventLogError``. Does not wait for queued events.
+        an SQLite error becomes ``EventLogError``. Does not wait for queued events, but for
+        those journaled (``process`` mode): an event ``wait_committed`` returned for is in
+        the answer.
         """
+        self._settle_all()  # what callers in this process saw committed is in the answer
         try:
             with self._lock:
                 self._reopen_for_reading()
@@ -518,6 +647,7 @@ class SQLiteEventStore(GroupCommitStore):
         log file is now at the path, it is read from its start (counted in ``resets``).
         """
         after = self._cursor_for(after)
+        self._settle_all()
         try:
             with self._lock:
                 self._reopen_for_reading()
@@ -564,6 +694,7 @@ class SQLiteEventStore(GroupCommitStore):
     # -- closing -------------------------------------------------------------------------
 
     def _close_connection(self) -> None:
+        _JOURNALING.discard(self)
         # An in-memory log would vanish with its only connection: keep it readable.
         if self.path != MEMORY:
             self._release()
