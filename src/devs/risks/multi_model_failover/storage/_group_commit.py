@@ -727,6 +727,19 @@ class GroupCommitStore(abc.ABC):
         if not keep:
             self._forget_journal(journal.key)
 
+    def _leave_journal_to_parent(self) -> None:
+        """In a forked child: the journal and the events pending in it are the parent's (it
+        moves them into the log and deletes the files); this copy of the store journals no
+        more, and waits for none of them."""
+        self._journal_lock = threading.Lock()  # a thread of the parent may have held it
+        journal, self._journal = self._journal, None
+        if journal is not None:
+            journal.abandon()
+        self._queue.clear()
+        self._ready.clear()
+        self._committed = self._taken = self._journaled = self._appended
+        self._thread = None  # the parent's writer thread is not in the child
+
     def _forget_journal(self, key: str) -> None:  # noqa: B027 - only a journaling backend
         """Remove the log's record of how far journal ``key`` was moved (it is deleted)."""
 

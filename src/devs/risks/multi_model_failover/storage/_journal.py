@@ -178,13 +178,27 @@ class Journal:
             else:
                 _remove(fd, path)
 
+    def abandon(self) -> None:
+        """Let go of the files without touching them: a forked child's copy of its parent's
+        journal (the parent still writes, moves and deletes them, and keeps their locks)."""
+        fds = [fd for fd, _, _ in self._retired]
+        if self._fd is not None:
+            fds.append(self._fd)
+        self._retired, self._fd, self.broken = [], None, True
+        for fd in fds:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
 
 def _remove(fd: int, path: str) -> None:
     """Delete ``path``, then unlock it: an opener that locks it after sees it gone (and leaves
-    it alone) rather than folding records the log has into it again."""
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(path)
-    os.close(fd)
+    it alone) rather than folding records the log has into it again. ``OSError`` when it
+    cannot be deleted (a read-only folder): it is unlocked all the same."""
+    try:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+    finally:
+        os.close(fd)
 
 
 class DeadJournal:
@@ -199,13 +213,20 @@ class DeadJournal:
         self.files: list[tuple[int, str]] = []
 
     def release(self, *, delete: bool) -> None:
-        """Unlock the files, deleted first when the log now has their records."""
+        """Unlock the files, deleted first when the log now has their records. ``OSError``
+        (after every file is unlocked) when one could not be deleted."""
+        failed: OSError | None = None
         for fd, path in self.files:
-            if delete:
-                _remove(fd, path)
-            else:
+            if not delete:
                 os.close(fd)
+                continue
+            try:
+                _remove(fd, path)
+            except OSError as exc:
+                failed = failed or exc
         self.files = []
+        if failed is not None:
+            raise failed
 
 
 def dead_journals(log: str) -> list[DeadJournal]:
@@ -220,35 +241,57 @@ def dead_journals(log: str) -> list[DeadJournal]:
         names = sorted(os.listdir(path.parent or "."))
     except OSError:
         return []
-    found: dict[str, DeadJournal] = {}
+    by_writer: dict[str, list[tuple[str, bool]]] = {}
     for name in names:
         match = pattern.fullmatch(name)
-        if match is None:
-            continue
-        file = str(path.parent / name)
+        if match is not None:
+            by_writer.setdefault(match.group(1), []).append((name, bool(match.group(3))))
+    found = []
+    for token, files in by_writer.items():
+        dead = _take_writer(log, path.parent, token, files)
+        if dead is not None:
+            found.append(dead)
+    return found
+
+
+def _take_writer(
+    log: str, folder: Path, token: str, files: list[tuple[str, bool]]
+) -> DeadJournal | None:
+    """The dead journal of writer ``token``: every one of its files locked, or none (None).
+
+    Its ``meta`` row covers all its files: an opener that took some of them while another took
+    the rest would add the records out of order, or skip some as moved."""
+    locked: list[tuple[int, str, bool]] = []
+    for name, unfinished in files:
+        file = str(folder / name)
         fd = _lock(file)
-        if fd is None:
-            continue
-        if match.group(3):  # never renamed to its final name: it holds no record
-            _remove(fd, file)
-            continue
-        try:
-            data = _read(fd)
+        if fd is None:  # its owner lives, or another opener is at it
+            for held, _, _ in locked:
+                os.close(held)
+            return None
+        locked.append((fd, file, unfinished))
+    contents = []
+    for fd, file, unfinished in locked:
+        try:  # a file never renamed to its final name holds no record
+            contents.append(b"" if unfinished else _read(fd))
         except OSError as exc:
             logger.error("event log {}: cannot read journal {} ({})", log, file, exc)
-            os.close(fd)
-            continue
+            for held, _, _ in locked:
+                os.close(held)
+            return None
+    dead: DeadJournal | None = None
+    for (fd, file, _), data in zip(locked, contents, strict=True):
         writer, records, damaged = parse(data)
-        if writer is None:  # its owner died before heading it: nothing in it
-            _remove(fd, file)
+        if writer is None:  # its owner died before it headed (or named) the file: nothing in it
+            with contextlib.suppress(OSError):
+                _remove(fd, file)
             continue
-        dead = found.get(match.group(1))
         if dead is None:
-            dead = found[match.group(1)] = DeadJournal(match.group(1), writer)
+            dead = DeadJournal(token, writer)
         dead.files.append((fd, file))
         dead.records.update(records)
         dead.damaged += damaged
-    return list(found.values())
+    return dead
 
 
 def _lock(file: str) -> int | None:

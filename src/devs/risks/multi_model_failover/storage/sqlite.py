@@ -100,6 +100,20 @@ MEMORY: Final = ":memory:"
 # store reads what any of them returned from ``wait_committed`` (``replay(path)`` beside a live
 # engine, say). Other processes see it once moved (see ``_journal``).
 _JOURNALING: Final[weakref.WeakSet[SQLiteEventStore]] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    """A forked child shares its parent's journal files and their locks: only the parent may
+    write, move or delete them (a child closing its copy of a store must not delete a journal
+    the parent still writes to)."""
+    for store in list(_JOURNALING):
+        store._leave_journal_to_parent()
+    _JOURNALING.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
 _SYNCHRONOUS: Final = {"buffered": "NORMAL", "process": "NORMAL", "power": "FULL"}
 _OPEN_TIMEOUT: Final = 5.0
 # Rows per INSERT statement: 7 parameters each, under SQLite's limit on parameters per
@@ -419,7 +433,19 @@ class SQLiteEventStore(GroupCommitStore):
                 )
                 dead.release(delete=False)
                 continue
-            dead.release(delete=True)
+            try:
+                dead.release(delete=True)
+            except OSError as exc:  # its events are in; a later open finds them moved
+                self.errors += 1
+                self.last_error = f"journal of writer {dead.writer}: {type(exc).__name__}: {exc}"
+                logger.error(
+                    "event log {}: added the events left in the journal of writer {} but "
+                    "cannot delete it ({}); the next open finds them in the log already",
+                    self.path,
+                    dead.writer,
+                    exc,
+                )
+                continue  # its meta row stays: it says how far the journal is in
             self._forget_journal(dead.key)
             if added or dead.damaged:
                 logger.warning(
