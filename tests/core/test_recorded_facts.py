@@ -10,6 +10,7 @@ simulator (``failover whatif``) drives: a shared retry budget and one probe on d
 from __future__ import annotations
 
 import random
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
 import msgspec
@@ -71,6 +72,42 @@ async def test_a_stream_records_its_timeout_too() -> None:
             pass
     (started,) = [e for e in fo.event_store.read() if isinstance(e, CallStarted)]
     assert started.timeout == 4.0
+    assert started.stream == "none"  # a stream, with its recovery
+
+
+class Breaking:
+    """A client whose stream sends two chunks, then breaks."""
+
+    model_id = "primary"
+
+    def stream(self, prompt: str) -> AsyncIterator[str]:
+        return self._chunks()
+
+    async def _chunks(self) -> AsyncIterator[str]:
+        yield "one "
+        yield "two "
+        raise ModelError("connection reset", kind="server")
+
+    async def call(self, prompt: str) -> str:
+        return "whole"
+
+    async def health_check(self) -> bool:
+        return True
+
+
+async def test_a_stream_that_broke_records_its_chunks_and_recovery() -> None:
+    secondary = FakeModelClient(always("rescued"), model_id="secondary")
+    async with engine([Breaking(), secondary]) as fo:
+        async with fo.stream("hi", recovery="restart") as stream:
+            async for _ in stream:
+                pass
+        await fo.call("hi")
+    events = list(fo.event_store.read())
+    streamed, called = [e for e in events if isinstance(e, CallStarted)]
+    assert (streamed.stream, called.stream) == ("restart", None)
+    assert b"stream" not in encode(called)
+    (broke,) = [e for e in events if isinstance(e, AttemptFailed)]
+    assert broke.chunks == 2
 
 
 # -- attempt_failed.retry_after ------------------------------------------------------------

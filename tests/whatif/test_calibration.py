@@ -121,7 +121,10 @@ def scenarios(draw: st.DrawFn) -> Scenario:
     health = {
         "degraded_after": degraded,
         "unhealthy_after": draw(st.integers(degraded, 4)),
-        "trial_after": draw(st.sampled_from([0.0, 1.0, 5.0])),
+        # Not a multiple of the calls' spacing: a trial due on the very instant a call starts
+        # is a tie that float rounding of the log's own times decides (1.0 after 3.1 is 4.1
+        # or a hair more), with no true answer in the log.
+        "trial_after": draw(st.sampled_from([0.0, 1.3, 5.3])),
         "trial_calls": draw(st.sampled_from([0, 1])),
     }
     actions = [

@@ -43,9 +43,10 @@ class _Event(
 
 
 # What the events of an engine record, for a reader that must know what an absent field means
-# (``failover whatif``): 2 since ``call_started.timeout`` (absent: the caller gave none) and
+# (``failover whatif``): 3 since ``call_started.stream`` (absent: a call, not a stream) and
+# ``attempt_failed.chunks``; 2 since ``call_started.timeout`` (absent: the caller gave none) and
 # ``attempt_failed.retry_after``; 1 (absent) before.
-EVENTS_VERSION: Final = 2
+EVENTS_VERSION: Final = 3
 
 
 class EngineStarted(_Event, tag="engine_started", frozen=True):
@@ -65,7 +66,8 @@ class EngineStopped(_Event, tag="engine_stopped", frozen=True):
 class CallStarted(_Event, tag="call_started", frozen=True):
     """A call began; ``order`` is the rotation it will try. No prompt text is stored.
     ``timeout``: the caller's own timeout in seconds, as given (None: it gave none); the
-    call's budget is the smaller of it and the policy's ``call_budget``."""
+    call's budget is the smaller of it and the policy's ``call_budget``. ``stream``: the
+    recovery of a stream (``none``, ``restart``, ``continue``); None for a call."""
 
     call_id: str
     order: tuple[str, ...]
@@ -73,6 +75,7 @@ class CallStarted(_Event, tag="call_started", frozen=True):
     prompt_chars: int | None = None
     prompt_hash: str | None = None
     timeout: float | None = None
+    stream: str | None = None
 
 
 class AttemptStarted(_Event, tag="attempt_started", frozen=True):
@@ -105,7 +108,8 @@ class AttemptFailed(_Event, tag="attempt_failed", frozen=True):
     ``counts``: the failure counts against the client's health. Tokens and ``cost`` only when
     the client reported usage for the failed attempt (``ModelError(usage=...)``).
     ``retry_after``: the wait the failure asked for (Retry-After), also when the engine did
-    not wait (it would not fit the call's budget: no ``backoff`` follows to hold it)."""
+    not wait (it would not fit the call's budget: no ``backoff`` follows to hold it).
+    ``chunks``: a stream that broke after delivering this many chunks (None: before any)."""
 
     call_id: str
     model_id: str
@@ -120,6 +124,7 @@ class AttemptFailed(_Event, tag="attempt_failed", frozen=True):
     output_tokens: int | None = None
     cost: float | None = None
     retry_after: float | None = None
+    chunks: int | None = None
 
 
 class Backoff(_Event, tag="backoff", frozen=True):

@@ -77,9 +77,10 @@ class CallLedger:
         order: tuple[str, ...],
         last_resort: bool,
         timeout: float | None = None,
+        stream: str | None = None,
     ) -> None:
-        """Record ``call_started`` (with the caller's own ``timeout``); the call is in
-        flight."""
+        """Record ``call_started`` (with the caller's own ``timeout``, and a stream's
+        recovery); the call is in flight."""
         if self.closing:
             raise EngineClosedError("this MultiModelFailover is closed")
         event = CallStarted(
@@ -88,6 +89,7 @@ class CallLedger:
             order=order,
             last_resort=last_resort,
             timeout=timeout,
+            stream=stream,
         )
         if self._fingerprint is not None:
             chars, digest = self._fingerprint(call.prompt)
@@ -99,6 +101,7 @@ class CallLedger:
                 prompt_chars=chars,
                 prompt_hash=digest,
                 timeout=timeout,
+                stream=stream,
             )
         self._log.emit(event)
         self.in_flight.add(call)
@@ -150,7 +153,13 @@ class CallLedger:
         return cost
 
     def attempt_failed(
-        self, call: Call, model_id: str, failure: Failure, final: bool, skipped: int = 0
+        self,
+        call: Call,
+        model_id: str,
+        failure: Failure,
+        final: bool,
+        skipped: int = 0,
+        chunks: int | None = None,
     ) -> None:
         """Record the call's current attempt as failed: in its records and as
         ``attempt_failed``."""
@@ -187,6 +196,7 @@ class CallLedger:
                 output_tokens=tokens[1],
                 cost=cost,
                 retry_after=failure.retry_after,
+                chunks=chunks,
             )
         )
 

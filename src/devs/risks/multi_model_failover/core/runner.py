@@ -121,9 +121,14 @@ class CallRunner:
     # -- a call's beginning and end ------------------------------------------------------
 
     def begin(
-        self, prompt: Any, timeout: float | None, params: Mapping[str, Any] | None = None
+        self,
+        prompt: Any,
+        timeout: float | None,
+        params: Mapping[str, Any] | None = None,
+        stream: str | None = None,
     ) -> tuple[Call, tuple[str, ...]]:
-        """Check the arguments, record ``call_started``; the call and its order of clients."""
+        """Check the arguments, record ``call_started``; the call and its order of clients.
+        ``stream``: the recovery of a stream (None: a call)."""
         check_prompt(prompt)
         frozen = check_params(params)
         budget = self.policy.call_budget
@@ -137,7 +142,7 @@ class CallRunner:
         if self._plan_unhealthy and not last_resort:
             order = self._with_trials(call, order)
         try:
-            self.ledger.started(call, order, last_resort, timeout)
+            self.ledger.started(call, order, last_resort, timeout, stream)
         except BaseException:
             self.ledger.release_trials(call)  # no terminal event will release them
             raise

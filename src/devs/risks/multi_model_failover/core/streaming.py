@@ -183,7 +183,7 @@ async def stream_with_failover(
     ``StreamInterruptedError`` when the answer breaks and cannot be finished.
     """
     await log.aload()  # at once when the log is loaded (the engine's first use loads it)
-    call, order = runner.begin(prompt, timeout, params)
+    call, order = runner.begin(prompt, timeout, params, stream=recovery)
     attempt = StreamAttempt(runner, call)
     delivered = _Delivered(keep=recovery == "continue")
     restarts = 0
@@ -323,7 +323,9 @@ def _record_break(
         f"{delivered.chars} char(s) delivered{how} {broke.message}"
     )
     broke.usage = getattr(attempt.chunks, "usage", None)  # what it had reported so far
-    runner.ledger.attempt_failed(call, model_id, broke, True, skipped=_skipped(attempt))
+    runner.ledger.attempt_failed(
+        call, model_id, broke, True, skipped=_skipped(attempt), chunks=delivered.chunks
+    )
     runner.monitor.gave_up_on(model_id, broke.kind, broke.message)
 
 

@@ -358,6 +358,7 @@ class _Reader:
         call = CallRecord(event.call_id, at, float(event.seq), len(rec.engines) - 1)
         call.last_resort = event.last_resort
         call.timeout = event.timeout
+        call.recovery = event.stream
         self.calls[event.call_id] = call
         if at <= self.until_s:
             rec.calls.append(call)
@@ -401,6 +402,16 @@ class _Reader:
             call.saw_deadline(at - call.start)
         if event.retry_after is not None:
             obs.retry_after, obs.retry_after_known = event.retry_after, True
+        if event.chunks is not None or event.message.startswith(
+            f"stream from {event.model_id} broke after "
+        ):
+            # A stream that broke after its first chunk: not the policy's decision. (The
+            # message says so in logs from before ``chunks``, and how the engine went on.)
+            obs.mid_stream, obs.decision = True, "final"
+            call.refused = None
+            if call.recovery is None:
+                call.recovery = "none" if _NOT_FAILED_OVER in event.message else "restart"
+            return
         if not event.final:
             return  # a backoff follows
         refused = call.refused == event.model_id
@@ -446,12 +457,6 @@ class _Reader:
             actions = self.actions.get(event.model_id)
             if actions is not None:
                 actions.sign(at, event.seq, in_maintenance=False)
-            return
-        # Else only a stream does: it broke after its first chunk, and the next client took
-        # over (``recovery`` "restart" or "continue"; the replay's clients take no prefill).
-        obs.mid_stream = True
-        if call.recovery is None:
-            call.recovery = "restart"
 
     def _ended(self, event: AttemptSucceeded | AttemptFailed, at: float) -> Observation | None:
         call = self.calls.get(event.call_id)
@@ -499,12 +504,6 @@ class _Reader:
         call.ended, call.end = True, at
         if isinstance(event, CallFailed) and event.reason == "deadline":
             call.saw_deadline(event.latency)
-        if isinstance(event, CallFailed) and event.reason == "stream_interrupted":
-            # A stream (``recovery="none"``) whose last attempt broke after its first chunk:
-            # it is replayed as a stream, that attempt breaking as it did.
-            call.recovery = "none"
-            if call.current is not None and not call.current.ok:
-                call.current.mid_stream = True
 
     def call_cancelled(self, event: CallCancelled, at: float) -> None:
         call = self.calls.get(event.call_id)
@@ -580,6 +579,10 @@ class _Reader:
         window_end = min(self.last, self.until_s)
         rec.end = max(end, window_end)
         return rec
+
+
+# How the engine's message on a stream that broke without failing over reads (``streaming``).
+_NOT_FAILED_OVER: Final = "; not failed over:"
 
 
 def _fits(call: CallRecord, policy: RetryPolicy, instant: float) -> bool:

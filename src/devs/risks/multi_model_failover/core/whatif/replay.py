@@ -138,10 +138,14 @@ def _copy(snap: Snapshot) -> Snapshot:
 class WorldClient:
     """A model client of the replay: it answers as the ``World`` says, on virtual time."""
 
-    def __init__(self, model_id: str, world: World, sim: SimClock) -> None:
+    def __init__(
+        self, model_id: str, world: World, sim: SimClock, *, idle: float | None = None
+    ) -> None:
         self.model_id = model_id
         self._world = world
         self._sim = sim
+        # A stream's chunks come at least this often (its engine's ``idle_timeout`` halved).
+        self._pace = idle / 2 if idle else None
 
     async def call(self, prompt: Any) -> Any:
         """Answer the attempt of the call running on this fiber."""
@@ -152,22 +156,31 @@ class WorldClient:
         raise ModelError(answer.message, kind=answer.kind, retry_after=answer.retry_after)
 
     async def stream(self, prompt: Any) -> AsyncIterator[str]:
-        """Answer the attempt of the stream running on this fiber: one chunk, at once when
-        the attempt broke after its first chunk (then the failure), else when it ends."""
+        """Answer the attempt of the stream running on this fiber. One that answered, or
+        broke after its first chunk, sends its first chunk at once (the log does not say
+        when it came; the call's deadline bounds only that one) and more, no further apart
+        than its engine's ``idle_timeout`` allows, until it ends as recorded (a stall stays
+        a stall). One that failed before its first chunk sends none."""
         answer = self._answer()
-        if answer.mid_stream and not answer.ok:
+        end = answer.end if answer.end is not None else self._sim.now + answer.latency
+        if answer.ok or answer.mid_stream:
             yield _CHUNK
-        await self._until_done(answer)
+            if not answer.silence and self._pace is not None:
+                while end - self._sim.now > self._pace:
+                    await self._sim.sleep(self._pace)
+                    yield _CHUNK
+        await self._until_done(answer, end)
         if not answer.ok:
             raise ModelError(answer.message, kind=answer.kind, retry_after=answer.retry_after)
-        yield _CHUNK
 
     def _answer(self) -> Answer:
         run = cast(CallRun, current_fiber().data)
         n = run.counts[self.model_id] = run.counts.get(self.model_id, 0) + 1
         return self._world.attempt(run.record, self.model_id, n, self._sim.now)
 
-    async def _until_done(self, answer: Answer) -> None:
+    async def _until_done(self, answer: Answer, end: float | None = None) -> None:
+        """Wait until ``answer`` ends: as recorded, else after its latency (from ``end``, an
+        instant, when the caller already began waiting)."""
         sim = self._sim
         try:
             if answer.silence:
@@ -176,6 +189,8 @@ class WorldClient:
                 await sim.sleep_until(FOREVER)
             elif answer.end is not None and answer.end >= sim.now:
                 await sim.sleep_until(answer.end, answer.prio)
+            elif end is not None:
+                await sim.sleep_until(max(end, sim.now))
             else:
                 await sim.sleep(answer.latency)
         finally:
@@ -300,15 +315,15 @@ class Replay:
 
     def _operator(self, model_id: str, on: bool, reason: str, by: str) -> None:
         engine = self.engine
-        if engine is None or engine.closed:
-            # No engine runs: the action goes into the log, as the command line writes it,
-            # for the next engine to load.
+        if engine is None or engine.closed or model_id not in engine.registry.by_id:
+            # No engine runs, or it has no such model: the action goes into the log, as the
+            # command line writes it, for the next engine to load.
             if model_id not in self.change.without:
                 event = Maintenance(
                     at=self.sim.utc(), model_id=model_id, on=on, reason=reason, by=by
                 )
                 self.sink.append(event)
-        elif model_id in engine.registry.by_id:
+        else:
             self.sim.spawn(partial(engine.set_maintenance, model_id, on, reason=reason, by=by))
 
     # -- the engines ---------------------------------------------------------------------
@@ -329,7 +344,7 @@ class Replay:
             run.retry.retry_budget_min_per_s,
         )
         engine = FailoverEngine(
-            {m: WorldClient(m, world, sim) for m in models},
+            {m: WorldClient(m, world, sim, idle=retry.idle_timeout) for m in models},
             retry,
             change.health_check_interval or _RECORDED_INTERVAL,
             health_policy=health,
