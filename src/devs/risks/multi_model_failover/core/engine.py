@@ -2,8 +2,7 @@
 
 - ``registry``: the clients, their ids and calling conventions, the order of a call;
 - ``runner``: attempts, backoff, deadlines and failover, for calls and streams alike;
-- ``monitor``: health from calls and probes (the ``transitions`` rules), the probe and follow
-  loops;
+- ``monitor``: health from calls and probes (``transitions`` rules), the probe and follow loops;
 - ``log``: every event appended and folded live with the fold ``replay`` uses.
 
 Building an engine reads nothing of the log; its first async use loads it on a worker thread
@@ -53,8 +52,7 @@ class FailoverEngine:
     """Tries model clients in a fixed order with retries, backoff, deadlines and health.
 
     Use ``MultiModelFailover`` (the public facade) unless you inject every seam yourself.
-    ``retry_budget``: a ``RetryBudget`` to use instead of the engine's own, e.g. one shared
-    by the engines of a process (its clock should be theirs), or a replay's.
+    ``retry_budget``: one shared by the engines of a process (on their clock), or a replay's.
     """
 
     def __init__(

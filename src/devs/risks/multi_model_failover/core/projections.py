@@ -171,21 +171,12 @@ def _latency(model: ModelMetrics, latency: float) -> None:
     model.latency_buckets[bisect_left(LATENCY_BUCKETS, latency)] += 1
 
 
-def _set_state(
-    snap: Snapshot,
-    model_id: str,
-    to: HealthState,
-    at: datetime,
-    reason: str,
-    cause: str,
-    by: str = "",
-) -> HealthState:
-    state = snap.state_of(model_id)
-    before = state.state
-    state.state, state.since, state.reason, state.cause, state.by = to, at, reason, cause, by
+def _set_state(snap: Snapshot, event: StateChanged | Maintenance, to: HealthState) -> None:
+    state = snap.state_of(event.model_id)
+    state.state, state.since, state.reason, state.cause = to, event.at, event.reason, event.type
+    state.by = event.by if isinstance(event, Maintenance) else ""
     if to is HealthState.HEALTHY:
         state.streak = 0
-    return before
 
 
 def _audit(snap: Snapshot, entry: AuditEntry) -> None:
@@ -217,7 +208,7 @@ def _apply_state_changed(snap: Snapshot, event: StateChanged) -> None:
     ):
         return
     snap.metrics.state_changes += 1
-    _set_state(snap, event.model_id, event.to_state, event.at, event.reason, event.type)
+    _set_state(snap, event, event.to_state)
     _audit(
         snap,
         AuditEntry(
@@ -241,7 +232,7 @@ def _apply_maintenance(snap: Snapshot, event: Maintenance) -> None:
         target = current
     if target is not current:
         snap.metrics.state_changes += 1
-        _set_state(snap, event.model_id, target, event.at, event.reason, event.type, event.by)
+        _set_state(snap, event, target)
     _audit(
         snap,
         AuditEntry(
