@@ -117,6 +117,11 @@ def _remove(path: Path) -> None:
         Path(f"{path}{suffix}").unlink(missing_ok=True)
 
 
+# What an archive holds, by the version that made it: 2 since archives keep a snapshot every so
+# many copied events.
+ARCHIVE_FORMAT: Final = 2
+
+
 class LogCache:
     """The benchmark logs, built once each in ``folder`` and reused.
 
@@ -130,7 +135,12 @@ class LogCache:
         self.built: dict[int, float] = {}  # events -> seconds the build took (this run)
 
     def _marker(self, events: int, kind: str = "log") -> dict[str, Any]:
-        return {"kind": kind, "events": events, "schema": SCHEMA_VERSION}
+        marker: dict[str, Any] = {"kind": kind, "events": events, "schema": SCHEMA_VERSION}
+        if kind != "log":
+            # An archive made by an older version lacks what a newer one writes (its
+            # snapshots every so many events): it is made again.
+            marker["archive"] = ARCHIVE_FORMAT
+        return marker
 
     def _holds(self, path: Path, marker: dict[str, Any]) -> bool:
         with contextlib.suppress(OSError, ValueError):

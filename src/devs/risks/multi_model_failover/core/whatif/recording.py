@@ -163,8 +163,9 @@ class CallRecord:
         self.prio = prio
         self.engine = engine
         self.last_resort = False
-        # A stream the log shows broke after its first chunk: "none" (the call failed then),
-        # "restart" (the next client took over); None: replayed as a call.
+        # A stream's recovery ("none", "restart", "continue"): from ``call_started.stream``,
+        # or, in logs from before it, from how a break after the first chunk went on (a
+        # stream that did not break is then a call). None: replayed as a call.
         self.recovery: str | None = None
         self.attempts: dict[tuple[str, int], Observation] = {}
         self.current: Observation | None = None
