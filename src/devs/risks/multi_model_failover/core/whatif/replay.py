@@ -162,7 +162,8 @@ class WorldClient:
         than its engine's ``idle_timeout`` allows, until it ends as recorded (a stall stays
         a stall). One that failed before its first chunk sends none."""
         answer = self._answer()
-        end = answer.end if answer.end is not None else self._sim.now + answer.latency
+        now = self._sim.now
+        end = answer.end if answer.end is not None and answer.end >= now else now + answer.latency
         if answer.ok or answer.mid_stream:
             yield _CHUNK
             if not answer.silence and self._pace is not None:
@@ -444,8 +445,8 @@ class Replay:
 
 
 async def _run_call(engine: FailoverEngine, record: CallRecord) -> None:
-    """The recorded call again: a stream where the log shows one broke after its first chunk,
-    else a call (a stream that did not break is, to the engine, a call that answered)."""
+    """The recorded call again: a stream (with its recovery) where the log shows a stream,
+    else a call."""
     if record.recovery is None:
         await engine.call_with_outcome(record.call_id, timeout=record.timeout)
         return
