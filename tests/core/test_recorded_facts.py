@@ -16,7 +16,12 @@ from datetime import UTC, datetime
 import msgspec
 import pytest
 
-from devs.risks.multi_model_failover import EngineClosedError, ModelError, replay
+from devs.risks.multi_model_failover import (
+    AllModelsFailedError,
+    EngineClosedError,
+    ModelError,
+    replay,
+)
 from devs.risks.multi_model_failover.core.engine import FailoverEngine
 from devs.risks.multi_model_failover.core.events import (
     AttemptFailed,
@@ -211,7 +216,7 @@ async def test_engines_given_one_retry_budget_share_it() -> None:
     )
     try:
         for fo in (first, second):
-            with pytest.raises(Exception):  # noqa: B017, PT011 - every model fails
+            with pytest.raises(AllModelsFailedError):
                 await fo.call("hi")
         exhausted = [
             e.type

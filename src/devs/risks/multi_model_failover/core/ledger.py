@@ -83,26 +83,21 @@ class CallLedger:
         recovery); the call is in flight."""
         if self.closing:
             raise EngineClosedError("this MultiModelFailover is closed")
+        at = self._now()  # stamped before the prompt is hashed, as close to the start as can be
+        chars: int | None = None
+        digest: str | None = None
+        if self._fingerprint is not None:
+            chars, digest = self._fingerprint(call.prompt)
         event = CallStarted(
-            at=self._now(),
+            at=at,
             call_id=call.call_id,
             order=order,
             last_resort=last_resort,
+            prompt_chars=chars,
+            prompt_hash=digest,
             timeout=timeout,
             stream=stream,
         )
-        if self._fingerprint is not None:
-            chars, digest = self._fingerprint(call.prompt)
-            event = CallStarted(
-                at=event.at,
-                call_id=call.call_id,
-                order=order,
-                last_resort=last_resort,
-                prompt_chars=chars,
-                prompt_hash=digest,
-                timeout=timeout,
-                stream=stream,
-            )
         self._log.emit(event)
         self.in_flight.add(call)
 
