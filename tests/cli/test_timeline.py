@@ -111,6 +111,18 @@ def test_call_filter_shows_the_whole_story_of_one_call(run_cli: Run, incident_lo
     assert "call failed (exhausted)" in out[-1]
 
 
+def test_a_call_id_that_is_not_text_is_one_line_naming_the_option(
+    run_cli: Run, incident_log: Path
+) -> None:
+    """A byte that is not UTF-8 on the command line reaches Python as a surrogate (found by
+    tests/cli/test_fuzz_cli.py): no query can take it."""
+    result = run_cli("timeline", incident_log, "--call", b"\xff".decode(errors="surrogateescape"))
+    assert result.exit_code == 2
+    assert result.stderr.startswith("failover: --call: ")
+    assert "not valid text" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def test_model_filter_includes_failovers_to_that_model(run_cli: Run, incident_log: Path) -> None:
     out = lines(run_cli("timeline", incident_log, "--model", "tertiary", "--type", "failover"))
     assert out

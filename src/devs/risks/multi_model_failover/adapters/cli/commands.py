@@ -250,6 +250,17 @@ def _time(option: str, text: str | None) -> datetime | None:
         raise fail(f"{option}: {exc}") from None
 
 
+def _text(option: str, value: str | None) -> str | None:
+    """``value`` as given, unless it is not text: an argument that is not UTF-8 reaches Python
+    with surrogates (a file name may, a call id cannot), which no query can take."""
+    if value is not None:
+        try:
+            value.encode()
+        except UnicodeEncodeError:
+            raise fail(f"{option}: {value!r} is not valid text (not UTF-8)") from None
+    return value
+
+
 def _check_model(store: GroupCommitStore, model_id: str, chained: Chain | None = None) -> None:
     known = known_models(store)
     if chained is not None:
@@ -363,7 +374,7 @@ def timeline(
         flt = EventFilter(
             since=_time("--since", since),
             until=_time("--until", until),
-            call_id=call,
+            call_id=_text("--call", call),
             model_id=model,
             types=_check_types(types or ()),
             upto=store.last_seq(),
