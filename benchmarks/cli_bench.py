@@ -49,6 +49,7 @@ from devs.risks.multi_model_failover.core.events import (
     StateChanged,
 )
 from devs.risks.multi_model_failover.core.health import HealthState
+from devs.risks.multi_model_failover.storage.snapshots import SNAPSHOT_EVERY
 from devs.risks.multi_model_failover.storage.sqlite import SQLiteEventStore
 
 MODELS = ("primary", "secondary", "tertiary")
@@ -163,20 +164,25 @@ class _Script:
         )
 
 
-_FLUSH_EVERY = 200_000
-
-
 def build_log(path: Path, events: int, *, seed: int = 1) -> Path:
     """Write a synthetic event log of ``events`` events at ``path`` (replacing it), through the
-    store itself (rows, snapshots and indexes exactly as the engine writes them)."""
+    store itself (rows, snapshots and indexes as the engine writes them).
+
+    A live store takes a periodic snapshot every ``SNAPSHOT_EVERY`` events on a thread of its
+    own; at the build's pace (tens of thousands of events a second) that thread would fall
+    behind and leave them 100,000 or more apart. The build takes them itself, every
+    ``SNAPSHOT_EVERY`` events, as a log written at a production pace holds them."""
     for suffix in ("", "-wal", "-shm"):
         Path(f"{path}{suffix}").unlink(missing_ok=True)
     script = _Script(seed, timedelta(days=1), events)
-    with SQLiteEventStore(path, durability="buffered", writer=WRITER) as store:
+    with SQLiteEventStore(path, durability="buffered", writer=WRITER, snapshot_every=None) as store:
         for n, event in enumerate(itertools.islice(script.events(), events), 1):
             store.append(event)
-            if n % _FLUSH_EVERY == 0:  # stay well inside the store's buffer
+            if n % SNAPSHOT_EVERY == 0:
                 store.flush(timeout=None)
+                store.snapshots.take("periodic")
+        store.flush(timeout=None)
+        store.snapshots.take("close")
     return path
 
 

@@ -120,6 +120,9 @@ def _remove(path: Path) -> None:
 # What an archive holds, by the version that made it: 2 since archives keep a snapshot every so
 # many copied events.
 ARCHIVE_FORMAT: Final = 2
+# What a log holds besides its events: 2 since a log keeps a periodic snapshot per
+# ``snapshot_every`` events (before, only its two latest), which an archive starts from.
+SNAPSHOTS_FORMAT: Final = 2
 
 
 class LogCache:
@@ -135,7 +138,12 @@ class LogCache:
         self.built: dict[int, float] = {}  # events -> seconds the build took (this run)
 
     def _marker(self, events: int, kind: str = "log") -> dict[str, Any]:
-        marker: dict[str, Any] = {"kind": kind, "events": events, "schema": SCHEMA_VERSION}
+        marker: dict[str, Any] = {
+            "kind": kind,
+            "events": events,
+            "schema": SCHEMA_VERSION,
+            "snapshots": SNAPSHOTS_FORMAT,
+        }
         if kind != "log":
             # An archive made by an older version lacks what a newer one writes (its
             # snapshots every so many events): it is made again.

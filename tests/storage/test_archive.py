@@ -37,7 +37,7 @@ from devs.risks.multi_model_failover.core.events import (
     StateChanged,
 )
 from devs.risks.multi_model_failover.core.health import HealthState
-from devs.risks.multi_model_failover.core.projections import Snapshot, fold
+from devs.risks.multi_model_failover.core.projections import Snapshot, apply, fold
 from devs.risks.multi_model_failover.storage import GroupCommitStore
 from devs.risks.multi_model_failover.storage import archive as archiving
 from devs.risks.multi_model_failover.storage.archive import (
@@ -827,3 +827,169 @@ def test_the_sqlite_copy_is_byte_for_byte(open_log: Opener, tmp_path: Path) -> N
 
     with SQLiteEventStore(tmp_path / "old.sqlite3", create=False) as log:
         assert log.query(f"SELECT {columns} FROM events ORDER BY seq") == rows  # noqa: S608
+
+
+# -- the live log's snapshots stand in for the fold ------------------------------------------------
+
+EVERY = 100
+
+
+def periodic_snapshots(store: GroupCommitStore, events: list[Event], cursors: range) -> None:
+    """The live log's periodic snapshots at ``cursors``, as a store taking one every ``EVERY``
+    events leaves them (saved by hand: when the snapshot thread runs is not the point)."""
+    for cursor in cursors:
+        store.snapshots.save(fold(events[:cursor]), cursor, "periodic")
+
+
+def counting_folds(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """How many events the archive folds from now on."""
+    counted = [0]
+
+    def counting(snap: Snapshot, event: Event) -> None:
+        counted[0] += 1
+        apply(snap, event)
+
+    monkeypatch.setattr(archiving, "apply", counting)
+    return counted
+
+
+def archived_snapshot(path: Path, cursor: int) -> Snapshot:
+    with SQLiteEventStore(path, create=False) as log:
+        body = log.query("SELECT body FROM snapshots WHERE cursor = ?", (cursor,))[0][0]
+    return msgspec.msgpack.decode(body, type=Snapshot)
+
+
+def test_the_archive_copies_the_live_snapshots_and_folds_only_what_follows_the_last(
+    open_log: Opener, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The worker's Python work (what can hold up the event loop) no longer grows with the
+    range archived: the live log's periodic snapshots stand in for the fold."""
+    events = history(1_000)
+    write(open_log, events)
+    live = open_log(snapshot_every=EVERY)
+    periodic_snapshots(live, events, range(EVERY, 1_000, EVERY))
+    whole, before = live.snapshots.load()[0], everything(live)
+    folded = counting_folds(monkeypatch)
+    target = tmp_path / "old.sqlite3"
+
+    result = archive(live, before=T0 + 950 * STEP, to=target)
+
+    assert result.moved == 950
+    assert folded[0] == 50, "only the events after the last snapshot (900) are folded"
+    assert archived(target) + everything(live) == before
+    assert same_totals(live.snapshots.load()[0], whole)
+    assert same_totals(replay(target), fold(events[:950]))
+    kept = archive_snapshots(target)
+    assert {c for c, k in kept.items() if k == "archive"} == set(range(EVERY, 1_000, EVERY))
+    for cursor in range(EVERY, 1_000, EVERY):
+        assert same_totals(archived_snapshot(target, cursor), fold(events[:cursor])), cursor
+    assert live.snapshots.within(0, 950) == [], "moved out with their events"
+
+
+def test_a_snapshot_the_archive_cannot_trust_is_folded_over(
+    open_log: Opener, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    events = history(1_000)
+    write(open_log, events)
+    live = open_log(snapshot_every=EVERY)
+    periodic_snapshots(live, events, range(EVERY, 1_000, EVERY))
+    live.transaction(
+        [
+            ("UPDATE snapshots SET body = ? WHERE cursor = 500", (b"not msgpack",)),
+            ("UPDATE snapshots SET fold = '0-0123456789ab' WHERE cursor = 700", ()),
+        ]
+    )
+    whole, before = live.snapshots.load()[0], everything(live)
+    folded = counting_folds(monkeypatch)
+    target = tmp_path / "old.sqlite3"
+
+    archive(live, before=T0 + 950 * STEP, to=target)
+
+    # 401..500 (its snapshot does not decode) and 901..950; the one at 700 is another fold's,
+    # so the stretch 601..800 ends at 800's.
+    assert folded[0] == 150
+    assert archived(target) + everything(live) == before
+    assert same_totals(live.snapshots.load()[0], whole)
+    kept = {c for c, k in archive_snapshots(target).items() if k == "archive"}
+    assert kept == {100, 200, 300, 400, 500, 600, 800, 900}
+    for cursor in sorted(kept):
+        assert same_totals(archived_snapshot(target, cursor), fold(events[:cursor])), cursor
+
+
+def test_a_live_snapshot_that_lies_is_copied_and_verify_on_the_archive_says_so(
+    open_log: Opener, tmp_path: Path
+) -> None:
+    """The archive trusts the live log's snapshots as an engine's start-up does (this
+    version's fold wrote them); ``failover verify`` on the archive finds one that lies."""
+    events = history(1_000)
+    write(open_log, events)
+    live = open_log(snapshot_every=EVERY)
+    periodic_snapshots(live, events, range(EVERY, 1_000, EVERY))
+    lie = fold(events[:600])
+    lie.events += 1_000
+    live.transaction(
+        [
+            (
+                "UPDATE snapshots SET body = ? WHERE cursor = 600",
+                (msgspec.msgpack.encode(lie),),
+            )
+        ]
+    )
+    assert not live.snapshots.verify().ok
+    target = tmp_path / "old.sqlite3"
+
+    archive(live, before=T0 + 950 * STEP, to=target)
+
+    with SQLiteEventStore(target, create=False) as log:
+        check = log.snapshots.verify()
+    assert not check.ok
+    assert any("seq 600" in problem for problem in check.problems)
+
+
+@pytest.mark.usefixtures("small_slices")
+def test_a_run_stopped_between_slices_of_unread_stretches_completes_without_a_copy_twice(
+    open_log: Opener, tmp_path: Path
+) -> None:
+    events = history(1_000)
+    write(open_log, events)
+    live = open_log(snapshot_every=EVERY)
+    periodic_snapshots(live, events, range(EVERY, 1_000, EVERY))
+    before = everything(live)
+    target = tmp_path / "old.sqlite3"
+    asked = [0]
+
+    def stop() -> bool:
+        asked[0] += 1
+        return asked[0] in (5, 30)  # inside the stretch to 100, then to 300
+
+    assert not archive(live, before=T0 + 950 * STEP, to=target, stop=stop).complete
+    assert not archive(live, before=T0 + 950 * STEP, to=target, stop=stop).complete
+    assert archive(live, before=T0 + 950 * STEP, to=target).complete
+
+    assert archived(target) + everything(live) == before
+    kept = {c for c, k in archive_snapshots(target).items() if k == "archive"}
+    assert kept == set(range(EVERY, 1_000, EVERY))
+    assert same_totals(replay(target), fold(events[:950]))
+
+
+def test_a_row_this_version_cannot_read_in_an_unread_stretch_moves_intact(
+    tmp_path: Path,
+) -> None:
+    """A newer version's event, which this version's folds (and so its snapshots) skip: the
+    rows up to a snapshot are copied byte for byte, so it reaches the archive as it was,
+    for the version that wrote it. (In a stretch that is folded, it stops the archive.)"""
+    path, target = tmp_path / "live.sqlite3", tmp_path / "old.sqlite3"
+    events = history(1_000)
+    with SQLiteEventStore(path, snapshot_every=EVERY) as live:
+        for event in events:
+            live.append(event)
+        assert live.flush()
+        periodic_snapshots(live, events, range(EVERY, 1_000, EVERY))
+    with contextlib.closing(sqlite3.connect(path)) as conn, conn:
+        conn.execute("UPDATE events SET type = 'from_the_future' WHERE seq = 150")
+        row = conn.execute("SELECT type, at, body FROM events WHERE seq = 150").fetchone()
+
+    with SQLiteEventStore(path, snapshot_every=EVERY) as live:
+        assert archive(live, before=T0 + 950 * STEP, to=target).complete
+    with contextlib.closing(sqlite3.connect(target)) as conn:
+        assert conn.execute("SELECT type, at, body FROM events WHERE seq = 150").fetchone() == row

@@ -376,24 +376,60 @@ def test_a_stale_cut_with_a_snapshot_after_it_loads_from_that(open_log: OpenLog)
         store.snapshots.load(from_start=True)
 
 
-def test_pruning_keeps_the_latest_cut_and_the_two_latest_others(open_log: OpenLog) -> None:
+def test_pruning_keeps_a_periodic_snapshot_per_stretch_and_the_two_latest_close_ones(
+    open_log: OpenLog,
+) -> None:
     store = open_log()
-    cursors = []
-    for n in range(5):
-        cursors.append(write(store, history(2, first=10 * n)))
-        store.snapshots.take()
-    assert [c for c, _, _ in rows(store)] == cursors[-2:]
-
-    archive(store, cursors[-1])
-    assert [(c, k) for c, k, _ in rows(store)] == [(cursors[-1], "cut")]
-    later = [write(store, history(2, first=100 + 10 * n)) for n in range(3)]
-    for cursor in later:
+    last = write(store, history(12))  # about 53 events
+    store.snapshots.every = 10  # no commit follows: every snapshot below is saved by hand
+    for cursor in (3, 7, 12, 15, 19, 24, 33):
+        store.snapshots.save(true_fold(store, cursor), cursor, "periodic")
+    for cursor in (35, 37, 38):
         store.snapshots.save(true_fold(store, cursor), cursor, "close")
+
+    # The latest periodic one of each stretch of 10 seqs (0-9, 10-19, 20-29, 30-39) stays.
     assert [(c, k) for c, k, _ in rows(store)] == [
-        (cursors[-1], "cut"),
-        (later[1], "close"),
-        (later[2], "close"),
+        (7, "periodic"),
+        (19, "periodic"),
+        (24, "periodic"),
+        (33, "periodic"),
+        (37, "close"),
+        (38, "close"),
     ]
+    assert store.snapshots.within(0, last) == [7, 19, 24, 33, 37, 38]
+    assert store.snapshots.within(7, 33) == [19, 24, 33]
+
+    whole = true_fold(store)
+    archive(store, 24)
+    assert [(c, k) for c, k, _ in rows(store)] == [
+        (24, "cut"),
+        (33, "periodic"),
+        (37, "close"),
+        (38, "close"),
+    ]
+    assert store.snapshots.within(0, last) == [33, 37, 38], "never the cut"
+    assert store.snapshots.load() == (whole, last)
+
+
+def test_an_old_periodic_snapshot_is_where_a_question_about_its_time_starts(
+    open_log: OpenLog,
+) -> None:
+    store = open_log()
+    write(store, history(12))
+    store.snapshots.every = 10
+    for cursor in (9, 19, 29, 39):
+        store.snapshots.save(true_fold(store, cursor), cursor, "periodic")
+    # A snapshot that lies: a load up to seq 25 starts from the one at 19, not from the start.
+    wrong = true_fold(store, 19)
+    wrong.events += 1000
+    store.transaction([("DELETE FROM snapshots WHERE cursor = 19", ())])
+    put_row(store, 19, "periodic", FOLD_KEY, msgspec.msgpack.encode(wrong))
+
+    snap, cursor = store.snapshots.load(upto=25)
+    assert cursor == 25
+    assert snap.events == true_fold(store, 25).events + 1000
+    assert store.snapshots.at(19) == wrong
+    assert not store.snapshots.verify().ok
 
 
 def test_a_snapshot_never_replaces_a_cut_at_the_same_cursor(open_log: OpenLog) -> None:
@@ -508,7 +544,7 @@ def test_verify_checks_every_snapshot_against_the_fold(open_log: OpenLog) -> Non
     first = write(store, history(5))
     store.snapshots.take()
     last = write(store, history(5, first=100))
-    store.snapshots.take()
+    store.snapshots.take("close")
 
     check = store.snapshots.verify()
     assert isinstance(check, SnapshotCheck)

@@ -39,8 +39,9 @@ up was the worker holding the GIL: whole slices of events decoded into lists and
 From an SQLite log (row format 2) SQLite now copies the rows itself, byte for byte, with one
 ``INSERT ... SELECT`` per slice through a connection of our own with the archive attached (the
 sqlite3 module lets go of the GIL while a statement runs; the live log is only read). The fold
-that the snapshots need reads the same rows one at a time, so no list of events is kept and
-the GIL is handed back within the interpreter's switch interval. Measured here (2 cores shared
+that the cut needs reads the same rows one at a time (only those after the live log's last
+snapshot, see below), so no list of events is kept and the GIL is handed back within the
+interpreter's switch interval. Measured here (2 cores shared
 with other jobs, so noisy), archiving half of a 1M-event log on a worker thread, runs of the
 old and new code interleaved: the loop's longest stall 6 to 24 ms, median 14 (7 runs), against
 14 to 89 ms, median 15.5 (6 runs) before; 9 to 15 s against 11 to 20 s. The Python the worker
@@ -49,13 +50,14 @@ stalls came with the machine's other jobs (the idle loop's own gaps reached 5 ms
 PostgreSQL, an in-memory or an older-format log: through the stores, as before (each event
 decoded and written again).
 
-**The archive's snapshots.** Every N copied events (at each ``seq`` that is a multiple of N,
-N being the live store's ``snapshot_every``, or ``SNAPSHOT_EVERY`` when it takes none) the
-archive gets an ``archive`` snapshot of the fold up to there, never pruned: a question about an
-instant inside the archive folds at most N events past one (``adapters/cli/archived.py``). The
-copy folds every event it moves from the base (the live log keeps only its two latest
-snapshots: they cannot stand in); a rerun folds the events a stopped run copied again and adds
-the snapshots it left out.
+**The archive's snapshots.** The live log keeps a periodic snapshot per N events (N being
+the live store's ``snapshot_every``, or ``SNAPSHOT_EVERY`` when it takes none): those of the
+events moved go into the archive as ``archive`` snapshots, and the events up to each are copied
+unread; only the events after the last one are folded for the cut. A stretch of more than 2N
+events without one is folded as it is copied, the archive getting a snapshot at each multiple
+of N in it (see ``_Copying``). Never pruned: a question about an instant inside the archive
+folds at most about N events past one (``adapters/cli/archived.py``). A rerun adds the
+snapshots a stopped run left out.
 
 **Appending.** An archive file continues: its events must end just before the ones added
 (the same log: its ``meta`` names the log in ``archive_of``). A file that is not an event log,
@@ -79,8 +81,10 @@ duration, which we never do).
 their own files (nothing lost, but two copies); in a fleet sharing a PostgreSQL log, give
 ``retention`` to one replica only, or archive from one cron job.
 
-A row this version cannot read (a newer version's event type, a damaged row) stops the archive
-before anything is deleted: it would otherwise be lost with no copy.
+A row this version cannot read (a newer version's event type, a damaged row) in a stretch the
+archive folds, or on the generic path (which writes what it decoded), stops the archive before
+anything is deleted: it would otherwise be lost with no copy. In a stretch copied unread (up to
+a live snapshot, on the SQLite path) it moves byte for byte, for the version that wrote it.
 """
 
 from __future__ import annotations
@@ -218,12 +222,10 @@ def archive(
         if cut < first:
             space = _give_back(store) if moved else "nothing freed"
             return _result(store, path, moved, 0, None, size_before, started, space=space)
-        # The copy folds every event from the base as it goes (also those an earlier, stopped
-        # run copied already): the cut snapshot and the archive's own ones need no other read.
-        # (The live log's periodic snapshots cannot stand in: it keeps only its two latest.)
-        snap = base
-        copied, done = _copy(store, target, first - 1, cut, should_stop, snap)
-        if not done:
+        # The fold up to the cut comes with the copy: from the live log's last snapshot
+        # before it, or folded from the base where the log has none (see ``_Copying``).
+        copied, snap = _copy(store, target, first - 1, cut, should_stop, base)
+        if snap is None:
             return _result(store, path, moved, copied, None, size_before, started, complete=False)
         # Not a cut: the archive holds the events up to it. Its replay starts here.
         target.snapshots.save(snap, cut, "close")
@@ -448,10 +450,11 @@ def _copy(
     upto: int,
     stop: Callable[[], bool],
     folding: Snapshot,
-) -> tuple[int, bool]:
-    """Fold the live events ``after < seq <= upto`` into ``folding`` and copy those that
-    ``target`` does not hold yet; returns how many were copied, and False when ``stop``
-    ended it early. See ``_Copying``."""
+) -> tuple[int, Snapshot | None]:
+    """Copy the live events ``after < seq <= upto`` that ``target`` does not hold yet, with
+    the snapshots the archive keeps; ``folding`` is the fold up to ``after``. Returns how many
+    were copied and the fold up to ``upto`` (None when ``stop`` ended it early). See
+    ``_Copying``."""
     held = _scalar(target, "SELECT max(seq) FROM events")
     copying = _Copying(
         store=store,
@@ -466,17 +469,26 @@ def _copy(
 
 @dataclass
 class _Copying:
-    """Copies a live log's events into its archive, a slice per transaction, folding each
-    event into ``snap`` on the way and giving the archive an ``archive`` snapshot at every
-    multiple of ``every`` (a later question about an instant in the archive then folds at
-    most ``every`` events past one).
+    """Copies a live log's events into its archive, a slice per transaction, with the
+    snapshots that let a later question about an instant in the archive fold at most about
+    ``every`` events past one.
+
+    The live log keeps a periodic snapshot per ``every`` events (``storage.snapshots``): each
+    one in the range is an *anchor*. The events up to an anchor no more than ``2 * every``
+    past the last one are copied without being read by Python (SQLite copies the rows byte
+    for byte), and the anchor goes into the archive as an ``archive`` snapshot: the worker's
+    Python work no longer grows with the range. The events after the last anchor, and any
+    longer stretch without one (a log written before snapshots were kept, or by a store that
+    takes none), are folded into ``snap`` as they are copied, the archive getting an
+    ``archive`` snapshot at every multiple of ``every`` in them.
 
     The events up to ``held`` are in the archive already (a stopped run copied them): they
-    are folded, and the snapshots they lack are added, but not copied again.
+    are not copied again, and the snapshots they lack are added.
 
-    Per slice: fold (so a row this version cannot read stops the run before it is copied),
-    copy, then the snapshot at the slice's end when it is due (a run stopped between the two
-    leaves it out; the next run adds it). A slice never crosses a multiple of ``every``.
+    Per slice: fold when folding (so a row this version cannot read stops the run before it
+    is copied), copy, then the snapshot at the slice's end when it is due (a run stopped
+    between the two leaves it out; the next run adds it). A slice never crosses an anchor or
+    a multiple of ``every``.
     """
 
     store: GroupCommitStore
@@ -486,24 +498,57 @@ class _Copying:
     every: int
     stop: Callable[[], bool]
 
-    def run(self, after: int, upto: int) -> tuple[int, bool]:
-        """Copy and fold the events ``after < seq <= upto``; returns how many were copied,
-        and False when ``stop`` ended it early."""
+    def run(self, after: int, upto: int) -> tuple[int, Snapshot | None]:
+        """Copy the events ``after < seq <= upto``; see ``_copy``."""
+        anchors = self.store.snapshots.within(after, upto)
         with self._source() as conn:
             copied = 0
-            while after < upto:
-                due = (after // self.every + 1) * self.every
-                high = min(upto, after + COPY_SLICE, due)
-                if conn is None:
-                    copied += self._generic_slice(after, high)
-                else:
-                    copied += self._sql_slice(conn, after, high)
-                if high == due and not self._has_snapshot(due):
-                    self.target.snapshots.save(self.snap, due, "archive")
-                after = high
-                if after < upto and self.stop():
-                    return copied, False
-            return copied, True
+            for anchor in [*anchors, None]:
+                end = upto if anchor is None else anchor
+                # A stretch to an anchor is copied unread when the anchor can be trusted.
+                found = None if end - after > 2 * self.every else self._anchor(anchor)
+                count, done = self._stretch(conn, after, end, found)
+                copied += count
+                after = end
+                if not done or (after < upto and self.stop()):
+                    return copied, None
+            return copied, self.snap
+
+    def _anchor(self, cursor: int | None) -> Snapshot | None:
+        """The live log's snapshot at ``cursor`` (None: none, or not trusted)."""
+        return None if cursor is None else self.store.snapshots.at(cursor)
+
+    def _stretch(
+        self, conn: sqlite3.Connection | None, after: int, upto: int, anchor: Snapshot | None
+    ) -> tuple[int, bool]:
+        """Copy ``after < seq <= upto``, a slice at a time: unread when ``anchor`` (the fold
+        up to ``upto``) is given, which then becomes ``snap`` and the archive's snapshot there;
+        else folding into ``snap``. Returns how many were copied, and False when ``stop``
+        ended it early."""
+        fold = anchor is None
+        copied = 0
+        while after < upto:
+            due = (after // self.every + 1) * self.every
+            high = min(upto, after + COPY_SLICE, due if fold else upto)
+            if conn is None:
+                copied += self._generic_slice(after, high, fold=fold)
+            else:
+                copied += self._sql_slice(conn, after, high, fold=fold)
+            after = high
+            if fold and high == due:
+                self._keep(self.snap, due)
+            if after < upto and self.stop():
+                return copied, False
+        if anchor is not None:
+            self._keep(anchor, upto)
+            self.snap = anchor
+        return copied, True
+
+    def _keep(self, snap: Snapshot, cursor: int) -> None:
+        """Give the archive an ``archive`` snapshot at ``cursor`` unless it has one."""
+        found = self.target.query("SELECT count(*) FROM snapshots WHERE cursor = ?", (cursor,))
+        if not found[0][0]:
+            self.target.snapshots.save(snap, cursor, "archive")
 
     @contextlib.contextmanager
     def _source(self) -> Iterator[sqlite3.Connection | None]:
@@ -535,11 +580,21 @@ class _Copying:
         finally:
             conn.close()
 
-    def _sql_slice(self, conn: sqlite3.Connection, after: int, high: int) -> int:
-        """One slice on the SQLite path: each row folded as it is read (no list of events, so
-        nothing lives long enough to reach the old generations of the garbage collector), then
-        the rows copied file to file by SQLite itself, byte for byte, in one statement (the
-        sqlite3 module lets go of the GIL while it runs: the event loop is not held up)."""
+    def _sql_slice(self, conn: sqlite3.Connection, after: int, high: int, *, fold: bool) -> int:
+        """One slice on the SQLite path: when folding, each row folded as it is read (no list
+        of events, so nothing lives long enough to reach the old generations of the garbage
+        collector); then the rows copied file to file by SQLite itself, byte for byte, in one
+        statement (the sqlite3 module lets go of the GIL while it runs: the event loop is not
+        held up)."""
+        count = self._fold_rows(conn, after, high) if fold else None
+        if high <= self.held:
+            return 0
+        low = max(after, self.held)
+        expected = count if count is not None and low == after else _count(conn, low, high)
+        return _copy_rows(conn, low, high, expected)
+
+    def _fold_rows(self, conn: sqlite3.Connection, after: int, high: int) -> int:
+        """Fold the live rows ``after < seq <= high`` into ``snap``; how many there were."""
         read = conn.execute(_READ_SLICE.format(columns=self.store.event_columns), (after, high))
         news: Counter[str] = Counter()
         count = 0
@@ -548,24 +603,18 @@ class _Copying:
             if event is not None:  # never None when nothing is skipped; for the type checker
                 apply(self.snap, event)
                 count += 1
-        if high <= self.held:
-            return 0
-        low = max(after, self.held)
-        return _copy_rows(conn, low, high, count if low == after else _count(conn, low, high))
+        return count
 
-    def _generic_slice(self, after: int, high: int) -> int:
-        """One slice through the stores: read (decoded), folded, written."""
+    def _generic_slice(self, after: int, high: int, *, fold: bool) -> int:
+        """One slice through the stores: read (decoded), folded when folding, written."""
         pairs = read_rows(self.store, after=after, upto=high)
-        for event, _ in pairs:
-            apply(self.snap, event)
+        if fold:
+            for event, _ in pairs:
+                apply(self.snap, event)
         fresh = [pair for pair in pairs if pair[0].seq > self.held]
         if fresh:
             self.target.write_events(fresh)
         return len(fresh)
-
-    def _has_snapshot(self, cursor: int) -> bool:
-        found = self.target.query("SELECT count(*) FROM snapshots WHERE cursor = ?", (cursor,))
-        return bool(found[0][0])
 
 
 _READ_SLICE: Final = "SELECT {columns} FROM main.events WHERE seq > ? AND seq <= ? ORDER BY seq"
