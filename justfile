@@ -8,13 +8,15 @@ python := env_var_or_default("PYTHON", "python3")
 demo log="var/demo/events.sqlite3":
     failover demo --log {{log}}
 
-# Lint, then every fast test with coverage (gate: 90% of the package's lines).
+# Lint, then every fast test with coverage (gate: 90% of the package's lines), one worker per
+# core (pytest-xdist: most tests wait on timers, sockets and subprocesses; `-n 0` runs them
+# in this process).
 test *args: lint
-    {{python}} -m pytest -m "not slow" --cov --cov-report=term {{args}}
+    {{python}} -m pytest -m "not slow" -n auto --cov --cov-report=term {{args}}
 
-# Every test, the slow reliability ones included (CI runs this).
+# Every test, the slow reliability ones included.
 test-all *args: lint
-    {{python}} -m pytest --cov --cov-report=term {{args}}
+    {{python}} -m pytest -n auto --cov --cov-report=term {{args}}
 
 # Each version: pyenv's interpreter, else pythonX.Y on PATH; its venv is var/venvs/pyX.Y.Z.
 # The fast suite on the other CPythons we support (`just test` runs python3), skipping absent ones.
@@ -40,7 +42,7 @@ test-pythons versions="3.12 3.13":
         [ -x "$venv/bin/python" ] || "$python" -m venv "$venv"
         "$venv/bin/python" -m pip install -q -e '.[dev]'
         echo "test-pythons: the fast suite on CPython $full ($python)"
-        "$venv/bin/python" -m pytest -m "not slow" -q -p no:cacheprovider --ignore=tests/cli \
+        "$venv/bin/python" -m pytest -m "not slow" -n auto -q -p no:cacheprovider --ignore=tests/cli \
             || failed="$failed $full"
     done
     if [ -n "$failed" ]; then echo "test-pythons: failed on CPython$failed"; exit 1; fi
