@@ -283,6 +283,32 @@ def test_another_folds_snapshot_is_ignored_and_logged_once(
     assert OLD_KEY in str(warnings[0]["message"])
 
 
+def test_after_an_upgrade_a_log_full_of_old_snapshots_is_one_warning_then_cleared(
+    open_log: OpenLog, log_records: list[dict[str, Any]]
+) -> None:
+    """A log keeps a periodic snapshot per ``every`` events: after the fold changes, every
+    one of them is another version's. One line says so, not one per snapshot; the next
+    periodic snapshot of this version clears them (none could ever be used again)."""
+    store = open_log()
+    last = write(store, history(12))
+    for cursor in range(5, 50, 5):
+        put_row(store, cursor, "periodic", OLD_KEY, msgspec.msgpack.encode(true_fold(store)))
+
+    ignored = [n for n in store.snapshots.verify().notes if "another version" in n]
+    assert ignored == [
+        f"ignored: 9 snapshots (seq 5 to 45) written by another version of the fold "
+        f"({OLD_KEY}; this version's is {FOLD_KEY})"
+    ]
+    assert store.snapshots.load() == (true_fold(store), last)
+
+    warnings = [r for r in log_records if "snapshot" in str(r["message"])]
+    assert len(warnings) == 1
+    assert "seq 45" in str(warnings[0]["message"])
+    assert "as are 8 earlier ones" in str(warnings[0]["message"])
+    store.snapshots.take("periodic")
+    assert rows(store) == [(last, "periodic", FOLD_KEY)]
+
+
 def test_a_stale_snapshot_is_replaced_by_the_next_one(open_log: OpenLog) -> None:
     store = open_log()
     last = write(store, history(6))
@@ -409,6 +435,18 @@ def test_pruning_keeps_a_periodic_snapshot_per_stretch_and_the_two_latest_close_
     ]
     assert store.snapshots.within(0, last) == [33, 37, 38], "never the cut"
     assert store.snapshots.load() == (whole, last)
+
+
+def test_verify_says_in_one_line_that_many_snapshots_agree(open_log: OpenLog) -> None:
+    store = open_log()
+    write(store, history(12))
+    store.snapshots.every = 5
+    for cursor in range(5, 50, 5):
+        store.snapshots.save(true_fold(store, cursor), cursor, "periodic")
+
+    check = store.snapshots.verify()
+    assert check.checked == tuple(range(5, 50, 5))
+    assert check.lines() == ["snapshots agree with the log: 9 of them, seq 5 to 45"]
 
 
 def test_an_old_periodic_snapshot_is_where_a_question_about_its_time_starts(

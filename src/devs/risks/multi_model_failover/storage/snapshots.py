@@ -20,8 +20,11 @@ Kinds:
 
 ``load`` starts from the latest snapshot at or before where it is asked to stop whose key is
 this version's, and folds the events after it. A snapshot of another fold (an older or newer
-version) or one that does not decode is ignored (logged once) and never trusted: the load folds
-from an earlier point, and the next snapshot replaces it. A stale or damaged *cut* cannot be
+version) or one that does not decode is ignored (logged once; another fold's snapshots in one
+line for them all) and never trusted: the load folds from an earlier point, and the next
+snapshot replaces it (a periodic one of this version deletes every periodic one of another
+fold before it: after an upgrade none of them could be used again). A stale or damaged *cut*
+cannot be
 folded over (its events are archived): ``EventLogError`` says so and names the archives.
 
 A store keeps the latest cut and, after it, every ``archive`` snapshot, one ``periodic``
@@ -86,8 +89,12 @@ _PRUNE: Final = (
     "(SELECT cursor FROM snapshots WHERE kind = 'close' ORDER BY cursor DESC LIMIT 2) AS latest)",
 )
 # A periodic snapshot replaces the earlier periodic ones of its stretch of ``every`` seqs
-# (integer division in both backends' SQL).
-_THIN: Final = "DELETE FROM snapshots WHERE kind = 'periodic' AND cursor < ? AND cursor / ? = ? / ?"
+# (integer division in both backends' SQL), and every earlier periodic one of another fold:
+# after an upgrade, none of them would ever be used or replaced.
+_THIN: Final = (
+    "DELETE FROM snapshots WHERE kind = 'periodic' AND cursor < ? AND "
+    "(fold <> ? OR cursor / ? = ? / ?)"
+)
 
 
 class SnapshotStore(Protocol):
@@ -161,7 +168,13 @@ class SnapshotCheck:
         """One printable line per finding: problems first, then notes."""
         found = [f"problem: {problem}" for problem in self.problems]
         if self.checked and self.ok:
-            found.append("snapshots agree with the log: seq " + ", ".join(map(str, self.checked)))
+            seqs = self.checked
+            listed = (
+                "seq " + ", ".join(map(str, seqs))
+                if len(seqs) <= _DIFFS
+                else f"{len(seqs)} of them, seq {seqs[0]} to {seqs[-1]}"
+            )
+            found.append(f"snapshots agree with the log: {listed}")
         found += [f"note: {note}" for note in self.notes]
         return found
 
@@ -283,7 +296,7 @@ class Snapshots:
         statements += [(sql, ()) for sql in _PRUNE]
         if kind == "periodic":
             every = self.every or SNAPSHOT_EVERY
-            statements.append((_THIN, (cursor, every, cursor, every)))
+            statements.append((_THIN, (cursor, FOLD_KEY, every, cursor, every)))
         self.store.transaction(statements)
         self.taken += 1
 
@@ -390,14 +403,20 @@ class Snapshots:
                 f"archived{self._archives()}; the log cannot be folded up to seq {upto} here"
             )
         if not from_start:
+            stale: list[_Row] = []
             for row in headers:
                 if row.cursor > upto or row.kind == "cut":
                     continue
                 if cut is not None and row.cursor < cut.cursor:
                     break
-                found = self._trusted(row)
+                if row.fold != FOLD_KEY:
+                    stale.append(row)
+                    continue
+                found = self._body(row)
                 if found is not None:
+                    self._ignore_stale(stale)
                     return found, row.cursor
+            self._ignore_stale(stale)
         if cut is None:
             return Snapshot(), 0
         base = self._trusted(cut, warn=False)
@@ -460,6 +479,13 @@ class Snapshots:
                 self._ignore(row, _stale(row))
             return None
         return self._body(row)
+
+    def _ignore_stale(self, rows: list[_Row]) -> None:
+        """Say once that another fold's snapshots were passed over: one line for them all
+        (after an upgrade a log may hold one per ``every`` events)."""
+        if rows:
+            more = f", as are {len(rows) - 1} earlier ones" if len(rows) > 1 else ""
+            self._ignore(rows[0], _stale(rows[0]) + more)
 
     def _ignore(self, row: _Row, why: str) -> None:
         """Say once per snapshot that it is ignored."""
@@ -543,6 +569,7 @@ class Snapshots:
         """The snapshots ``verify`` compares with the log, oldest first; a note for each
         other one."""
         targets: list[_Row] = []
+        stale: list[_Row] = []
         for row in sorted(headers, key=lambda r: r.cursor):
             if row.kind == "cut":
                 if row is cut:
@@ -555,9 +582,20 @@ class Snapshots:
                 notes.append(f"the {row.kind} snapshot at seq {row.cursor} is before the cut")
                 continue
             if row.fold != FOLD_KEY:
-                notes.append(f"ignored: the {row.kind} snapshot at seq {row.cursor}: {_stale(row)}")
+                stale.append(row)
                 continue
             targets.append(row)
+        if len(stale) == 1:
+            notes.append(
+                f"ignored: the {stale[0].kind} snapshot at seq {stale[0].cursor}: "
+                f"{_stale(stale[0])}"
+            )
+        elif stale:  # after an upgrade, one per ``every`` events: one line for them all
+            keys = ", ".join(sorted({row.fold for row in stale}))
+            notes.append(
+                f"ignored: {len(stale)} snapshots (seq {stale[0].cursor} to {stale[-1].cursor}) "
+                f"written by another version of the fold ({keys}; this version's is {FOLD_KEY})"
+            )
         return targets
 
 
