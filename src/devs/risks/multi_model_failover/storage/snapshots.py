@@ -358,8 +358,12 @@ class Snapshots:
     def at(self, cursor: int) -> Snapshot | None:
         """The snapshot at ``cursor`` if this version trusts it (its fold, and it decodes);
         None otherwise (none there, another version's, damaged: said once)."""
-        found = [row for row in self._headers() if row.cursor == cursor]
-        return self._trusted(found[0]) if found else None
+        sql = "SELECT cursor, kind, fold FROM snapshots WHERE cursor = ?"
+        found = self.store.query(sql, (cursor,)) if self.store.has_snapshots else []
+        if not found:
+            return None
+        (cursor_, kind, key), *_ = found
+        return self._trusted(_Row(int(cursor_), str(kind), str(key)))
 
     def _load(
         self,
