@@ -402,7 +402,7 @@ def test_a_stale_cut_with_a_snapshot_after_it_loads_from_that(open_log: OpenLog)
         store.snapshots.load(from_start=True)
 
 
-def test_pruning_keeps_a_periodic_snapshot_per_stretch_and_the_two_latest_close_ones(
+def test_pruning_keeps_the_latest_periodic_or_close_snapshot_of_each_stretch(
     open_log: OpenLog,
 ) -> None:
     store = open_log()
@@ -413,27 +413,22 @@ def test_pruning_keeps_a_periodic_snapshot_per_stretch_and_the_two_latest_close_
     for cursor in (35, 37, 38):
         store.snapshots.save(true_fold(store, cursor), cursor, "close")
 
-    # The latest periodic one of each stretch of 10 seqs (0-9, 10-19, 20-29, 30-39) stays.
+    # The latest of each stretch of 10 seqs (0-9, 10-19, 20-29, 30-39) stays.
     assert [(c, k) for c, k, _ in rows(store)] == [
         (7, "periodic"),
         (19, "periodic"),
         (24, "periodic"),
-        (33, "periodic"),
-        (37, "close"),
         (38, "close"),
     ]
-    assert store.snapshots.within(0, last) == [7, 19, 24, 33, 37, 38]
-    assert store.snapshots.within(7, 33) == [19, 24, 33]
+    assert store.snapshots.within(0, last) == [7, 19, 24, 38]
+    assert store.snapshots.within(7, 24) == [19, 24]
+    store.snapshots.save(true_fold(store, 45), 45, "close")
+    assert [c for c, _, _ in rows(store)] == [7, 19, 24, 38, 45]
 
     whole = true_fold(store)
     archive(store, 24)
-    assert [(c, k) for c, k, _ in rows(store)] == [
-        (24, "cut"),
-        (33, "periodic"),
-        (37, "close"),
-        (38, "close"),
-    ]
-    assert store.snapshots.within(0, last) == [33, 37, 38], "never the cut"
+    assert [(c, k) for c, k, _ in rows(store)] == [(24, "cut"), (38, "close"), (45, "close")]
+    assert store.snapshots.within(0, last) == [38, 45], "never the cut"
     assert store.snapshots.load() == (whole, last)
 
 
@@ -580,9 +575,10 @@ def test_a_log_from_before_snapshots_loads_by_folding(tmp_path: Path) -> None:
 def test_verify_checks_every_snapshot_against_the_fold(open_log: OpenLog) -> None:
     store = open_log()
     first = write(store, history(5))
-    store.snapshots.take()
     last = write(store, history(5, first=100))
-    store.snapshots.take("close")
+    store.snapshots.every = 20  # no commit follows; seq 24 and 47 are in stretches of their own
+    store.snapshots.save(true_fold(store, first), first, "periodic")
+    assert store.snapshots.take("close") == last
 
     check = store.snapshots.verify()
     assert isinstance(check, SnapshotCheck)

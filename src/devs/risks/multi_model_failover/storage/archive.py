@@ -207,8 +207,8 @@ def archive(
             ),
         ]
     )
-    moved = _finish_recorded(store, should_stop)
-    if should_stop():
+    moved, finished = _finish_recorded(store, should_stop)
+    if not finished or should_stop():
         return _result(store, path, moved, 0, None, size_before, started, complete=False)
     first = _scalar(store, "SELECT min(seq) FROM events")
     cut = cut_before(store, before)
@@ -227,8 +227,9 @@ def archive(
         copied, snap = _copy(store, target, first - 1, cut, should_stop, base)
         if snap is None:
             return _result(store, path, moved, copied, None, size_before, started, complete=False)
-        # Not a cut: the archive holds the events up to it. Its replay starts here.
-        target.snapshots.save(snap, cut, "close")
+        # Not a cut: the archive holds the events up to it. Its replay starts here. Of kind
+        # ``archive``, never pruned: it stays when a later run continues the file.
+        target.snapshots.save(snap, cut, "archive")
         _record(store, target, path, first, cut)
     store.snapshots.save(snap, cut, "cut")
     deleted, done = _delete(store, first, cut, should_stop)
@@ -701,13 +702,15 @@ def _iso(at: datetime) -> str:
 # -- cutting the live log ----------------------------------------------------------------------
 
 
-def _finish_recorded(store: GroupCommitStore, stop: Callable[[], bool]) -> int:
+def _finish_recorded(store: GroupCommitStore, stop: Callable[[], bool]) -> tuple[int, bool]:
     """Complete a run stopped after it recorded its archive: the cut snapshot (if missing)
-    and the deletion of the recorded range. Returns how many events it deleted."""
+    and the deletion of the recorded range. Returns how many events it deleted, and False
+    when ``stop`` ended it before the range was gone (the run must end there: the log still
+    holds events before its cut)."""
     cut = cut_of(store)
     first = _scalar(store, "SELECT min(seq) FROM events")
     if first is None or first > cut:
-        return 0
+        return 0, True
     logger.warning(
         "event log {}: completing an archive run that was stopped: seq {} to {} are archived "
         "but still in the log",
@@ -717,9 +720,7 @@ def _finish_recorded(store: GroupCommitStore, stop: Callable[[], bool]) -> int:
     )
     if not _scalar(store, "SELECT count(*) FROM snapshots WHERE cursor = ?", (cut,)):
         store.snapshots.save(_snapshot_at(store, cut), cut, "cut")
-    deleted, done = _delete(store, int(first), cut, stop)
-    del done  # what is left is deleted by the next run
-    return deleted
+    return _delete(store, int(first), cut, stop)
 
 
 def _delete(

@@ -27,13 +27,12 @@ fold before it: after an upgrade none of them could be used again). A stale or d
 cannot be
 folded over (its events are archived): ``EventLogError`` says so and names the archives.
 
-A store keeps the latest cut and, after it, every ``archive`` snapshot, one ``periodic``
-snapshot per ``every`` events of ``seq`` (the latest taken in each stretch ``k * every <= cursor
-< (k + 1) * every``) and the two latest ``close`` ones; the others are pruned each time one is
-saved. The periodic ones stay until an archive moves their events out: the archive copies
-them, so that it folds at most about ``every`` events whatever it moves, and a question about
-an old instant folds at most that many past one. They cost a few KB per ``every`` events (1 to
-3% of the log's size at the default).
+A store keeps the latest cut and, after it, every ``archive`` snapshot and one ``periodic`` or
+``close`` snapshot per ``every`` events of ``seq`` (the latest taken in each stretch ``k * every
+<= cursor < (k + 1) * every``); the others are pruned each time one is saved. They stay until
+an archive moves their events out: the archive copies them, so that it folds at most about
+``every`` events whatever it moves, and a question about an old instant folds at most that many
+past one. They cost a few KB per ``every`` events (1 to 3% of the log's size at the default).
 """
 
 from __future__ import annotations
@@ -83,16 +82,13 @@ _PRUNE: Final = (
     # Snapshots from before the cut: the events between them and the cut are gone.
     "DELETE FROM snapshots WHERE kind <> 'cut' AND cursor < "
     "(SELECT max(cursor) FROM snapshots WHERE kind = 'cut')",
-    # All but the two latest close snapshots (the periodic ones are thinned when one is saved;
-    # an archive's own snapshots stay: see ``archive``).
-    "DELETE FROM snapshots WHERE kind = 'close' AND cursor < (SELECT min(cursor) FROM "
-    "(SELECT cursor FROM snapshots WHERE kind = 'close' ORDER BY cursor DESC LIMIT 2) AS latest)",
 )
-# A periodic snapshot replaces the earlier periodic ones of its stretch of ``every`` seqs
-# (integer division in both backends' SQL), and every earlier periodic one of another fold:
-# after an upgrade, none of them would ever be used or replaced.
+# A periodic or close snapshot replaces the earlier ones of its stretch of ``every`` seqs
+# (integer division in both backends' SQL), and every earlier one of another fold: after an
+# upgrade, none of them would ever be used or replaced. (Engines that each append fewer than
+# ``every`` events take no periodic one: their close ones are the log's snapshots.)
 _THIN: Final = (
-    "DELETE FROM snapshots WHERE kind = 'periodic' AND cursor < ? AND "
+    "DELETE FROM snapshots WHERE kind IN ('periodic', 'close') AND cursor < ? AND "
     "(fold <> ? OR cursor / ? = ? / ?)"
 )
 
@@ -294,7 +290,7 @@ class Snapshots:
                 (insert + " ON CONFLICT (cursor) DO NOTHING", row),
             ]
         statements += [(sql, ()) for sql in _PRUNE]
-        if kind == "periodic":
+        if kind in ("periodic", "close"):
             every = self.every or SNAPSHOT_EVERY
             statements.append((_THIN, (cursor, FOLD_KEY, every, cursor, every)))
         self.store.transaction(statements)

@@ -188,20 +188,22 @@ def fold_into(snapshot: Snapshot, events: Iterable[Event]) -> Snapshot:
 def snapshot_at(
     store: GroupCommitStore, at: datetime | None = None, types: tuple[str, ...] = ()
 ) -> Snapshot:
-    """The projection of the log up to ``at`` (default: all of it), as replay would fold it.
+    """The projection of the log up to ``at`` (default: all of it): the events stamped at or
+    before ``at``, in ``seq`` order, as ``Chain.fold`` defines it for an archived log (writers
+    stamp an event before they commit it, so a few may be out of time order).
 
     ``types`` restricts the fold to those event types (enough for states or the audit trail,
     and far fewer rows to read). The whole fold (no ``types``) starts from the log's latest
-    snapshot at or before ``at``: up to the event stamped last at or before ``at``, in seq
-    order.
+    snapshot before its first event stamped at or after ``at`` (every event up to there is
+    stamped before it), then folds what follows that is stamped at or before ``at``.
     """
-    if not types:
-        if at is None:
-            return store.snapshots.load()[0]
-        upto = seq_stamped(store, at, last=True)
-        if upto is not None:
-            return store.snapshots.load(upto)[0]
-    return fold_into(Snapshot(), read_events(store, pinned(store, at, types=types)))
+    if types:
+        return fold_into(Snapshot(), read_events(store, pinned(store, at, types=types)))
+    if at is None:
+        return store.snapshots.load()[0]
+    late = seq_stamped(store, at, last=False)
+    snap, cursor = store.snapshots.load(None if late is None else late - 1)
+    return fold_into(snap, read_events(store, pinned(store, at), after=cursor))
 
 
 def audit_trail(store: GroupCommitStore) -> list[AuditEntry]:
