@@ -142,7 +142,11 @@ UntilOpt = Annotated[
     str | None, typer.Option("--until", help="Only events at or before this time.")
 ]
 AtOpt = Annotated[
-    str | None, typer.Option("--at", help="The instant to look at (default: the whole log).")
+    str | None,
+    typer.Option(
+        "--at",
+        help="The instant to look at: the events stamped at or before it (default: all).",
+    ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable JSON output.")]
 StrictOpt = Annotated[
