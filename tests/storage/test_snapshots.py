@@ -705,3 +705,54 @@ def test_a_load_from_any_snapshot_equals_the_fold_from_the_start(
             assert cursor == (whole if upto is None else upto)
         assert store.snapshots.load(from_start=True) == (fold(written), whole)
         assert store.snapshots.verify().ok
+
+
+# -- finding the cut among many snapshots ----------------------------------------------------
+
+
+def has_cut_index(store: GroupCommitStore) -> bool:
+    if isinstance(store, SQLiteEventStore):
+        sql = "SELECT count(*) FROM sqlite_master WHERE type = 'index' AND name = 'snapshots_cut'"
+    else:
+        sql = "SELECT count(*) FROM pg_indexes WHERE indexname = 'snapshots_cut'"
+    return bool(store.query(sql)[0][0])
+
+
+def test_a_log_finds_its_cut_by_an_index_which_an_older_log_gets_when_opened_to_write(
+    open_log: OpenLog,
+) -> None:
+    """A log keeps a snapshot per ``every`` events, and every load starts by finding the
+    latest cut: without the index, that read the whole table (2.5 ms per load at 10M
+    events). A log from before it gets it from the first store that may write."""
+    store = open_log()
+    assert has_cut_index(store)
+    cut = write(store, history(4))
+    archive(store, cut)
+    last = write(store, history(4, first=50))
+    whole = store.snapshots.load()
+    store.transaction([("DROP INDEX snapshots_cut", ())])
+
+    reader = open_log(create=False)
+    assert not has_cut_index(reader)
+    assert reader.snapshots.load() == whole, "the same answer without it"
+    assert whole[1] == last
+    assert has_cut_index(open_log())
+
+
+def test_a_log_whose_index_cannot_be_made_opens_without_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As when the file or its folder is read-only (root here may write anything): the
+    index only makes finding the cut quicker."""
+    from devs.risks.multi_model_failover.storage import sqlite as sqlite_store  # noqa: PLC0415
+
+    path = tmp_path / "events.sqlite3"
+    with SQLiteEventStore(path, snapshot_every=None) as store:
+        write(store, history(3))
+        store.snapshots.take("close")
+        store.transaction([("DROP INDEX snapshots_cut", ())])
+    unwritable = "CREATE INDEX snapshots_cut ON no_such_table (cursor)"
+    monkeypatch.setattr(sqlite_store, "SNAPSHOTS_CUT_INDEX", unwritable)
+    with SQLiteEventStore(path, snapshot_every=None) as store:
+        assert not has_cut_index(store)
+        assert store.snapshots.load()[1] == store.last_seq()

@@ -64,7 +64,7 @@ from ._group_commit import (
     body_text,
     schema_version,
 )
-from .snapshots import SNAPSHOT_EVERY, SNAPSHOTS_TABLE
+from .snapshots import SNAPSHOT_EVERY, SNAPSHOTS_CUT_INDEX, SNAPSHOTS_TABLE
 
 _SCHEMA_NAME: Final = re.compile(r"[a-z_][a-z0-9_]{0,47}")
 _SYNCHRONOUS_COMMIT: Final = {"buffered": "off", "process": "off", "power": "on"}
@@ -378,8 +378,9 @@ class PostgresEventStore(GroupCommitStore):
                     f"this version reads up to {SCHEMA_VERSION}: upgrade "
                     "devs-risks-multi-model-failover"
                 )
-            if create:  # a log from before snapshots
+            if create:  # a log from before snapshots, or before the cut's index
                 conn.execute(_SNAPSHOTS)
+                conn.execute(SNAPSHOTS_CUT_INDEX)
             self.has_snapshots = conn.execute(
                 "SELECT to_regclass(%s)", (f"{self.schema}.snapshots",)
             ).fetchone() not in (None, (None,))
@@ -409,6 +410,7 @@ class PostgresEventStore(GroupCommitStore):
             )
         conn.execute(TYPE_INDEX)
         conn.execute(_SNAPSHOTS)
+        conn.execute(SNAPSHOTS_CUT_INDEX)
         self.has_snapshots = True
 
     # -- writing -------------------------------------------------------------------------

@@ -61,6 +61,13 @@ SNAPSHOTS_TABLE: Final = (
     "fold text NOT NULL, at text NOT NULL, body {blob} NOT NULL)"
 )
 
+# The latest cut without reading the table (a log keeps a snapshot per ``every`` events, each
+# a few KB): a load starts by finding it. Made by a store that may write; without it, the same
+# answer from a scan.
+SNAPSHOTS_CUT_INDEX: Final = (
+    "CREATE INDEX IF NOT EXISTS snapshots_cut ON snapshots (cursor) WHERE kind = 'cut'"
+)
+
 Kind = Literal["periodic", "close", "cut", "archive"]
 KINDS: Final[tuple[str, ...]] = ("periodic", "close", "cut", "archive")
 # Seconds ``at_close`` waits for a periodic snapshot it has asked to stop.
@@ -69,6 +76,8 @@ _JOIN: Final = 30.0
 _STOP_EVERY: Final = 4096
 # How many times a load starts over when an archive moved the base while it read.
 _ATTEMPTS: Final = 3
+# Snapshot headers a load reads at a time, latest first (it uses the first that decodes).
+_BATCH: Final = 8
 # Differences a ``verify`` problem lists, at most.
 _DIFFS: Final = 6
 
@@ -329,37 +338,27 @@ class Snapshots:
         from (this version's fold, not before the latest cut); None when there is none. Reads
         the headers only: ``load(upto=cursor)`` then starts there (or, should its body not
         decode, from an earlier point)."""
-        headers = self._headers()
-        cut = _latest_cut(headers)
-        for row in headers:
-            if cut is not None and row.cursor < cut.cursor:
-                break
-            if row.cursor <= upto and row.fold == FOLD_KEY:
-                return row.cursor
+        cut = self._cut()
+        found = next(self._candidates(upto, _floor(cut)), None)
+        if found is not None:
+            return found.cursor
+        if cut is not None and cut.cursor <= upto and cut.fold == FOLD_KEY:
+            return cut.cursor
         return None
 
     def within(self, after: int, upto: int) -> list[int]:
         """The cursors of the snapshots a load could start from with ``after < cursor <=
         upto`` (this version's fold; neither a cut nor before the latest one), oldest first.
         Reads the headers only: ``at(cursor)`` reads one."""
-        headers = self._headers()
-        cut = _latest_cut(headers)
-        floor = max(after, -1 if cut is None else cut.cursor)
-        return sorted(
-            row.cursor
-            for row in headers
-            if floor < row.cursor <= upto and row.kind != "cut" and row.fold == FOLD_KEY
-        )
+        floor = max(after, _floor(self._cut()))
+        where = "WHERE cursor > ? AND cursor <= ? AND kind <> 'cut' AND fold = ? ORDER BY cursor"
+        return [row.cursor for row in self._rows(where, (floor, upto, FOLD_KEY))]
 
     def at(self, cursor: int) -> Snapshot | None:
         """The snapshot at ``cursor`` if this version trusts it (its fold, and it decodes);
         None otherwise (none there, another version's, damaged: said once)."""
-        sql = "SELECT cursor, kind, fold FROM snapshots WHERE cursor = ?"
-        found = self.store.query(sql, (cursor,)) if self.store.has_snapshots else []
-        if not found:
-            return None
-        (cursor_, kind, key), *_ = found
-        return self._trusted(_Row(int(cursor_), str(kind), str(key)))
+        found = self._rows("WHERE cursor = ?", (cursor,))
+        return self._trusted(found[0]) if found else None
 
     def _load(
         self,
@@ -372,19 +371,18 @@ class Snapshots:
         """(the fold up to ``upto``, the cursor it started from, its cursor)."""
         store = self.store
         for _ in range(_ATTEMPTS):
-            headers = self._headers()
-            cut = _latest_cut(headers)
+            cut = self._cut()
             end = upto
             if end is None:
                 store.flush()
                 end = store.last_seq()
             if cut is not None and end < cut.cursor and store.last_seq() <= end:
                 end = cut.cursor  # an archive moved every event: the cut is the log's end
-            snap, start = self._start(headers, cut, end, from_start=from_start)
+            snap, start = self._start(cut, end, from_start=from_start)
             cursor = self._fold(snap, start, end, lenient=lenient, stoppable=stoppable)
             # An archive may have cut the log while it was read: the events between the start
             # and the new cut were then missed. Start over from the new base.
-            moved = _latest_cut(self._headers())
+            moved = self._cut()
             if moved is None or moved.cursor <= start:
                 return snap, start, cursor
         raise EventLogError(
@@ -392,9 +390,7 @@ class Snapshots:
             "try again once the archive is done"
         )
 
-    def _start(
-        self, headers: list[_Row], cut: _Row | None, upto: int, *, from_start: bool
-    ) -> tuple[Snapshot, int]:
+    def _start(self, cut: _Row | None, upto: int, *, from_start: bool) -> tuple[Snapshot, int]:
         """Where a fold up to ``upto`` begins: the latest valid snapshot at or before it (not
         before the cut), else the base."""
         if cut is not None and cut.cursor > upto:
@@ -403,20 +399,12 @@ class Snapshots:
                 f"archived{self._archives()}; the log cannot be folded up to seq {upto} here"
             )
         if not from_start:
-            stale: list[_Row] = []
-            for row in headers:
-                if row.cursor > upto or row.kind == "cut":
-                    continue
-                if cut is not None and row.cursor < cut.cursor:
-                    break
-                if row.fold != FOLD_KEY:
-                    stale.append(row)
-                    continue
+            for row in self._candidates(upto, _floor(cut)):
                 found = self._body(row)
                 if found is not None:
-                    self._ignore_stale(stale)
+                    self._ignore_stale(upto, row.cursor)
                     return found, row.cursor
-            self._ignore_stale(stale)
+            self._ignore_stale(upto, _floor(cut))
         if cut is None:
             return Snapshot(), 0
         base = self._trusted(cut, warn=False)
@@ -453,13 +441,38 @@ class Snapshots:
 
     # -- the rows ------------------------------------------------------------------------
 
-    def _headers(self) -> list[_Row]:
-        """Every snapshot's header, latest first; none for a log from before snapshots."""
-        store = self.store
-        if not store.has_snapshots:
+    def _rows(self, where: str, params: Sequence[object]) -> list[_Row]:
+        """The headers of the snapshots ``where`` selects (none for a log from before
+        snapshots). A load reads a few: a log keeps one per ``every`` events."""
+        if not self.store.has_snapshots:
             return []
-        found = store.query("SELECT cursor, kind, fold FROM snapshots ORDER BY cursor DESC")
+        sql = f"SELECT cursor, kind, fold FROM snapshots {where}"  # noqa: S608 - constants only
+        found = self.store.query(sql, params)
         return [_Row(int(cursor), str(kind), str(key)) for cursor, kind, key in found]
+
+    def _cut(self) -> _Row | None:
+        """The latest cut: the base of every fold (None: the log's first event is)."""
+        found = self._rows("WHERE kind = 'cut' ORDER BY cursor DESC LIMIT 1", ())
+        return found[0] if found else None
+
+    def _candidates(self, upto: int, floor: int) -> Iterator[_Row]:
+        """This fold's snapshots other than cuts with ``floor < cursor <= upto``, latest
+        first, read ``_BATCH`` at a time."""
+        where = (
+            "WHERE cursor < ? AND cursor > ? AND kind <> 'cut' AND fold = ? "
+            "ORDER BY cursor DESC LIMIT ?"
+        )
+        below = upto + 1
+        while True:
+            batch = self._rows(where, (below, floor, FOLD_KEY, _BATCH))
+            yield from batch
+            if len(batch) < _BATCH:
+                return
+            below = batch[-1].cursor
+
+    def _headers(self) -> list[_Row]:
+        """Every snapshot's header, latest first (what ``verify`` checks)."""
+        return self._rows("ORDER BY cursor DESC", ())
 
     def _body(self, row: _Row) -> Snapshot | None:
         """The snapshot of ``row``; None when it is gone (pruned meanwhile) or damaged."""
@@ -480,9 +493,12 @@ class Snapshots:
             return None
         return self._body(row)
 
-    def _ignore_stale(self, rows: list[_Row]) -> None:
-        """Say once that another fold's snapshots were passed over: one line for them all
-        (after an upgrade a log may hold one per ``every`` events)."""
+    def _ignore_stale(self, upto: int, floor: int) -> None:
+        """Say once that another fold's snapshots with ``floor < cursor <= upto`` were passed
+        over: one line for them all (after an upgrade a log may hold one per ``every``
+        events)."""
+        where = "WHERE cursor <= ? AND cursor > ? AND kind <> 'cut' AND fold <> ? ORDER BY "
+        rows = self._rows(where + "cursor DESC", (upto, floor, FOLD_KEY))
         if rows:
             more = f", as are {len(rows) - 1} earlier ones" if len(rows) > 1 else ""
             self._ignore(rows[0], _stale(rows[0]) + more)
@@ -528,7 +544,7 @@ class Snapshots:
         targets = self._targets(headers, cut, notes)
         end = max([store.last_seq()] + [row.cursor for row in headers])
         try:
-            snap, start = self._start(headers, cut, end, from_start=True)
+            snap, start = self._start(cut, end, from_start=True)
         except EventLogError as exc:
             return SnapshotCheck(problems=(str(exc),), notes=tuple(notes))
         if not targets:
@@ -602,6 +618,11 @@ class Snapshots:
 def _check(kind: str) -> None:
     if kind not in KINDS:
         raise ValueError(f"a snapshot's kind is one of {', '.join(KINDS)}, got {kind!r}")
+
+
+def _floor(cut: _Row | None) -> int:
+    """The cursor a load's snapshot must be after: the cut's (-1: none)."""
+    return -1 if cut is None else cut.cursor
 
 
 def _latest_cut(headers: list[_Row]) -> _Row | None:

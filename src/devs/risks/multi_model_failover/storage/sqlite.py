@@ -61,7 +61,7 @@ from ._group_commit import (
 from ._group_commit import at_text as _at_text  # noqa: F401 - tests import it from here
 from ._journal import DeadJournal, Journal, dead_journals
 from ._journal import available as journal_available
-from .snapshots import SNAPSHOT_EVERY, SNAPSHOTS_TABLE
+from .snapshots import SNAPSHOT_EVERY, SNAPSHOTS_CUT_INDEX, SNAPSHOTS_TABLE
 
 _SNAPSHOTS: Final = SNAPSHOTS_TABLE.format(int="INTEGER", blob="BLOB")
 # Row format 2 names each writer once; an event's ``writer`` column holds its id.
@@ -179,6 +179,17 @@ def _connect(path: str, *, create: bool) -> sqlite3.Connection:
     return conn
 
 
+def _add_cut_index(conn: sqlite3.Connection) -> None:
+    """Give a log from before it the index that finds its cut; a log that cannot be written
+    here (read-only file or folder) goes on without it: loads then scan, slower, same."""
+    found = conn.execute(
+        "SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = 'snapshots_cut'"
+    ).fetchone()
+    if found is None:
+        with contextlib.suppress(sqlite3.Error):
+            conn.execute(SNAPSHOTS_CUT_INDEX)
+
+
 def _ensure_schema(db: sqlite_utils.Database, path: str, *, create: bool) -> int:
     """Create the tables on a new log; refuse a file that is not ours or is newer. Returns the
     log's schema version."""
@@ -194,6 +205,8 @@ def _ensure_schema(db: sqlite_utils.Database, path: str, *, create: bool) -> int
             )
         if create and "snapshots" not in tables:  # a log from before snapshots
             conn.execute(_SNAPSHOTS)
+        if create:
+            _add_cut_index(conn)
         return version
     if tables - {"sqlite_sequence"} or not create:
         raise EventLogError(f"{path} is an SQLite database but not a failover event log")
@@ -224,6 +237,7 @@ def _ensure_schema(db: sqlite_utils.Database, path: str, *, create: bool) -> int
                 db.table("events").create_index([column], index_name=f"events_{column}")
             conn.execute(TYPE_INDEX)
             conn.execute(_SNAPSHOTS)
+            conn.execute(SNAPSHOTS_CUT_INDEX)
             conn.execute(_WRITERS)
             conn.execute(_VIEW)
         conn.execute("COMMIT")
