@@ -41,12 +41,12 @@ From an SQLite log (row format 2) SQLite now copies the rows itself, byte for by
 sqlite3 module lets go of the GIL while a statement runs; the live log is only read). The fold
 that the cut needs reads the same rows one at a time (only those after the live log's last
 snapshot, see below), so no list of events is kept and the GIL is handed back within the
-interpreter's switch interval. Measured here (2 cores shared
-with other jobs, so noisy), archiving half of a 1M-event log on a worker thread, runs of the
-old and new code interleaved: the loop's longest stall 6 to 24 ms, median 14 (7 runs), against
-14 to 89 ms, median 15.5 (6 runs) before; 9 to 15 s against 11 to 20 s. The Python the worker
-still runs (the fold) can hold the loop up to a switch interval (5 ms) at a time; the longer
-stalls came with the machine's other jobs (the idle loop's own gaps reached 5 ms meanwhile).
+interpreter's switch interval. Measured here (2 cores shared with other jobs, so noisy),
+archiving half of a 1M-event log on a worker thread: the loop's longest stall 7.6, 7.6 and 5.5
+ms in three runs at 68,000 to 76,000 events/s, with the live log's snapshots as anchors (6 to 24
+ms, median 14, at about 45,000 events/s when every event moved was folded; 14 to 89 ms when
+slices were decoded into lists). What is left is the worker's fold of at most about N events,
+which can hold the loop up to a switch interval (5 ms) at a time.
 PostgreSQL, an in-memory or an older-format log: through the stores, as before (each event
 decoded and written again).
 
