@@ -248,6 +248,32 @@ def test_metrics_at_an_instant_after_the_cut_are_unchanged_by_archiving(tmp_path
     assert metrics(path, instant) == expected
 
 
+def test_metrics_at_a_recent_instant_never_fold_an_event_appended_while_they_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by review: with no event stamped after the instant, the fold ran to the log's
+    end as it was when the snapshot was loaded, so an event appended meanwhile, stamped
+    after the instant, was counted. The end is now read first."""
+    from devs.risks.multi_model_failover.adapters.cli import queries  # noqa: PLC0415
+
+    path = tmp_path / "live.sqlite3"
+    events = history(100)
+    anchored_log(path, events, range(EVERY, 100, EVERY))
+    instant = events[-1].at + timedelta(seconds=1)  # no event at or after it: yet
+    real = queries.seq_stamped
+
+    def racing(store: GroupCommitStore, at: datetime, *, last: bool) -> int | None:
+        found = real(store, at, last=last)
+        with SQLiteEventStore(path, writer="racer", snapshot_every=None) as other:
+            for event in history(8, start=instant + timedelta(minutes=5))[1:]:
+                other.append(event)
+        return found
+
+    monkeypatch.setattr(queries, "seq_stamped", racing)
+    with SQLiteEventStore(path, create=False) as store:
+        assert same_totals(queries.snapshot_at(store, instant), fold(events))
+
+
 # -- what held up --------------------------------------------------------------------------------
 
 

@@ -9,6 +9,7 @@ never trusted. Each test runs on a file SQLite log and on PostgreSQL (skipped wi
 from __future__ import annotations
 
 import itertools
+import secrets
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -756,3 +757,63 @@ def test_a_log_whose_index_cannot_be_made_opens_without_it(
     with SQLiteEventStore(path, snapshot_every=None) as store:
         assert not has_cut_index(store)
         assert store.snapshots.load()[1] == store.last_seq()
+
+
+def test_a_postgresql_role_that_may_only_write_rows_opens_the_log_with_or_without_the_index(
+    pg_url: str,
+) -> None:
+    """An admin creates the log; the application's role may write rows but owns no table.
+    ``CREATE INDEX`` checks ownership even when the index exists (and locks the table): an
+    open by that role must not issue it when the index is there, and goes on without it when
+    it is missing (found by review: the open failed, "must be owner of table snapshots")."""
+    psycopg = pytest.importorskip("psycopg")
+    from devs.risks.multi_model_failover.storage.postgres import (  # noqa: PLC0415
+        PostgresEventStore,
+    )
+
+    with PostgresEventStore(pg_url, writer="admin", snapshot_every=None) as admin:
+        write(admin, history(3))
+        admin.snapshots.take("close")
+    role = f"app_{secrets.token_hex(4)}"
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute(f"CREATE ROLE {role} LOGIN PASSWORD 'pw'")
+        conn.execute(f"GRANT USAGE, CREATE ON SCHEMA failover TO {role}")
+        conn.execute(
+            f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA failover TO {role}"
+        )
+        conn.execute(f"GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA failover TO {role}")
+    app_url = pg_url.replace("postgres@", f"{role}:pw@", 1)
+    assert app_url != pg_url
+
+    with PostgresEventStore(app_url, writer="app", snapshot_every=None) as app:
+        assert has_cut_index(app)
+        assert app.snapshots.load()[1] == app.last_seq()
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute("DROP INDEX failover.snapshots_cut")
+    with PostgresEventStore(app_url, writer="app", snapshot_every=None) as app:
+        assert not has_cut_index(app)
+        write(app, history(2, first=20))
+        assert app.snapshots.load()[1] == app.last_seq()
+
+
+def test_verify_says_a_snapshot_pruned_while_it_read_was_pruned_not_damaged(
+    open_log: OpenLog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A live log's next periodic snapshot replaces the earlier one of its stretch, also while
+    ``verify`` folds the log (found by review: it said "does not decode")."""
+    store = open_log()
+    write(store, history(12))
+    store.snapshots.every = 10
+    for cursor in (9, 19, 29):
+        store.snapshots.save(true_fold(store, cursor), cursor, "periodic")
+    real = store.read
+
+    def pruning(**kwargs: Any) -> Iterator[ev.Event]:
+        store.transaction([("DELETE FROM snapshots WHERE cursor = 19", ())])
+        return real(**kwargs)
+
+    monkeypatch.setattr(store, "read", pruning)
+    check = store.snapshots.verify()
+    assert check.ok
+    assert check.checked == (9, 29)
+    assert "the periodic snapshot at seq 19 was pruned meanwhile" in check.notes

@@ -364,6 +364,24 @@ class PostgresEventStore(GroupCommitStore):
             ) from None
         return int(row[0]) if row else 0
 
+    def _add_cut_index(self, conn: psycopg.Connection[Any]) -> None:
+        """Give a log from before it the index that finds its cut. Only when it is missing:
+        ``CREATE INDEX`` checks that the role owns the table and locks it even when the index
+        exists. A role that may not (rows granted, the table another's), or a table busy past
+        the lock timeout: the log goes on without it (loads then scan, slower, same)."""
+        found = conn.execute("SELECT to_regclass(%s)", (f"{self.schema}.snapshots_cut",))
+        if found.fetchone() not in (None, (None,)):
+            return
+        try:
+            with conn.transaction():  # a savepoint: a failure leaves the open's transaction
+                conn.execute(SNAPSHOTS_CUT_INDEX)
+        except (psycopg.errors.InsufficientPrivilege, psycopg.errors.LockNotAvailable) as exc:
+            logger.info(
+                "event log {}: no index on its cut ({}); loads scan the snapshots instead",
+                self.location,
+                self._scrub(exc),
+            )
+
     def _check_tables(self, conn: psycopg.Connection[Any], *, create: bool) -> None:
         names = (f"{self.schema}.events", f"{self.schema}.meta")
         found = conn.execute("SELECT to_regclass(%s), to_regclass(%s)", names).fetchone()
@@ -378,12 +396,13 @@ class PostgresEventStore(GroupCommitStore):
                     f"this version reads up to {SCHEMA_VERSION}: upgrade "
                     "devs-risks-multi-model-failover"
                 )
-            if create:  # a log from before snapshots, or before the cut's index
+            if create:  # a log from before snapshots
                 conn.execute(_SNAPSHOTS)
-                conn.execute(SNAPSHOTS_CUT_INDEX)
             self.has_snapshots = conn.execute(
                 "SELECT to_regclass(%s)", (f"{self.schema}.snapshots",)
             ).fetchone() not in (None, (None,))
+            if create and self.has_snapshots:
+                self._add_cut_index(conn)
             return
         if any(have):
             raise EventLogError(

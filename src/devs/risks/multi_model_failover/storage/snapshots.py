@@ -573,9 +573,12 @@ class Snapshots:
     def _decoded(self, row: _Row, notes: list[str]) -> Snapshot | None:
         """``row``'s body for ``verify``; None, and a note, when it does not decode."""
         found = self.store.query("SELECT body FROM snapshots WHERE cursor = ?", (row.cursor,))
+        if not found:  # a later snapshot of its stretch replaced it while the log was read
+            notes.append(f"the {row.kind} snapshot at seq {row.cursor} was pruned meanwhile")
+            return None
         try:
             return _decoder.decode(found[0][0])
-        except (msgspec.DecodeError, msgspec.ValidationError, IndexError) as exc:
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             notes.append(
                 f"ignored: the {row.kind} snapshot at seq {row.cursor}: it does not decode ({exc})"
             )

@@ -201,9 +201,10 @@ def snapshot_at(
         return fold_into(Snapshot(), read_events(store, pinned(store, at, types=types)))
     if at is None:
         return store.snapshots.load()[0]
+    last = store.last_seq()  # the end first: an event appended meanwhile is not folded
     late = seq_stamped(store, at, last=False)
-    snap, cursor = store.snapshots.load(None if late is None else late - 1)
-    return fold_into(snap, read_events(store, pinned(store, at), after=cursor))
+    snap, cursor = store.snapshots.load(last if late is None else min(late - 1, last))
+    return fold_into(snap, read_events(store, EventFilter(until=at, upto=last), after=cursor))
 
 
 def audit_trail(store: GroupCommitStore) -> list[AuditEntry]:
