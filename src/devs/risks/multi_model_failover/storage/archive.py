@@ -108,7 +108,7 @@ from ..core.events import Event
 from ..core.projections import Snapshot, apply
 from ._group_commit import GroupCommitStore
 from .snapshots import SNAPSHOT_EVERY
-from .sqlite import MEMORY, SQLiteEventStore
+from .sqlite import MEMORY, SQLiteEventStore, write_transaction
 
 ARCHIVES_TABLE: Final = (
     "CREATE TABLE IF NOT EXISTS archives (path text NOT NULL, first_seq bigint NOT NULL, "
@@ -637,20 +637,15 @@ _COPY_SLICE_SQL: Final = (
 def _copy_rows(conn: sqlite3.Connection, after: int, high: int, expected: int) -> int:
     """Copy the live rows ``after < seq <= high`` into the attached archive in one
     transaction; ``expected``: how many the live log holds (``EventLogError`` otherwise)."""
-    conn.execute("BEGIN")  # deferred: the live log is only read, never locked for writing
-    try:
+    # Deferred: the live log is only read, never locked for writing.
+    with write_transaction(conn, "BEGIN"):
         conn.execute(_COPY_WRITERS, (after, high))
         inserted = conn.execute(_COPY_SLICE_SQL, (after, high)).rowcount
-        if inserted != expected:
-            raise EventLogError(  # noqa: TRY301 - rolled back just below, as any error
+        if inserted != expected:  # rolled back, as any error
+            raise EventLogError(
                 f"a slice of the archive copied {inserted} events of seq {after + 1} to {high} "
                 f"where the live log holds {expected}; nothing was deleted"
             )
-        conn.execute("COMMIT")
-    except BaseException:
-        with contextlib.suppress(sqlite3.Error):
-            conn.execute("ROLLBACK")
-        raise
     return int(inserted)
 
 

@@ -213,8 +213,7 @@ def _ensure_schema(db: sqlite_utils.Database, path: str, *, create: bool) -> int
     # Before the first table: the pages an archive frees can then be given back to the file
     # system a slice at a time (``PRAGMA incremental_vacuum``), without a whole-file VACUUM.
     conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
-    conn.execute("BEGIN IMMEDIATE")
-    try:
+    with write_transaction(conn):
         if not db.table("events").exists():
             db.table("meta").create({"key": str, "value": str}, pk="key")
             db.table("meta").insert({"key": "schema_version", "value": str(SCHEMA_VERSION)})
@@ -240,13 +239,23 @@ def _ensure_schema(db: sqlite_utils.Database, path: str, *, create: bool) -> int
             conn.execute(SNAPSHOTS_CUT_INDEX)
             conn.execute(_WRITERS)
             conn.execute(_VIEW)
+    return schema_version(path, conn.execute(_VERSION).fetchone()[0])  # created meanwhile
+
+
+@contextlib.contextmanager
+def write_transaction(
+    conn: sqlite3.Connection, begin: str = "BEGIN IMMEDIATE"
+) -> Iterator[sqlite3.Connection]:
+    """``begin``, the block, ``COMMIT``; ``ROLLBACK`` on any error, which is the one raised
+    (a failed ``begin`` leaves nothing to roll back)."""
+    conn.execute(begin)
+    try:
+        yield conn
         conn.execute("COMMIT")
     except BaseException:
-        # The first error is the one to report; a failed BEGIN leaves nothing to roll back.
         with contextlib.suppress(sqlite3.Error):
             conn.execute("ROLLBACK")
         raise
-    return schema_version(path, conn.execute(_VERSION).fetchone()[0])  # created meanwhile
 
 
 def _insert(conn: sqlite3.Connection, rows: list[tuple[object, ...]]) -> None:
@@ -409,18 +418,11 @@ class SQLiteEventStore(GroupCommitStore):
     def _write(self, batch: list[Prepared]) -> None:
         with self._lock:
             self._check_file()
-            conn = self._conn
-            conn.execute("BEGIN IMMEDIATE")
-            try:
+            with write_transaction(self._conn) as conn:
                 (last,) = conn.execute(_LAST_SEQ if self.has_snapshots else _MAX_SEQ).fetchone()
                 _insert(conn, list(_rows(batch, last + 1, self.writer_key, compact=self.compact)))
                 if self._journal is not None:  # in the same transaction: no record moved twice
                     conn.execute(_JOURNAL_MOVED, (self._journal.key, str(self._moving)))
-                conn.execute("COMMIT")
-            except BaseException:
-                with contextlib.suppress(sqlite3.Error):
-                    conn.execute("ROLLBACK")
-                raise
 
     # -- journals ------------------------------------------------------------------------
 
@@ -474,31 +476,23 @@ class SQLiteEventStore(GroupCommitStore):
     def _fold_journal(self, dead: DeadJournal) -> int:
         """One transaction: the journal's records that the log does not have yet (after the
         ticket its ``meta`` row names), in ticket order, after the log's last event."""
-        with self._lock:
-            conn = self._conn
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                row = conn.execute("SELECT value FROM meta WHERE key = ?", (dead.key,)).fetchone()
-                moved = int(row[0]) if row else 0
-                tickets = sorted(ticket for ticket in dead.records if ticket > moved)
-                batch: list[Prepared] = []
-                for ticket in tickets:
-                    try:
-                        event = decode(dead.records[ticket])
-                        batch.append(compact(event) if self.compact else prepare(event))
-                    except (msgspec.DecodeError, msgspec.ValidationError):
-                        dead.damaged += 1
-                if batch:
-                    writer = self._writer_ids_in(conn, dead.writer)
-                    (last,) = conn.execute(_LAST_SEQ if self.has_snapshots else _MAX_SEQ).fetchone()
-                    _insert(conn, list(_rows(batch, last + 1, writer, compact=self.compact)))
-                if tickets:
-                    conn.execute(_JOURNAL_MOVED, (dead.key, str(tickets[-1])))
-                conn.execute("COMMIT")
-            except BaseException:
-                with contextlib.suppress(sqlite3.Error):
-                    conn.execute("ROLLBACK")
-                raise
+        with self._lock, write_transaction(self._conn) as conn:
+            row = conn.execute("SELECT value FROM meta WHERE key = ?", (dead.key,)).fetchone()
+            moved = int(row[0]) if row else 0
+            tickets = sorted(ticket for ticket in dead.records if ticket > moved)
+            batch: list[Prepared] = []
+            for ticket in tickets:
+                try:
+                    event = decode(dead.records[ticket])
+                    batch.append(compact(event) if self.compact else prepare(event))
+                except (msgspec.DecodeError, msgspec.ValidationError):
+                    dead.damaged += 1
+            if batch:
+                writer = self._writer_ids_in(conn, dead.writer)
+                (last,) = conn.execute(_LAST_SEQ if self.has_snapshots else _MAX_SEQ).fetchone()
+                _insert(conn, list(_rows(batch, last + 1, writer, compact=self.compact)))
+            if tickets:
+                conn.execute(_JOURNAL_MOVED, (dead.key, str(tickets[-1])))
         return len(batch)
 
     def _writer_ids_in(self, conn: sqlite3.Connection, name: str) -> object:
@@ -544,13 +538,12 @@ class SQLiteEventStore(GroupCommitStore):
             conn = self._conn
             conn.execute("PRAGMA busy_timeout = 0")
             try:
-                conn.execute("BEGIN IMMEDIATE")
-                (last,) = conn.execute(_LAST_SEQ if self.has_snapshots else _MAX_SEQ).fetchone()
-                _insert(conn, list(_rows(batch, last + 1, self.writer_key, compact=self.compact)))
-                conn.execute("COMMIT")
+                with write_transaction(conn):
+                    (last,) = conn.execute(_LAST_SEQ if self.has_snapshots else _MAX_SEQ).fetchone()
+                    _insert(
+                        conn, list(_rows(batch, last + 1, self.writer_key, compact=self.compact))
+                    )
             except sqlite3.Error:
-                with contextlib.suppress(sqlite3.Error):
-                    conn.execute("ROLLBACK")
                 return False
             finally:
                 conn.execute(f"PRAGMA busy_timeout = {int(self.lock_timeout * 1000)}")
@@ -667,16 +660,9 @@ class SQLiteEventStore(GroupCommitStore):
         try:
             with self._lock:
                 self._reopen_for_reading()
-                conn = self._conn
-                conn.execute("BEGIN IMMEDIATE")
-                try:
+                with write_transaction(self._conn) as conn:
                     for sql, params in statements:
                         conn.execute(sql, tuple(params))
-                    conn.execute("COMMIT")
-                except BaseException:
-                    with contextlib.suppress(sqlite3.Error):
-                        conn.execute("ROLLBACK")
-                    raise
         except sqlite3.Error as exc:
             raise EventLogError(f"cannot write event log {self.path}: {exc}") from exc
 
