@@ -14,12 +14,14 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.from_thread
+import anyio.lowlevel
 import msgspec
 import pytest
 from hypothesis import given, settings
@@ -35,6 +37,8 @@ from devs.risks.multi_model_failover import (
 )
 from devs.risks.multi_model_failover.core import events as ev
 from devs.risks.multi_model_failover.core.projections import FOLD_KEY, Snapshot, fold
+from devs.risks.multi_model_failover.storage._group_commit import RowReader
+from devs.risks.multi_model_failover.storage.archive import archive
 
 from .fakes import FakeModelClient, always, failing
 
@@ -46,18 +50,31 @@ STALL = 0.05  # seconds: the longest the event loop may go without running anoth
 
 
 class CountingStore(SQLiteEventStore):
-    """An SQLite log that counts the events read through it, and on which threads."""
+    """An SQLite log that counts the events it decodes, and the threads it reads rows on and
+    decodes them on."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.events_read = 0
         self.read_threads: set[int] = set()
+        self.decode_threads: set[int] = set()
 
-    def read(self, **options: Any) -> Iterator[ev.Event]:  # type: ignore[override]
-        self.read_threads.add(threading.get_ident())
-        for event in super().read(**options):
-            self.events_read += 1
-            yield event
+    def reader(self, **options: Any) -> RowReader:
+        reader = super().reader(**options)
+        fetch = reader.fetch
+
+        def fetch_counted(after: int) -> list[tuple[Any, ...]]:
+            self.read_threads.add(threading.get_ident())
+            return fetch(after)
+
+        reader.fetch = fetch_counted  # type: ignore[method-assign]
+        return reader
+
+    def _decode(self, row: Sequence[Any], **options: Any) -> ev.Event | None:
+        self.decode_threads.add(threading.get_ident())
+        event = super()._decode(row, **options)
+        self.events_read += event is not None
+        return event
 
 
 def engine_on(store: object, *clients: FakeModelClient, **options: Any) -> MultiModelFailover:
@@ -118,6 +135,10 @@ async def test_building_an_engine_reads_nothing_and_its_first_use_loads_off_the_
     async with fo:
         assert store.events_read > 0
         assert threading.get_ident() not in store.read_threads, "read on the event loop"
+        # Decoding and folding are Python's work: on a worker thread they would hold the GIL
+        # against the loop (which then waits a switch interval, 5 ms, for it). On the loop,
+        # they run in slices between which other tasks run (a test below times them).
+        assert store.decode_threads == {threading.get_ident()}, "decoded off the event loop"
         assert fo.states["b"] is HealthState.MAINTENANCE
         assert fo.snapshot() == replay(fo.event_store, from_start=True)
 
@@ -222,6 +243,164 @@ async def test_a_log_that_cannot_be_loaded_fails_the_first_use_and_closes(
             pytest.fail("the block ran on a log that was not loaded")
     assert fo.closed
     assert fo.event_store.closed  # type: ignore[attr-defined]
+
+
+# -- a load in slices: what happens between them ---------------------------------------------
+
+
+def history_of(path: Path, calls: int) -> None:
+    """``calls`` calls stamped a millisecond apart, and no snapshot: a load folds every one,
+    in pages (``storage.snapshots._PAGE`` rows each)."""
+    with SQLiteEventStore(path, durability="buffered", snapshot_every=None) as store:
+        store.append(ev.EngineStarted(at=T0, models=("a", "b")))
+        for n in range(calls):
+            for event in a_call(n):
+                store.append(event)
+
+
+class PagedStore(SQLiteEventStore):
+    """An SQLite log that runs ``on_page(after)`` on the worker thread before each page of a
+    load is fetched past the first."""
+
+    on_page: Any = None
+
+    def reader(self, **options: Any) -> RowReader:
+        reader = super().reader(**options)
+        fetch = reader.fetch
+
+        def fetch_after(after: int) -> list[tuple[Any, ...]]:
+            if after > 0 and self.on_page is not None:
+                self.on_page(after)
+            return fetch(after)
+
+        reader.fetch = fetch_after  # type: ignore[method-assign]
+        return reader
+
+
+async def test_an_archive_that_cuts_the_log_while_an_engine_loads_it_is_folded_once(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "events.sqlite3"
+    history_of(path, 600)  # 2,401 events: three pages
+    archived = tmp_path / "archive.sqlite3"
+    results: list[Any] = []
+
+    def archive_once(after: int) -> None:
+        if not results:  # after the first page, the events of the first half leave the log
+            with SQLiteEventStore(path, create=False, snapshot_every=None) as operator:
+                results.append(
+                    archive(operator, before=T0 + timedelta(milliseconds=300), to=archived)
+                )
+
+    store = PagedStore(path)
+    store.on_page = archive_once
+    async with engine_on(store) as fo:
+        (result,) = results  # the archive ran while the engine loaded
+        assert result.moved > 1000
+        assert fo.metrics().calls == 600, "the events between the page and the cut: once"
+        await fo.call("hi")
+        assert fo.snapshot() == replay(fo.event_store, from_start=True)
+    assert replay(path) == replay(path, from_start=True)
+    assert replay(path).metrics.calls == 601
+
+
+async def test_leaving_while_the_log_loads_closes_the_engine_and_its_log(tmp_path: Path) -> None:
+    path = tmp_path / "events.sqlite3"
+    history_of(path, 600)
+    store = PagedStore(path)
+    fo = engine_on(store)
+    paging = anyio.Event()
+    store.on_page = lambda after: anyio.from_thread.run_sync(paging.set)
+
+    async with anyio.create_task_group() as group:
+        scope = anyio.CancelScope()
+
+        async def cancel_mid_load() -> None:
+            await paging.wait()
+            scope.cancel()
+
+        group.start_soon(cancel_mid_load)
+        with scope:
+            async with fo:
+                pytest.fail("the block ran though its start was cancelled")
+    assert scope.cancelled_caught
+    assert fo.closed
+    assert store.closed
+    # What the engine wrote (it started) is in the log, and its snapshot is true.
+    assert replay(path) == replay(path, from_start=True)
+    with SQLiteEventStore(path, create=False) as log:
+        assert log.snapshots.verify().ok
+
+
+async def test_a_call_cancelled_while_the_log_loads_leaves_the_next_one_whole(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "events.sqlite3"
+    history_of(path, 600)
+    store = PagedStore(path)
+    fo = engine_on(store)  # no ``async with``: the first call loads
+    paging = anyio.Event()
+    store.on_page = lambda after: anyio.from_thread.run_sync(paging.set)
+
+    async with anyio.create_task_group() as group:
+        scope = anyio.CancelScope()
+
+        async def cancel_mid_load() -> None:
+            await paging.wait()
+            scope.cancel()
+
+        group.start_soon(cancel_mid_load)
+        with scope:
+            await fo.call("hi")
+            pytest.fail("the call answered though it was cancelled while the log loaded")
+    store.on_page = None
+    await fo.call("hi")
+    assert fo.metrics().calls == 601
+    assert fo.snapshot() == replay(fo.event_store, from_start=True)
+    await fo.aclose()
+
+
+class ListStore:
+    """The ``EventStore`` protocol and nothing more (no snapshots): a list in memory."""
+
+    durability = "buffered"
+    writer = "list"
+
+    def __init__(self, events: list[ev.Event]) -> None:
+        self.events = [msgspec.structs.replace(e, seq=n) for n, e in enumerate(events, 1)]
+
+    def append(self, event: ev.Event) -> int:
+        self.events.append(msgspec.structs.replace(event, seq=len(self.events) + 1))
+        return len(self.events)
+
+    async def wait_committed(self, ticket: int) -> None:
+        await anyio.lowlevel.checkpoint()
+
+    def read(self, *, after: int = 0) -> Iterator[ev.Event]:
+        return iter(self.events[after:])
+
+    def read_others(self, after: int) -> tuple[list[ev.Event], int]:
+        return [], len(self.events)
+
+    def last_seq(self) -> int:
+        return len(self.events)
+
+    def close(self) -> None:
+        pass
+
+    async def aclose(self) -> None:
+        pass
+
+
+async def test_a_store_without_snapshots_loads_by_folding_it_all_off_the_loop() -> None:
+    history = [ev.EngineStarted(at=T0, models=("a", "b"))]
+    for n in range(50):
+        history += a_call(n)
+    store = ListStore(history)
+    async with engine_on(store) as fo:
+        assert fo.metrics().calls == 50
+        await fo.call("hi")
+        assert fo.snapshot() == fold(store.events)
 
 
 # -- snapshots at close and at the next start ------------------------------------------------
@@ -395,10 +574,10 @@ async def test_an_engine_on_a_shared_log_starts_from_its_snapshot(pg_url: str) -
     class CountingPostgres(PostgresEventStore):
         events_read = 0
 
-        def read(self, **options: Any) -> Iterator[ev.Event]:  # type: ignore[override]
-            for event in super().read(**options):
-                self.events_read += 1
-                yield event
+        def _decode(self, row: Sequence[Any], **options: Any) -> ev.Event | None:
+            event = super()._decode(row, **options)
+            self.events_read += event is not None
+            return event
 
     async with engine_on(pg_url) as fo:
         await fo.call("hi")

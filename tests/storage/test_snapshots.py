@@ -475,6 +475,64 @@ def test_a_snapshot_never_replaces_a_cut_at_the_same_cursor(open_log: OpenLog) -
     assert rows(store) == [(cut, "cut", FOLD_KEY)]
 
 
+# -- loading in steps (an engine's start-up) -----------------------------------------------
+
+
+def test_a_load_in_steps_folds_a_slice_at_a_time_and_equals_the_load(
+    open_log: OpenLog,
+) -> None:
+    store = open_log()
+    first = write(store, history(10))
+    store.snapshots.take()
+    last = write(store, history(400, first=100))  # 1,600 events past the snapshot: 2 pages
+
+    steps = store.snapshots.loading()
+    steps.begin()
+    slices = 0
+    while steps.read():
+        slices += 1
+        while not steps.fold(0.0):  # no time left: a few rows, then back to the caller
+            slices += 1
+    assert slices > (last - first) // 64, "a fold with no time left folded a whole page"
+    assert steps.finish() == store.snapshots.load() == (true_fold(store), last)
+    assert steps.start == first, "it started from the snapshot"
+
+
+def test_a_load_an_archive_cuts_under_starts_over_from_the_new_cut(open_log: OpenLog) -> None:
+    store = open_log()
+    write(store, history(300))
+    last = write(store, history(300, first=1000))
+    whole = true_fold(store)
+
+    steps = store.snapshots.loading()
+    steps.begin()
+    assert steps.read()
+    steps.fold()  # the first page folded from nothing
+    archive(store, last // 2)  # then the events up to the middle leave the log
+
+    while steps.read():
+        steps.fold()
+    assert steps.finish() is None, "the events between the page and the cut were missed"
+    steps.begin()
+    assert steps.start == last // 2
+    while steps.read():
+        steps.fold()
+    assert steps.finish() == (whole, last)
+
+
+def test_a_load_archived_under_again_and_again_gives_up_saying_so(open_log: OpenLog) -> None:
+    store = open_log()
+    last = write(store, history(100))
+    steps = store.snapshots.loading()
+    for cut in (10, 20, 30):
+        steps.begin()
+        archive(store, cut)
+        assert steps.finish() is None
+    with pytest.raises(EventLogError, match="archived again and again while it was read"):
+        steps.begin()
+    assert store.snapshots.load()[1] == last, "a load once the archives are done reads"
+
+
 # -- when the store takes them -------------------------------------------------------------
 
 

@@ -49,6 +49,8 @@ _MOST_UNREAD = 10_000
 _LOOK_AHEAD = 64
 # Events folded on the event loop between two checkpoints while following (about 1 ms).
 _SLICE = 2_000
+# Seconds of decoding and folding on the event loop between two checkpoints while loading.
+_FOLD_SLICE = 0.0005
 
 # The events after which the rotation must be worked out again.
 _CHANGES_ROTATION: frozenset[type[Event]] = frozenset({StateChanged, Maintenance, EngineStarted})
@@ -110,8 +112,7 @@ class LiveLog:
                 continue  # loaded, or failed: then this task tries (and raises) itself
             self._loading = done = anyio.Event()
             try:
-                prefix = await anyio.to_thread.run_sync(self._read)
-                self._install(*prefix)
+                self._install(*await self._aread())
             finally:
                 self._loading = None
                 done.set()
@@ -121,6 +122,27 @@ class LiveLog:
         loading = self._loading
         if loading is not None:
             await loading.wait()
+
+    async def _aread(self) -> tuple[Snapshot, int]:
+        """``_read`` without holding up the event loop: the store's reads on a worker thread,
+        the decoding and folding here, ``_FOLD_SLICE`` at a time (see ``LoadSteps``)."""
+        loader = getattr(self.store, "snapshots", None)
+        if not callable(getattr(loader, "loading", None)):
+            return await anyio.to_thread.run_sync(self._read)
+        upto = self._upto
+        if upto is None:
+            upto = await anyio.to_thread.run_sync(self._end)
+        steps = cast(SnapshotLoader, loader).loading(upto, keep=True)
+        while True:
+            await anyio.to_thread.run_sync(steps.begin)
+            while await anyio.to_thread.run_sync(steps.read):
+                while not steps.fold(_FOLD_SLICE):
+                    await anyio.lowlevel.checkpoint()
+            done = await anyio.to_thread.run_sync(steps.finish)
+            if done is not None:
+                snap, cursor = done
+                # Past ``upto`` only when an archive moved every event out: the cut is the end.
+                return snap, max(cursor, upto)
 
     def _read(self) -> tuple[Snapshot, int]:
         """The fold of the log up to the pinned seq, and its cursor (on any thread)."""

@@ -100,3 +100,33 @@ class SnapshotLoader(Protocol):
         """The fold of the log up to seq ``upto`` (default: all of it) and its cursor, from
         the latest snapshot (``from_start``: from the log's base). ``keep``: save the result
         as a snapshot when the load folded many events."""
+
+    def loading(
+        self,
+        upto: int | None = None,
+        *,
+        from_start: bool = False,
+        lenient: bool = False,
+        keep: bool = False,
+    ) -> LoadSteps:
+        """``load`` in steps, for a caller that reads on a worker thread and folds on its
+        own."""
+
+
+class LoadSteps(Protocol):
+    """One load in steps (``storage.snapshots.Loading``): ``begin``, ``read`` and ``finish``
+    read the log (on a worker thread); ``fold`` only decodes and folds what ``read`` fetched,
+    for a time budget at a time (on the caller's thread). ``finish`` gives None when the load
+    must ``begin`` again (an archive cut the log meanwhile)."""
+
+    def begin(self) -> None:
+        """Find where the fold starts."""
+
+    def read(self) -> bool:
+        """Fetch the next rows to fold; False when none are left."""
+
+    def fold(self, budget: float | None = None) -> bool:
+        """Fold the rows fetched for about ``budget`` seconds; True once all are folded."""
+
+    def finish(self) -> tuple[Snapshot, int] | None:
+        """The fold and its cursor, or None: ``begin`` again."""

@@ -1092,23 +1092,35 @@ class GroupCommitStore(abc.ABC):
         and counted in ``skipped`` with ``lenient=True``.
         """
         self.flush()
-        skip = self.skip_unknown if skip_unknown is None else skip_unknown
-        condition = f"seq > ? AND ({where})" if where else "seq > ?"
-        sql = f"SELECT {self.event_columns} FROM events WHERE {condition} ORDER BY seq LIMIT {PAGE}"  # noqa: S608 - fixed columns; values are parameters
+        reader = self.reader(where=where, params=params, lenient=lenient, skip_unknown=skip_unknown)
         last = after
-        news: Counter[str] = Counter()
         try:
             while True:
-                rows = self.query(sql, (last, *params))
+                rows = reader.fetch(last)
                 for row in rows:
-                    event = self._decode(row, lenient=lenient, news=news, skip_unknown=skip)
+                    event = reader.decode(row)
                     if event is not None:
                         yield event
-                if len(rows) < PAGE:
+                if len(rows) < reader.page:
                     return
                 last = rows[-1][0]
         finally:  # also when the reader stops early
-            self._warn_unknown(news)
+            reader.done()
+
+    def reader(
+        self,
+        *,
+        where: str = "",
+        params: tuple[object, ...] = (),
+        lenient: bool = False,
+        skip_unknown: bool | None = None,
+        page: int = PAGE,
+    ) -> RowReader:
+        """``read`` in two halves, for a reader that fetches on one thread and decodes on
+        another (``RowReader``): the same arguments, the same errors from ``decode``, and
+        ``page`` rows at most a fetch. Does not flush this store's appends."""
+        skip = self.skip_unknown if skip_unknown is None else skip_unknown
+        return RowReader(self, where, params, lenient=lenient, skip_unknown=skip, page=page)
 
     def read_since(self, after: int) -> tuple[list[tuple[Event, bool]], int]:
         """Every stored event with ``seq > after``, oldest first, each with whether this store
@@ -1262,3 +1274,47 @@ class GroupCommitStore(abc.ABC):
     @abc.abstractmethod
     def _release(self) -> None:
         """Let go of what ``close`` kept for reading, now that the store itself is gone."""
+
+
+class RowReader:
+    """``GroupCommitStore.read`` in two halves: ``fetch`` reads a page of rows (on any thread:
+    the database's time), ``decode`` makes one of them an event (Python's time: where the
+    caller folds it). ``done`` says once what the read skipped of types this version does not
+    know. Made by ``GroupCommitStore.reader``."""
+
+    def __init__(
+        self,
+        store: GroupCommitStore,
+        where: str,
+        params: tuple[object, ...],
+        *,
+        lenient: bool,
+        skip_unknown: bool,
+        page: int,
+    ) -> None:
+        condition = f"seq > ? AND ({where})" if where else "seq > ?"
+        self._sql = (
+            f"SELECT {store.event_columns} FROM events "  # noqa: S608 - fixed columns
+            f"WHERE {condition} ORDER BY seq LIMIT {int(page)}"
+        )
+        self.page = page
+        self._store = store
+        self._params = params
+        self._lenient = lenient
+        self._skip = skip_unknown
+        self._news: Counter[str] = Counter()
+
+    def fetch(self, after: int) -> list[tuple[Any, ...]]:
+        """The next page (``page`` rows at most, fewer at the end) with ``seq > after``."""
+        return self._store.query(self._sql, (after, *self._params))
+
+    def decode(self, row: Sequence[Any]) -> Event | None:
+        """The event of ``row`` (its seq is ``row[0]``), or None for a row skipped."""
+        return self._store._decode(
+            row, lenient=self._lenient, news=self._news, skip_unknown=self._skip
+        )
+
+    def done(self) -> None:
+        """The read is over: one warning for the events of unknown types it skipped."""
+        self._store._warn_unknown(self._news)
+        self._news.clear()

@@ -38,6 +38,7 @@ past one. They cost a few KB per ``every`` events (1 to 3% of the log's size at 
 from __future__ import annotations
 
 import threading
+import time
 import weakref
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -72,10 +73,13 @@ Kind = Literal["periodic", "close", "cut", "archive"]
 KINDS: Final[tuple[str, ...]] = ("periodic", "close", "cut", "archive")
 # Seconds ``at_close`` waits for a periodic snapshot it has asked to stop.
 _JOIN: Final = 30.0
-# Events folded between two looks at whether a periodic snapshot must stop (the store closes).
-_STOP_EVERY: Final = 4096
 # How many times a load starts over when an archive moved the base while it read.
 _ATTEMPTS: Final = 3
+# Rows a load fetches at a time: what a caller on an event loop folds in a few slices, and a
+# short hold of the store's connection.
+_PAGE: Final = 1_000
+# Rows folded between two looks at the clock, when a fold has a time budget (~0.1 ms).
+_CLOCK_EVERY: Final = 32
 # Snapshot headers a load reads at a time, latest first (it uses the first that decodes).
 _BATCH: Final = 8
 # Differences a ``verify`` problem lists, at most.
@@ -131,11 +135,29 @@ class SnapshotStore(Protocol):
     ) -> Iterator[Event]:
         """Stored events past ``after`` matching ``where``, oldest first."""
 
+    def reader(
+        self, *, where: str = "", params: tuple[object, ...] = (), lenient: bool = False, page: int
+    ) -> RowReader:
+        """``read`` in two halves: fetch pages of rows, decode each."""
+
     def query(self, sql: str, params: Sequence[object] = ()) -> list[tuple[Any, ...]]:
         """The rows of one read query."""
 
     def transaction(self, statements: Sequence[tuple[str, Sequence[object]]]) -> None:
         """Run write statements in one transaction."""
+
+
+class RowReader(Protocol):
+    """What a ``SnapshotStore.reader`` gives (``_group_commit.RowReader``)."""
+
+    def fetch(self, after: int) -> list[tuple[Any, ...]]:
+        """The next page of rows with ``seq > after`` (``row[0]`` is the seq)."""
+
+    def decode(self, row: Sequence[Any]) -> Event | None:
+        """The event of ``row``, or None for a row skipped."""
+
+    def done(self) -> None:
+        """The read is over (warns once for skipped events of unknown types)."""
 
 
 class _Stopped(Exception):
@@ -275,8 +297,9 @@ class Snapshots:
         store = self.store
         upto = store.last_seq()
         stoppable = kind == "periodic" and threading.current_thread() is self._thread
-        snap, start, cursor = self._load(upto, from_start=False, stoppable=stoppable)
-        if cursor <= start:
+        loading = Loading(self, upto, stoppable=stoppable)
+        snap, cursor = loading.run()
+        if cursor <= loading.start:
             return None
         self.save(snap, cursor, kind)
         return cursor
@@ -325,13 +348,19 @@ class Snapshots:
         so that the next one need not). Raises ``EventLogError`` when the events needed are
         archived (``upto`` before the cut, or a cut this version cannot trust).
         """
-        snap, start, cursor = self._load(upto, from_start=from_start, lenient=lenient)
-        if keep and not from_start and self.every is not None and cursor - start >= self.every:
-            try:
-                self.save(snap, cursor, "periodic")
-            except EventLogError as exc:
-                logger.warning("event log {}: snapshot not saved: {}", self.store.location, exc)
-        return snap, cursor
+        return self.loading(upto, from_start=from_start, lenient=lenient, keep=keep).run()
+
+    def loading(
+        self,
+        upto: int | None = None,
+        *,
+        from_start: bool = False,
+        lenient: bool = False,
+        keep: bool = False,
+    ) -> Loading:
+        """``load`` in steps (``Loading``), for a caller that must keep its thread free: it
+        reads the log on a worker thread and folds on its own, a bounded slice at a time."""
+        return Loading(self, upto, from_start=from_start, lenient=lenient, keep=keep)
 
     def nearest(self, upto: int) -> int | None:
         """The cursor of the latest snapshot at or before seq ``upto`` that a load could start
@@ -359,36 +388,6 @@ class Snapshots:
         None otherwise (none there, another version's, damaged: said once)."""
         found = self._rows("WHERE cursor = ?", (cursor,))
         return self._trusted(found[0]) if found else None
-
-    def _load(
-        self,
-        upto: int | None,
-        *,
-        from_start: bool,
-        lenient: bool = False,
-        stoppable: bool = False,
-    ) -> tuple[Snapshot, int, int]:
-        """(the fold up to ``upto``, the cursor it started from, its cursor)."""
-        store = self.store
-        for _ in range(_ATTEMPTS):
-            cut = self._cut()
-            end = upto
-            if end is None:
-                store.flush()
-                end = store.last_seq()
-            if cut is not None and end < cut.cursor and store.last_seq() <= end:
-                end = cut.cursor  # an archive moved every event: the cut is the log's end
-            snap, start = self._start(cut, end, from_start=from_start)
-            cursor = self._fold(snap, start, end, lenient=lenient, stoppable=stoppable)
-            # An archive may have cut the log while it was read: the events between the start
-            # and the new cut were then missed. Start over from the new base.
-            moved = self._cut()
-            if moved is None or moved.cursor <= start:
-                return snap, start, cursor
-        raise EventLogError(
-            f"event log {store.location}: archived again and again while it was read; "
-            "try again once the archive is done"
-        )
 
     def _start(self, cut: _Row | None, upto: int, *, from_start: bool) -> tuple[Snapshot, int]:
         """Where a fold up to ``upto`` begins: the latest valid snapshot at or before it (not
@@ -422,22 +421,6 @@ class Snapshots:
                 "archived them, or replay them from the archives"
             )
         return base, cut.cursor
-
-    def _fold(
-        self, snap: Snapshot, start: int, upto: int, *, lenient: bool, stoppable: bool
-    ) -> int:
-        """Fold the events after ``start`` up to ``upto`` into ``snap``; the last seq folded
-        (``start`` when none)."""
-        if upto <= start:
-            return start
-        cursor = start
-        events = self.store.read(after=start, where="seq <= ?", params=(upto,), lenient=lenient)
-        for count, event in enumerate(events, 1):
-            apply(snap, event)
-            cursor = event.seq
-            if stoppable and count % _STOP_EVERY == 0 and self._stop.is_set():
-                raise _Stopped
-        return cursor
 
     # -- the rows ------------------------------------------------------------------------
 
@@ -616,6 +599,143 @@ class Snapshots:
                 f"written by another version of the fold ({keys}; this version's is {FOLD_KEY})"
             )
         return targets
+
+
+class Loading:
+    """One load of the fold up to a seq, in steps (``Snapshots.loading``).
+
+    ``begin``, ``read`` and ``finish`` touch the log: a caller on an event loop runs them on
+    a worker thread. ``fold`` decodes and folds the rows ``read`` fetched and touches nothing
+    else: the caller runs it on its own thread, a time budget at a time, and the loop runs
+    between slices. (Decoding and folding are Python's work: on a worker thread they would
+    hold the GIL against the loop, which then waits up to a switch interval, 5 ms, for it,
+    twice in one turn.) The steps:
+
+    - ``begin``: find where the fold starts (the latest snapshot it may start from);
+    - ``read``, then ``fold`` until it says all is folded, again until ``read`` says False;
+    - ``finish``: the fold and its cursor, or None when an archive cut the log meanwhile
+      (the events between the start and the new cut were missed): ``begin`` again, from the
+      new base. ``begin`` raises ``EventLogError`` after a few of those.
+
+    ``run`` takes every step at once, on the caller's thread (``Snapshots.load``).
+    """
+
+    def __init__(
+        self,
+        owner: Snapshots,
+        upto: int | None,
+        *,
+        from_start: bool = False,
+        lenient: bool = False,
+        keep: bool = False,
+        stoppable: bool = False,
+    ) -> None:
+        self._owner = owner
+        self._upto = upto
+        self._from_start = from_start
+        self._lenient = lenient
+        self._keep = keep
+        self._stoppable = stoppable
+        self._attempts = 0
+        self._reader: RowReader | None = None
+        self._rows: list[tuple[Any, ...]] = []
+        self._index = 0
+        self._last = 0  # the last seq fetched
+        self._more = False
+        self.snap = Snapshot()
+        self.start = 0  # the cursor of the snapshot the fold began from (0: nothing)
+        self.cursor = 0  # the seq of the last event folded (``start`` before any)
+
+    def begin(self) -> None:
+        """Find where the fold starts; ``EventLogError`` when it cannot (the events wanted
+        are archived), or after an archive cut the log again and again while it was read."""
+        if self._attempts == _ATTEMPTS:
+            raise EventLogError(
+                f"event log {self._owner.store.location}: archived again and again while it "
+                "was read; try again once the archive is done"
+            )
+        self._attempts += 1
+        owner = self._owner
+        store = owner.store
+        store.flush()
+        cut = owner._cut()
+        end = store.last_seq() if self._upto is None else self._upto
+        if cut is not None and end < cut.cursor and store.last_seq() <= end:
+            end = cut.cursor  # an archive moved every event: the cut is the log's end
+        self.snap, self.start = owner._start(cut, end, from_start=self._from_start)
+        self.cursor = self._last = self.start
+        self._more = end > self.start
+        self._rows, self._index = [], 0
+        self._reader = store.reader(
+            where="seq <= ?", params=(end,), lenient=self._lenient, page=_PAGE
+        )
+
+    def read(self) -> bool:
+        """Fetch the next rows to fold; False when every row is folded (none are left)."""
+        reader = self._reader
+        if reader is None or not self._more:
+            return False
+        rows = reader.fetch(self._last)
+        self._more = len(rows) == _PAGE
+        if rows:
+            self._last = int(rows[-1][0])
+        self._rows, self._index = rows, 0
+        return bool(rows)
+
+    def fold(self, budget: float | None = None) -> bool:
+        """Decode and fold the rows fetched, for about ``budget`` seconds at most (None: all
+        of them); True once they are all folded. Raises what decoding raises."""
+        reader, rows, index = self._reader, self._rows, self._index
+        if reader is None:
+            return True
+        deadline = None if budget is None else time.perf_counter() + budget
+        stop = self._owner._stop if self._stoppable else None
+        while index < len(rows):
+            event = reader.decode(rows[index])
+            index += 1
+            if event is not None:
+                apply(self.snap, event)
+                self.cursor = event.seq
+            if index % _CLOCK_EVERY == 0:
+                if deadline is not None and time.perf_counter() >= deadline:
+                    break
+                if stop is not None and stop.is_set():
+                    raise _Stopped  # the store is closing: the periodic snapshot gives up
+        self._index = index
+        return index >= len(rows)
+
+    def finish(self) -> tuple[Snapshot, int] | None:
+        """The fold and its cursor; None when an archive moved the base meanwhile (``begin``
+        again). With ``keep``, a fold of ``every`` events or more is saved as a ``periodic``
+        snapshot, so that the next load need not fold them (a failure to save is logged)."""
+        owner = self._owner
+        if self._reader is not None:
+            self._reader.done()
+        moved = owner._cut()
+        if moved is not None and moved.cursor > self.start:
+            return None
+        every = owner.every
+        if (
+            self._keep
+            and not self._from_start
+            and every is not None
+            and self.cursor - self.start >= every
+        ):
+            try:
+                owner.save(self.snap, self.cursor, "periodic")
+            except EventLogError as exc:
+                logger.warning("event log {}: snapshot not saved: {}", owner.store.location, exc)
+        return self.snap, self.cursor
+
+    def run(self) -> tuple[Snapshot, int]:
+        """Every step, on this thread: the fold and its cursor."""
+        while True:
+            self.begin()
+            while self.read():
+                self.fold()
+            done = self.finish()
+            if done is not None:
+                return done
 
 
 def _check(kind: str) -> None:

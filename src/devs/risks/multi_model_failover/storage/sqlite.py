@@ -374,12 +374,14 @@ class SQLiteEventStore(GroupCommitStore):
             version = _ensure_schema(db, self.path, create=create)
             self.compact = version >= 2
             self.has_snapshots = "snapshots" in db.table_names()
-            self.writer_key = self._writer_id(conn, create=create) if self.compact else self.writer
             if self.path != MEMORY:
                 conn.execute("PRAGMA journal_mode = WAL")
                 conn.execute(f"PRAGMA synchronous = {_SYNCHRONOUS[self.durability]}")
                 if self._inline:  # a checkpoint fsyncs: the writer runs them, not the callers
                     conn.execute("PRAGMA wal_autocheckpoint = 0")
+            # After the durability's PRAGMAs: the engine's constructor waits for this commit
+            # on the event loop, and ``synchronous = FULL`` (SQLite's default) would fsync it.
+            self.writer_key = self._writer_id(conn, create=create) if self.compact else self.writer
             conn.execute(f"PRAGMA busy_timeout = {int(self.lock_timeout * 1000)}")
             log_id = conn.execute("SELECT value FROM meta WHERE key = 'log_id'").fetchone()
         except sqlite3.Error as exc:
