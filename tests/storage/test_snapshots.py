@@ -32,7 +32,7 @@ from devs.risks.multi_model_failover.core.projections import (
     fold,
 )
 from devs.risks.multi_model_failover.storage._group_commit import GroupCommitStore
-from devs.risks.multi_model_failover.storage.snapshots import SnapshotCheck
+from devs.risks.multi_model_failover.storage.snapshots import Pace, SnapshotCheck
 from devs.risks.multi_model_failover.storage.sqlite import SQLiteEventStore
 
 T0 = datetime(2025, 3, 1, tzinfo=UTC)
@@ -531,6 +531,44 @@ def test_a_load_archived_under_again_and_again_gives_up_saying_so(open_log: Open
     with pytest.raises(EventLogError, match="archived again and again while it was read"):
         steps.begin()
     assert store.snapshots.load()[1] == last, "a load once the archives are done reads"
+
+
+def test_a_pace_rests_once_the_work_has_run_its_share() -> None:
+    now = [0.0]
+    rests: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        rests.append(seconds)
+        now[0] += seconds
+
+    pace = Pace(work=0.001, rest=0.0002, clock=lambda: now[0], sleep=sleep)
+    for _ in range(1000):  # a row folded every 10 us: 10 ms of work
+        now[0] += 0.00001
+        pace.step()
+    # It looks at the clock every 32 rows: a rest after each 1 to 1.3 ms of work.
+    assert 7 <= len(rests) <= 10
+    assert set(rests) == {0.0002}
+
+
+def test_the_stores_own_folds_are_paced(open_log: OpenLog, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A periodic, close or archive snapshot is folded on a thread beside an engine's event
+    # loop: it rests now and then, so the loop gets the GIL (benchmarks/log_scale.py times it).
+    store = open_log()
+    write(store, history(2000))
+    rests: list[float] = []
+    real = Pace.__init__
+
+    def counted(self: Pace, *args: Any, **kwargs: Any) -> None:
+        real(self, *args, **kwargs)
+        self.work = 0.0  # rest at every look at the clock
+        self._sleep = rests.append  # type: ignore[assignment]
+
+    monkeypatch.setattr(Pace, "__init__", counted)
+    store.snapshots.take("periodic")
+    assert len(rests) > 8000 // 64
+    rests.clear()
+    store.snapshots.load()
+    assert rests == [], "a load the caller waits for is not paced"
 
 
 # -- when the store takes them -------------------------------------------------------------

@@ -9,10 +9,13 @@ With the ``fleet`` scope they are one object; with the ``replica`` scope ``healt
 engine's own events and everyone's maintenance.
 
 Start-up reads nothing on the event loop: ``pin`` notes where the log ends before the engine
-emits its first event, and ``aload`` folds the log up to there on a worker thread (from the
-store's latest snapshot when it keeps them), then folds the events the engine emitted
-meanwhile on top, once each. ``load`` does the same at once, blocking, for a caller that
-cannot wait (a synchronous accessor before any async use).
+emits its first event, and ``aload`` loads the log up to there (from the store's latest
+snapshot when it keeps them), then folds the events the engine emitted meanwhile on top, once
+each. The store reads on a worker thread; the rows are decoded and folded on the loop, half a
+millisecond at a time, other tasks running between slices. (Folded on a worker thread, they
+would hold the GIL against the loop, which then waits a switch interval, 5 ms, for it, twice
+in a turn.) ``load`` does it all at once, blocking, for a caller that cannot wait (a
+synchronous accessor before any async use).
 
 In a shared log the live view is the fold of the log read so far, in ``seq`` order, plus this
 engine's own events not yet read back, in the order they were emitted. Another writer's events
@@ -101,10 +104,10 @@ class LiveLog:
             self._install(*self._read())
 
     async def aload(self) -> None:
-        """Fold in the log up to the pinned seq, read and folded on a worker thread (the
-        event loop runs on meanwhile), then our events emitted since. Tasks that ask while a
-        load is under way wait for it. Raises what reading the log raises
-        (``EventLogError``)."""
+        """Fold in the log up to the pinned seq (read on a worker thread, folded here in
+        slices: the event loop runs on meanwhile), then our events emitted since. Tasks that
+        ask while a load is under way wait for it. Raises what reading the log raises
+        (``EventLogError``); cancelled, it leaves nothing half loaded (the next use loads)."""
         while not self.loaded:
             loading = self._loading
             if loading is not None:

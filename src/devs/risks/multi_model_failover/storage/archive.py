@@ -96,7 +96,7 @@ import sqlite3
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
@@ -107,7 +107,7 @@ from ..core.errors import EventLogError
 from ..core.events import Event
 from ..core.projections import Snapshot, apply
 from ._group_commit import GroupCommitStore
-from .snapshots import SNAPSHOT_EVERY
+from .snapshots import SNAPSHOT_EVERY, Loading, Pace
 from .sqlite import MEMORY, SQLiteEventStore, write_transaction
 
 ARCHIVES_TABLE: Final = (
@@ -498,6 +498,8 @@ class _Copying:
     held: int
     every: int
     stop: Callable[[], bool]
+    # The fold is Python's work on the archive's thread, beside an engine's event loop.
+    pace: Pace = field(default_factory=Pace)
 
     def run(self, after: int, upto: int) -> tuple[int, Snapshot | None]:
         """Copy the events ``after < seq <= upto``; see ``_copy``."""
@@ -599,11 +601,13 @@ class _Copying:
         read = conn.execute(_READ_SLICE.format(columns=self.store.event_columns), (after, high))
         news: Counter[str] = Counter()
         count = 0
+        pace = self.pace
         for row in read:
             event = self.store._decode(row, lenient=False, news=news, skip_unknown=False)
             if event is not None:  # never None when nothing is skipped; for the type checker
                 apply(self.snap, event)
                 count += 1
+            pace.step()
         return count
 
     def _generic_slice(self, after: int, high: int, *, fold: bool) -> int:
@@ -655,7 +659,7 @@ def _count(conn: sqlite3.Connection, after: int, high: int) -> int:
 
 
 def _snapshot_at(store: GroupCommitStore, cut: int) -> Snapshot:
-    snap, cursor = store.snapshots.load(upto=cut)
+    snap, cursor = Loading(store.snapshots, cut, pace=Pace()).run()
     if cursor != cut:
         raise EventLogError(
             f"event log {store.location}: cannot fold it up to seq {cut} (the fold ends at "
