@@ -704,18 +704,24 @@ these figures are made of.
   5 s runs reached 210,000 to 320,000 events/s, depending on the machine's other load).
   Over 60 s the indexes outgrow SQLite's page cache, which is why the long run is slower
   than a 10 s one.
-- **Event-loop stalls (issue 13: a few milliseconds).** Measured 2026-12-01 with SQLite
-  statement timings and `gc.callbacks`. The engine's constructor runs on the loop, and its
-  store registers the engine's writer in the log's `writers` table with a commit made before
-  the connection's `PRAGMA synchronous = NORMAL`, so with an fsync: under a millisecond on a
-  quiet disk, tens to hundreds of milliseconds just after other processes wrote a lot. A
+- **Event-loop stalls (issue 13: a few milliseconds).** Measured 2026-12-02 with a ticker,
+  `gc.callbacks` and timings of each worker-thread step. The engine's constructor runs on
+  the loop: opening the store (1.3 to 1.9 ms; its writer's registration now commits after
+  `PRAGMA synchronous = NORMAL`, without an fsync) and building the engine (0.5 to 0.8 ms),
+  so with the ticker's own millisecond a start shows 3 to 5 ms whatever the log holds. A
   first start in a fresh process also imports what is used at first (anyio's asyncio
-  backend, sqlite_utils' plugin entry points): 25 to 45 ms, once per process. Archiving and
-  a start after a crash (10,000 events folded) run on a worker thread: what they cost the
-  loop is the GIL, handed back every 5 ms (`sys.getswitchinterval()`), and CPython's full
-  garbage collections, which run on whichever thread triggers them and hold the GIL (since
-  events are no longer tracked by the collector, one or two of 20 to 30 ms per 500,000
-  events archived, where there were a dozen).
+  backend, sqlite_utils' plugin entry points): 25 to 45 ms, once per process. Python work
+  on another thread costs the loop the GIL: CPython hands it over after a switch interval
+  (5 ms, `sys.getswitchinterval()`), and an asyncio turn that wakes a sleeping task takes
+  it twice (its timers, then the task), hence the 11.4 to 11.6 ms a start after a crash
+  stalled when a worker thread folded its 10,000 events. Since 2026-12-02 a start reads the
+  rows on a worker thread and decodes and folds them on the loop, half a millisecond at a
+  time (`Snapshots.loading`); the store's own folds (periodic and close snapshots, the
+  archive's) rest 0.2 ms after each millisecond of work (`storage.snapshots.Pace`), so that
+  the loop gets the GIL within about a millisecond: a 10,000-event fold on a worker thread
+  stalled a loop 3.5 to 12 ms unpaced and 2.0 to 2.5 ms paced, 20% slower. CPython's full
+  garbage collections still run on whichever thread triggers them and hold the GIL (one or
+  two of 20 to 30 ms per 500,000 events archived).
 - **Replay from the start (700,000 events/s).** Row format 2 keeps the time as an integer
   and no column's value in the body; a read puts each event's JSON back together in Python
   (`_row_text`, `micros_text`) before decoding it. Folding 1M events from the start took

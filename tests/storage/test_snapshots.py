@@ -550,9 +550,11 @@ def test_a_pace_rests_once_the_work_has_run_its_share() -> None:
     assert set(rests) == {0.0002}
 
 
-def test_the_stores_own_folds_are_paced(open_log: OpenLog, monkeypatch: pytest.MonkeyPatch) -> None:
-    # A periodic, close or archive snapshot is folded on a thread beside an engine's event
-    # loop: it rests now and then, so the loop gets the GIL (benchmarks/log_scale.py times it).
+def test_the_stores_own_folds_and_a_followers_reads_are_paced(
+    open_log: OpenLog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A periodic, close or archive snapshot is folded, and a follower's read decoded, on a
+    # thread beside an engine's event loop: it rests now and then, so the loop gets the GIL.
     store = open_log()
     write(store, history(2000))
     rests: list[float] = []
@@ -565,6 +567,9 @@ def test_the_stores_own_folds_are_paced(open_log: OpenLog, monkeypatch: pytest.M
 
     monkeypatch.setattr(Pace, "__init__", counted)
     store.snapshots.take("periodic")
+    assert len(rests) > 8000 // 64
+    rests.clear()
+    store.read_since(0)  # what a follower reads on its worker thread
     assert len(rests) > 8000 // 64
     rests.clear()
     store.snapshots.load()

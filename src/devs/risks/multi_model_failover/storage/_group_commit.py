@@ -51,7 +51,7 @@ from ..core.errors import EventLogError
 from ..core.events import EVENT_TYPES, Event, decode, encode
 from ..core.protocols import DURABILITIES, Durability
 from ._journal import Journal
-from .snapshots import Snapshots
+from .snapshots import Pace, Snapshots
 
 PAGE: Final = 5_000
 # The incident queries' indexes: ``call_id`` and ``at`` on every row, ``type`` only on the rows
@@ -1140,12 +1140,14 @@ class GroupCommitStore(abc.ABC):
         found: list[tuple[Event, bool]] = []
         last = after = self._cursor_for(after)
         news: Counter[str] = Counter()
+        pace = Pace()  # on a follower's worker thread, beside its event loop
         while True:
             rows = self.query(sql, (last,))
             for writer, *row in rows:
                 event = self._decode(row, lenient=True, news=news)
                 if event is not None:
                     found.append((event, writer == self.writer_key))
+                pace.step()
             if rows:
                 last = rows[-1][1]
             if len(rows) < PAGE:
@@ -1185,8 +1187,13 @@ class GroupCommitStore(abc.ABC):
         """The events of ``rows`` (``event_columns``) for ``read_others``: rows that do not
         decode are skipped and counted in ``skipped``, events of unknown types in ``unknown``."""
         news: Counter[str] = Counter()
-        decoded = (self._decode(row, lenient=True, news=news) for row in rows)
-        events = [event for event in decoded if event is not None]
+        pace = Pace()  # on a follower's worker thread, beside its event loop
+        events: list[Event] = []
+        for row in rows:
+            event = self._decode(row, lenient=True, news=news)
+            if event is not None:
+                events.append(event)
+            pace.step()
         self._warn_unknown(news)
         return events
 

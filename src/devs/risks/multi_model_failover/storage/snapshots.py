@@ -9,7 +9,8 @@ Kinds:
 
 - ``periodic``: every ``every`` committed events (default ``SNAPSHOT_EVERY``; None: never),
   taken on a background thread of its own so that reading and folding never hold up the
-  writer; and by an engine whose start-up folded that many events (``load(keep=True)``).
+  writer (and paced, ``Pace``, so that they never hold up an event loop either); and by an
+  engine whose start-up folded that many events (``loading(keep=True)``).
 - ``close``: when a store that appended events closes (only what is committed).
 - ``cut``: left by an archive. The events up to its cursor are no longer in this log, so it is
   the *base* of every fold: ``from_start`` folds from the latest cut (or from nothing).
@@ -19,13 +20,15 @@ Kinds:
   change, so its snapshots stay true (a few KB each).
 
 ``load`` starts from the latest snapshot at or before where it is asked to stop whose key is
-this version's, and folds the events after it. A snapshot of another fold (an older or newer
-version) or one that does not decode is ignored (logged once; another fold's snapshots in one
-line for them all) and never trusted: the load folds from an earlier point, and the next
-snapshot replaces it (a periodic one of this version deletes every periodic one of another
-fold before it: after an upgrade none of them could be used again). A stale or damaged *cut*
-cannot be
-folded over (its events are archived): ``EventLogError`` says so and names the archives.
+this version's, and folds the events after it; ``loading`` does the same in steps (``Loading``:
+the reads on a worker thread, the folding on an engine's event loop, in slices).
+
+A snapshot of another fold (an older or newer version) or one that does not decode is ignored
+(logged once; another fold's snapshots in one line for them all) and never trusted: the load
+folds from an earlier point, and the next snapshot replaces it (a periodic one of this version
+deletes every periodic one of another fold before it: after an upgrade none of them could be
+used again). A stale or damaged *cut* cannot be folded over (its events are archived):
+``EventLogError`` says so and names the archives.
 
 A store keeps the latest cut and, after it, every ``archive`` snapshot and one ``periodic`` or
 ``close`` snapshot per ``every`` events of ``seq`` (the latest taken in each stretch ``k * every
