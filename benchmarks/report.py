@@ -721,7 +721,19 @@ these figures are made of.
   the loop gets the GIL within about a millisecond: a 10,000-event fold on a worker thread
   stalled a loop 3.5 to 12 ms unpaced and 2.0 to 2.5 ms paced, 20% slower. CPython's full
   garbage collections still run on whichever thread triggers them and hold the GIL (one or
-  two of 20 to 30 ms per 500,000 events archived).
+  two of 20 to 30 ms per 500,000 events archived). The archive's own stalls come from its
+  deletes (`DELETE_SLICE` rows a transaction, in SQLite's C code, which lets the GIL go):
+  with its anchors it folds almost nothing (1 ms of its 7 s, 2026-12-02), and its
+  longest stalls fall inside the deletes. The same deletes run from another process
+  stalled an idle loop as much (6 s each, 2026-12-02 08:05: 14.2 ms at most, 72 gaps over
+  5 ms, against 9.0 ms and 7 gaps with nothing else running): this 2-vCPU machine's CPU
+  and disk, not the GIL, so the archive's figure varies from run to run (5.5 to 7.6 ms on
+  2026-12-01, 7 to 32 ms on 2026-12-02).
+- **The command line on 10M events is bound by the disk.** Fresh processes read 1.4 GB
+  files, and this machine's page cache keeps about 2 GB (its memory reclaim evicts cold
+  pages), so a command that reads pages an earlier step evicted waits for the disk:
+  `timeline --type failover` took 41.4 s in the 2026-12-02 run and 8.0 s when run again at
+  once, with 5.5 s of CPU both times.
 - **Replay from the start (700,000 events/s).** Row format 2 keeps the time as an integer
   and no column's value in the body; a read puts each event's JSON back together in Python
   (`_row_text`, `micros_text`) before decoding it. Folding 1M events from the start took

@@ -40,13 +40,15 @@ From an SQLite log (row format 2) SQLite now copies the rows itself, byte for by
 ``INSERT ... SELECT`` per slice through a connection of our own with the archive attached (the
 sqlite3 module lets go of the GIL while a statement runs; the live log is only read). The fold
 that the cut needs reads the same rows one at a time (only those after the live log's last
-snapshot, see below), so no list of events is kept and the GIL is handed back within the
-interpreter's switch interval. Measured here (2 cores shared with other jobs, so noisy),
-archiving half of a 1M-event log on a worker thread: the loop's longest stall 7.6, 7.6 and 5.5
-ms in three runs at 68,000 to 76,000 events/s, with the live log's snapshots as anchors (6 to 24
-ms, median 14, at about 45,000 events/s when every event moved was folded; 14 to 89 ms when
-slices were decoded into lists). What is left is the worker's fold of at most about N events,
-which can hold the loop up to a switch interval (5 ms) at a time.
+snapshot, see below), so no list of events is kept, and the fold rests now and then
+(``snapshots.Pace``) so that an event loop beside it gets the GIL within about a millisecond.
+Measured here (2 cores shared with other jobs, so noisy), archiving half of a 1M-event log on
+a worker thread: the loop's longest stall 7.6, 7.6 and 5.5 ms in three runs at 68,000 to
+76,000 events/s on 2026-12-01, 7 to 32 ms at 65,000 to 69,000 events/s on a noisier
+2026-12-02, with the live log's snapshots as anchors (6 to 24 ms, median 14, at about 45,000
+events/s when every event moved was folded). The fold is then about 1 ms of the run; the
+longest stalls fall in the deletes, in SQLite's C code without the GIL, and the same deletes
+from another process stall a loop as much: the machine, not the GIL.
 PostgreSQL, an in-memory or an older-format log: through the stores, as before (each event
 decoded and written again).
 
