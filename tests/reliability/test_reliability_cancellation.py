@@ -212,6 +212,7 @@ async def test_sync_calls_that_block_forever_do_not_hang_the_engine() -> None:
 
     class Blocking:
         model_id = "blocking"
+        calls = 0
 
         def call(self, prompt: Any) -> str:
             Blocking.calls += 1
@@ -239,6 +240,7 @@ async def test_sync_calls_that_block_forever_do_not_hang_the_engine() -> None:
                     for _ in range(stuck):
                         group.start_soon(one)
                 assert answers == ["spare answered"] * stuck
+                assert Blocking.calls >= 40, "the blocking client never blocked"
                 await fo.check_health()  # the engine's own thread hops still run
                 assert await fo.call("after") == "spare answered"
     finally:

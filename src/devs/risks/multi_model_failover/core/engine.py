@@ -5,9 +5,8 @@
 - ``monitor``: health from calls and probes (``transitions`` rules), the probe and follow loops;
 - ``log``: every event appended and folded live with the fold ``replay`` uses.
 
-Building an engine reads nothing of the log; its first async use loads it without holding up
-the event loop (read on a worker thread, folded in slices; a synchronous accessor used before
-that loads it at once; see ``livelog``).
+Building an engine reads nothing of the log; its first async use loads it, the event loop free
+meanwhile (a synchronous accessor used before that loads it at once; see ``livelog``).
 
 The engine owns the lifecycle: ``async with`` runs the loops and, however the block is left
 (return, exception, cancellation), closes the engine; ``aclose`` stops new calls, lets calls in

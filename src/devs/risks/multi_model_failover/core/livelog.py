@@ -39,6 +39,7 @@ import anyio.lowlevel
 import anyio.to_thread
 import msgspec
 
+from .calls import EngineClosedError
 from .events import EngineStarted, Event, Maintenance, StateChanged
 from .health import HealthState
 from .projections import Metrics, ModelState, Snapshot, apply
@@ -72,6 +73,7 @@ class LiveLog:
         self.loaded = False
         self._upto: int | None = None  # where the log ended at ``pin``: the load stops there
         self._loading: anyio.Event | None = None  # set once the load under way has ended
+        self._closing = False  # no load may start: the store is closing (``settle``)
         self._refolding = anyio.Lock()
         # Once another writer shows up: the fold of the log up to ``_base_cursor`` in seq
         # order, and our own events emitted since the first re-fold began, not yet read back.
@@ -113,6 +115,8 @@ class LiveLog:
             if loading is not None:
                 await loading.wait()
                 continue  # loaded, or failed: then this task tries (and raises) itself
+            if self._closing:  # the store is about to close: nothing may read it now
+                raise EngineClosedError("this MultiModelFailover is closed")
             self._loading = done = anyio.Event()
             try:
                 self._install(*await self._aread())
@@ -121,7 +125,9 @@ class LiveLog:
                 done.set()
 
     async def settle(self) -> None:
-        """Wait for a load under way to end (before the store closes under it)."""
+        """The store is about to close: no load starts from now on (``aload`` raises
+        ``EngineClosedError``), and the one under way, if any, ends first."""
+        self._closing = True
         loading = self._loading
         if loading is not None:
             await loading.wait()
@@ -136,16 +142,20 @@ class LiveLog:
         if upto is None:
             upto = await anyio.to_thread.run_sync(self._end)
         steps = cast(SnapshotLoader, loader).loading(upto, keep=True)
-        while True:
-            await anyio.to_thread.run_sync(steps.begin)
-            while await anyio.to_thread.run_sync(steps.read):
-                while not steps.fold(_FOLD_SLICE):
-                    await anyio.lowlevel.checkpoint()
-            done = await anyio.to_thread.run_sync(steps.finish)
-            if done is not None:
-                snap, cursor = done
-                # Past ``upto`` only when an archive moved every event out: the cut is the end.
-                return snap, max(cursor, upto)
+        try:
+            while True:
+                await anyio.to_thread.run_sync(steps.begin)
+                while await anyio.to_thread.run_sync(steps.read):
+                    while not steps.fold(_FOLD_SLICE):
+                        await anyio.lowlevel.checkpoint()
+                done = await anyio.to_thread.run_sync(steps.finish)
+                if done is not None:
+                    snap, cursor = done
+                    # Past ``upto`` only when an archive moved every event out: the cut is
+                    # the end.
+                    return snap, max(cursor, upto)
+        finally:
+            steps.close()
 
     def _read(self) -> tuple[Snapshot, int]:
         """The fold of the log up to the pinned seq, and its cursor (on any thread)."""

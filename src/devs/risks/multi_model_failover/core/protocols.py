@@ -130,3 +130,6 @@ class LoadSteps(Protocol):
 
     def finish(self) -> tuple[Snapshot, int] | None:
         """The fold and its cursor, or None: ``begin`` again."""
+
+    def close(self) -> None:
+        """The load is over, however it ended (says what it skipped)."""

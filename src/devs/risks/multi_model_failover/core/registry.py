@@ -12,9 +12,29 @@ from functools import partial
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import anyio.to_thread
 
 from .health import HealthState
+
+# Sync clients' threads come from a limiter of their own (one per event loop), never from the
+# default one that the engine's own thread hops use (the log's commits, its load, closing): on
+# trio an abandoned thread keeps its token until it returns, so clients stuck for good would
+# otherwise leave the engine no thread at all. As many as anyio's default (40).
+_CLIENT_THREADS: anyio.lowlevel.RunVar[anyio.CapacityLimiter] = anyio.lowlevel.RunVar(
+    "failover_client_threads"
+)
+CLIENT_THREADS = 40
+
+
+def client_threads() -> anyio.CapacityLimiter:
+    """The limiter of sync clients' calls and probes on this event loop."""
+    try:
+        return _CLIENT_THREADS.get()
+    except LookupError:
+        limiter = anyio.CapacityLimiter(CLIENT_THREADS)
+        _CLIENT_THREADS.set(limiter)
+        return limiter
 
 
 class RegisteredClient:
@@ -53,14 +73,18 @@ class RegisteredClient:
             return await answer(prompt)
         # A sync client must never block the event loop; an abandoned thread is the price of
         # being able to time out a call that blocks forever.
-        result = await anyio.to_thread.run_sync(answer, prompt, abandon_on_cancel=True)
+        result = await anyio.to_thread.run_sync(
+            answer, prompt, abandon_on_cancel=True, limiter=client_threads()
+        )
         return await result if inspect.isawaitable(result) else result
 
     async def health_check(self) -> object:
         """What the client's ``health_check()`` returned (only ``True`` means healthy)."""
         if self.probe_is_async:
             return await self.client.health_check()
-        result = await anyio.to_thread.run_sync(self._sync_probe, abandon_on_cancel=True)
+        result = await anyio.to_thread.run_sync(
+            self._sync_probe, abandon_on_cancel=True, limiter=client_threads()
+        )
         return await result if inspect.isawaitable(result) else result
 
     def _sync_probe(self) -> object:
