@@ -14,7 +14,7 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -277,6 +277,24 @@ class PagedStore(SQLiteEventStore):
         return reader
 
 
+async def cancelled_mid_load(store: PagedStore, use: Callable[[], Awaitable[None]]) -> None:
+    """Run ``use`` (a first use of an engine on ``store``), cancelled once its load has
+    folded a page and is about to fetch the next."""
+    paging = anyio.Event()
+    store.on_page = lambda after: anyio.from_thread.run_sync(paging.set)
+    async with anyio.create_task_group() as group:
+        scope = anyio.CancelScope()
+
+        async def cancel_mid_load() -> None:
+            await paging.wait()
+            scope.cancel()
+
+        group.start_soon(cancel_mid_load)
+        with scope:
+            await use()
+    assert scope.cancelled_caught
+
+
 async def test_an_archive_that_cuts_the_log_while_an_engine_loads_it_is_folded_once(
     tmp_path: Path,
 ) -> None:
@@ -309,21 +327,12 @@ async def test_leaving_while_the_log_loads_closes_the_engine_and_its_log(tmp_pat
     history_of(path, 600)
     store = PagedStore(path)
     fo = engine_on(store)
-    paging = anyio.Event()
-    store.on_page = lambda after: anyio.from_thread.run_sync(paging.set)
 
-    async with anyio.create_task_group() as group:
-        scope = anyio.CancelScope()
+    async def start() -> None:
+        async with fo:
+            pytest.fail("the block ran though its start was cancelled")
 
-        async def cancel_mid_load() -> None:
-            await paging.wait()
-            scope.cancel()
-
-        group.start_soon(cancel_mid_load)
-        with scope:
-            async with fo:
-                pytest.fail("the block ran though its start was cancelled")
-    assert scope.cancelled_caught
+    await cancelled_mid_load(store, start)
     assert fo.closed
     assert store.closed
     # What the engine wrote (it started) is in the log, and its snapshot is true.
@@ -339,20 +348,12 @@ async def test_a_call_cancelled_while_the_log_loads_leaves_the_next_one_whole(
     history_of(path, 600)
     store = PagedStore(path)
     fo = engine_on(store)  # no ``async with``: the first call loads
-    paging = anyio.Event()
-    store.on_page = lambda after: anyio.from_thread.run_sync(paging.set)
 
-    async with anyio.create_task_group() as group:
-        scope = anyio.CancelScope()
+    async def call() -> None:
+        await fo.call("hi")
+        pytest.fail("the call answered though it was cancelled while the log loaded")
 
-        async def cancel_mid_load() -> None:
-            await paging.wait()
-            scope.cancel()
-
-        group.start_soon(cancel_mid_load)
-        with scope:
-            await fo.call("hi")
-            pytest.fail("the call answered though it was cancelled while the log loaded")
+    await cancelled_mid_load(store, call)
     store.on_page = None
     await fo.call("hi")
     assert fo.metrics().calls == 601
