@@ -20,6 +20,7 @@ import msgspec
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from loguru import logger
 
 from devs.risks.multi_model_failover.core import events as ev
 from devs.risks.multi_model_failover.core import projections
@@ -603,11 +604,19 @@ def test_a_failing_periodic_snapshot_is_counted_and_never_stops_the_log(
 ) -> None:
     store = open_log(snapshot_every=10)
     refuse_snapshots(store)
-    write(store, history(5))
-
-    wait_for(lambda: store.errors > 0)
+    # Whoever sees ``errors`` grow must find the error logged: it is counted last.
+    counted_when_logged: list[int] = []
+    sink = logger.add(
+        lambda message: counted_when_logged.append(store.errors), level="ERROR", enqueue=False
+    )
+    try:
+        write(store, history(5))
+        wait_for(lambda: store.errors > 0)
+    finally:
+        logger.remove(sink)
     assert "snapshot" in str(store.last_error)
     assert any(r["level"].name == "ERROR" and "snapshot" in str(r["message"]) for r in log_records)
+    assert counted_when_logged[0] == 0
     last = write(store, history(5, first=50))
     assert store.count() == last, "the events are all written"
 

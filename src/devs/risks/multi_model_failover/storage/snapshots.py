@@ -329,9 +329,11 @@ class Snapshots:
         store = self._store()
         if store is None:
             return
+        error = f"{kind} snapshot failed: {type(exc).__name__}: {exc}"
+        store.last_error = error
+        logger.error("event log {}: {}", store.location, error)
+        # Counted last: whoever sees ``errors`` grow finds the error said and logged.
         store.errors += 1
-        store.last_error = f"{kind} snapshot failed: {type(exc).__name__}: {exc}"
-        logger.error("event log {}: {}", store.location, store.last_error)
 
     # -- taking --------------------------------------------------------------------------
 
