@@ -260,9 +260,13 @@ def history_of(path: Path, calls: int) -> None:
 
 class PagedStore(SQLiteEventStore):
     """An SQLite log that runs ``on_page(after)`` on the worker thread before each page of a
-    load is fetched past the first."""
+    load is fetched past the first, and notes the pages fetched once the store was closed."""
 
     on_page: Any = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.reads_after_close: list[int] = []
 
     def reader(self, **options: Any) -> RowReader:
         reader = super().reader(**options)
@@ -271,6 +275,8 @@ class PagedStore(SQLiteEventStore):
         def fetch_after(after: int) -> list[tuple[Any, ...]]:
             if after > 0 and self.on_page is not None:
                 self.on_page(after)
+            if self.closed:
+                self.reads_after_close.append(after)
             return fetch(after)
 
         reader.fetch = fetch_after  # type: ignore[method-assign]

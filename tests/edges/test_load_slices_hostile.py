@@ -15,12 +15,12 @@ import threading
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import anyio
 import anyio.from_thread
 import pytest
 from tests.core.fakes import FakeModelClient
+from tests.core.test_startup import PagedStore, cancelled_mid_load
 
 from devs.risks.multi_model_failover import (
     EngineClosedError,
@@ -30,7 +30,6 @@ from devs.risks.multi_model_failover import (
 from devs.risks.multi_model_failover.core import events as ev
 from devs.risks.multi_model_failover.core.errors import EventLogError
 from devs.risks.multi_model_failover.core.projections import fold
-from devs.risks.multi_model_failover.storage._group_commit import RowReader
 from devs.risks.multi_model_failover.storage.snapshots import _PAGE, _Stopped
 from devs.risks.multi_model_failover.storage.sqlite import SQLiteEventStore
 
@@ -82,32 +81,6 @@ def warnings_about_unknown(records: list[dict[str, object]]) -> list[str]:
     return [str(r["message"]) for r in records if UNKNOWN in str(r["message"])]
 
 
-class HookedStore(SQLiteEventStore):
-    """An SQLite log that runs ``on_page(after)`` on the worker thread before each page of a
-    load is fetched past the first, and notes the pages fetched once the store was closed."""
-
-    on_page: Any = None
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.reads_after_close: list[int] = []
-
-    def reader(self, **options: Any) -> RowReader:
-        reader = super().reader(**options)
-        fetch = reader.fetch
-
-        def fetch_after(after: int) -> list[tuple[Any, ...]]:
-            hook = self.on_page
-            if after > 0 and hook is not None:
-                hook(after)
-            if self.closed:
-                self.reads_after_close.append(after)
-            return fetch(after)
-
-        reader.fetch = fetch_after  # type: ignore[method-assign]
-        return reader
-
-
 def engine_on(store: object) -> MultiModelFailover:
     return MultiModelFailover(
         [FakeModelClient(model_id="a"), FakeModelClient(model_id="b")],
@@ -154,21 +127,13 @@ async def test_a_start_cancelled_mid_load_still_says_what_it_skipped(
     append_calls(path, 100, started=True)
     raw_row(path, "brand_new_event", newer_event)  # in the first page
     append_calls(path, 500, first=100)  # 2,402 events: three pages
-    store = HookedStore(path, snapshot_every=None)
+    store = PagedStore(path, snapshot_every=None)
     fo = engine_on(store)
-    paging = anyio.Event()
-    store.on_page = lambda after: anyio.from_thread.run_sync(paging.set)
 
-    async with anyio.create_task_group() as group:
-        scope = anyio.CancelScope()
+    async def call() -> None:
+        await fo.call("hi")
 
-        async def cancel_mid_load() -> None:
-            await paging.wait()
-            scope.cancel()
-
-        group.start_soon(cancel_mid_load)
-        with scope:
-            await fo.call("hi")
+    await cancelled_mid_load(store, call)
     store.on_page = None
     await fo.call("hi")
     assert fo.metrics().calls == 601
@@ -191,7 +156,7 @@ async def test_a_load_taken_over_after_a_cancelled_one_does_not_read_a_closed_st
     (``_reopen_for_reading``), left open after the close."""
     path = tmp_path / "events.sqlite3"
     append_calls(path, 600, started=True)
-    store = HookedStore(path, snapshot_every=None)
+    store = PagedStore(path, snapshot_every=None)
     fo = engine_on(store)
     paging = anyio.Event()
     release = threading.Event()
@@ -348,7 +313,7 @@ async def test_a_synchronous_accessor_between_two_slices_loads_once_and_wins(
 ) -> None:
     path = tmp_path / "events.sqlite3"
     append_calls(path, 600, started=True)
-    store = HookedStore(path, snapshot_every=None)
+    store = PagedStore(path, snapshot_every=None)
     fo = engine_on(store)
     seen: list[int] = []
     asked = threading.Event()
