@@ -546,7 +546,7 @@ def test_a_pace_rests_once_the_work_has_run_its_share() -> None:
     for _ in range(1000):  # a row folded every 10 us: 10 ms of work
         now[0] += 0.00001
         pace.step()
-    # It looks at the clock every 32 rows: a rest after each 1 to 1.3 ms of work.
+    # It looks at the clock after each row: a rest after each millisecond of work.
     assert 7 <= len(rests) <= 10
     assert set(rests) == {0.0002}
 

@@ -84,8 +84,8 @@ _ATTEMPTS: Final = 3
 # large as a read's (``_group_commit.PAGE``): fewer round trips to a PostgreSQL server.
 _PAGE: Final = 1_000
 _RUN_PAGE: Final = 5_000
-# Rows folded between two looks at the clock, when a fold has a time budget (~0.1 ms).
-_CLOCK_EVERY: Final = 32
+# Rows folded between two looks at whether a periodic snapshot must stop (the store closes).
+_STOP_EVERY: Final = 32
 # Snapshot headers a load reads at a time, latest first (it uses the first that decodes).
 _BATCH: Final = 8
 # Differences a ``verify`` problem lists, at most.
@@ -225,7 +225,7 @@ class Pace:
     1.8 to 3 ms paced (``benchmarks/log_scale.py`` times it on a live engine).
     """
 
-    __slots__ = ("_clock", "_count", "_since", "_sleep", "rest", "work")
+    __slots__ = ("_clock", "_since", "_sleep", "rest", "work")
 
     def __init__(
         self,
@@ -239,14 +239,10 @@ class Pace:
         self.rest = rest
         self._clock = clock
         self._sleep = sleep
-        self._count = 0
         self._since = clock()
 
     def step(self) -> None:
         """One unit of work done (a row folded): rest when the work has run ``work``."""
-        self._count += 1
-        if self._count % _CLOCK_EVERY:
-            return
         if self._clock() - self._since >= self.work:
             self._sleep(self.rest)
             self._since = self._clock()
@@ -755,11 +751,10 @@ class Loading:
                 self.cursor = event.seq
             if pace is not None:
                 pace.step()
-            if index % _CLOCK_EVERY == 0:
-                if deadline is not None and time.perf_counter() >= deadline:
-                    break
-                if stop is not None and stop.is_set():
-                    raise _Stopped  # the store is closing: the periodic snapshot gives up
+            if deadline is not None and time.perf_counter() >= deadline:
+                break
+            if stop is not None and index % _STOP_EVERY == 0 and stop.is_set():
+                raise _Stopped  # the store is closing: the periodic snapshot gives up
         self._index = index
         return index >= len(rows)
 
